@@ -1,0 +1,34 @@
+# Every target sets itself up: the first `make demo` or `make test` creates .venv and installs cft.
+# torch: the CUDA build where an NVIDIA GPU is present, the CPU build (2.13.0) elsewhere.
+# On a CPU machine with no local CPU wheel, add TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# to avoid downloading the CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cft-installed
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.3,torch==2.13.0)
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(PY) train.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,62 @@
+"""Batched greedy (or sampled) generation for generative replay and generative evaluations.
+
+Prompts are sorted by length so that each batch pads little, generated with the KV cache, and
+returned in the caller's order. Decoding stops at EOS or after `max_new_tokens`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    desc: str = "generate",
+    progress: bool = True,
+) -> list[str]:
+    """Generate one completion per prompt (prompt text already formatted for the model)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+    outputs: list[str | None] = [None] * len(prompts)
+    pad_id = tokenizer.pad_token_id
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        # Left padding keeps every prompt's last token at the same position for decoding.
+        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids = encoded[i]
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **sampling,
+        )
+        for row, i in enumerate(idx):
+            outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+        bar.update(len(idx))
+    bar.close()
+    model.train(was_training)
+    return outputs  # type: ignore[return-value]

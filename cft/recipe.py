@@ -1,0 +1,314 @@
+"""The recipe: one cell of the study, as one readable story.
+
+    check every input -> Phase 1 (cached) -> evaluate it (cached) -> Phase 2 through the
+    strategy's hooks -> evaluate -> record (metrics.json, W&B) -> DONE
+
+Only this module sees the whole config; everything it calls takes explicit arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cft import artifacts
+from cft.data.sources import SFTData, load_sft
+from cft.errors import CftError, ConfigError
+from cft.evaluation import evaluate
+from cft.loop import TrainSettings, fit
+from cft.models import load_model, save_built_model
+from cft.rundir import RunDir, comparable
+from cft.strategies.base import StrategyContext
+from cft.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def _plain(node) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def load_data(data_cfg: Mapping[str, Any]) -> SFTData:
+    """Load a dataset from its config group node (keys that are not loader arguments are left out)."""
+    spec = {k: v for k, v in _plain(data_cfg).items() if k not in ("counterpart", "use_instruct_checkpoint")}
+    return load_sft(**spec)
+
+
+def build_eval_tasks(eval_cfg) -> dict[str, Any]:
+    tasks = eval_cfg.get("tasks") or {}
+    if not tasks:
+        raise ConfigError("the eval config lists no tasks (eval.tasks is empty)")
+    return {name: instantiate(node) for name, node in tasks.items()}
+
+
+def base_reference(model_cfg, cache_dir: Path) -> str:
+    """Hub id or folder of the base model; a model built in code is saved once into the cache."""
+    if model_cfg.get("base"):
+        return str(model_cfg.base)
+    build = _plain(model_cfg.get("build"))
+    if not build:
+        raise ConfigError(f"model '{model_cfg.name}' has neither model.base (hub id or path) nor model.build")
+    seed = build.pop("seed", 0)
+    path = artifacts.cached(cache_dir, "base", {"build": build, "seed": seed, "tokenizer": "bytes-v1"},
+                            lambda tmp: save_built_model(tmp / "model", build, seed=seed))
+    return str(path / "model")
+
+
+def check_model(ref: str, *, gguf_file: str | None, what: str):
+    """Load only the model config, so a checkpoint that cannot load fails before any training."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ref, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError) as exc:
+        raise CftError(f"Could not load the config of {what} '{ref}': {exc}\n"
+                       "Offline? Download the checkpoint and pass its local path (e.g. model.base=/path/to/model).") from exc
+
+
+# ---------------------------------------------------------------- phases
+
+
+def phase_train_config(train_cfg, phase: str) -> dict[str, Any]:
+    """The train settings of one phase: the shared ones, updated by `train.<phase>` (e.g. train.phase2.lr)."""
+    train = _plain(train_cfg)
+    shared = {k: v for k, v in train.items() if k not in ("phase1", "phase2")}
+    return {**shared, **(train.get(phase) or {})}
+
+
+@dataclass
+class Phase1:
+    ref: str  # hub id or folder of the Phase-1 model
+    key: str  # cache key: what determines this model
+    trained: bool
+    stats: dict
+
+
+def phase1(cfg: DictConfig, base_ref: str, data1: SFTData | None, cache_dir: Path, log_fn) -> Phase1:
+    """Fine-tune the base model on English instructions, or take the Instruct checkpoint.
+
+    The result is cached under a key of (model, Phase-1 data, training settings, seed) only, so every
+    strategy of a sweep shares it."""
+    if data1 is None:
+        if not cfg.model.get("instruct"):
+            raise ConfigError(f"phase1_data=instruct needs an Instruct checkpoint, but model '{cfg.model.name}' has none (set model.instruct=<hub id or path>)")
+        ref = str(cfg.model.instruct)
+        log.info("Phase 1: no training; using the Instruct checkpoint %s", ref)
+        return Phase1(ref=ref, key=artifacts.key_of({"instruct": ref, "gguf_file": cfg.model.get("gguf_file")}), trained=False, stats={})
+    spec = {
+        "base": base_ref if cfg.model.get("base") else _plain(cfg.model.build),
+        "gguf_file": cfg.model.get("gguf_file"),
+        "data": _plain(cfg.phase1_data),
+        "train": comparable({"train": phase_train_config(cfg.train, "phase1")})["train"],
+        "seed": int(cfg.seed),
+    }
+    key = artifacts.key_of(spec)
+    resume_dir = cache_dir / "phase1" / f"{key}.checkpoints"
+
+    def build(tmp: Path) -> None:
+        model, tokenizer = load_model(base_ref, gguf_file=cfg.model.get("gguf_file"), dtype="fp32", what="base model")
+        train = phase_train_config(cfg.train, "phase1")
+        model, stats, tok_stats = fit(
+            model, tokenizer, data1.examples, settings=TrainSettings.from_config(train, seed=int(cfg.seed)),
+            max_length=int(train["max_length"]), loss_on_prompt=bool(train["loss_on_prompt"]),
+            phase="phase1", checkpoint_dir=resume_dir, log_fn=log_fn,
+        )
+        model.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        (tmp / "train_stats.json").write_text(json.dumps({**asdict(stats), **{f"tokenize_{k}": v for k, v in asdict(tok_stats).items()}}))
+
+    path = artifacts.cached(cache_dir, "phase1", spec, build)
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    return Phase1(ref=str(path / "model"), key=key, trained=True, stats=json.loads((path / "train_stats.json").read_text()))
+
+
+def evaluate_cached(model_ref: str, model_key: str, eval_cfg, tasks, cache_dir: Path, *, gguf_file: str | None = None) -> dict[str, float]:
+    """Evaluate a model artifact once per (model, eval settings); later runs reuse the scores."""
+    spec = {"model": model_key, "eval": comparable({"eval": _plain(eval_cfg)})["eval"]}
+
+    def build(tmp: Path) -> None:
+        model, tokenizer = load_model(model_ref, gguf_file=gguf_file, what="Phase-1 model")
+        scores = evaluate(model.to(_device()), tokenizer, tasks, limit=eval_cfg.get("limit"), out_dir=tmp / "samples")
+        (tmp / "metrics.json").write_text(json.dumps(scores, indent=2, sort_keys=True))
+
+    path = artifacts.cached(cache_dir, "eval", spec, build)
+    return json.loads((path / "metrics.json").read_text())
+
+
+# ---------------------------------------------------------------- the run
+
+
+def train_cell(cfg: DictConfig, *, run_dir: str | Path, choices: Mapping[str, str]) -> dict[str, Any]:
+    """Run one cell: Phase 1 -> Phase 2 with the chosen strategy -> evaluation -> record."""
+    rd = RunDir(run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    rd.check_config(resolved)
+    if rd.is_done():
+        log.info("%s is already finished (DONE); skipping it. Delete the folder to run it again.", rd.path)
+        return rd.metrics()
+    rd.start(resolved, {"sweep_id": cfg.sweep_id, "seed": int(cfg.seed), "choices": dict(choices)})
+    cache_dir = Path(cfg.paths.cache_dir)
+    from transformers import set_seed
+
+    set_seed(int(cfg.seed))
+
+    # 1. Every user input is checked before any model work: configs, data files, checkpoints.
+    strategy = instantiate(cfg.strategy)
+    use_instruct = bool(cfg.phase1_data.get("use_instruct_checkpoint", False))
+    data1 = None if use_instruct else load_data(cfg.phase1_data)
+    data2 = load_data(cfg.phase2_data)
+    eval_tasks = build_eval_tasks(cfg.eval)
+    base_ref = base_reference(cfg.model, cache_dir)
+    model_config = check_model(base_ref, gguf_file=cfg.model.get("gguf_file"), what="base model")
+    if use_instruct:
+        if not cfg.model.get("instruct"):
+            raise ConfigError(f"phase1_data=instruct needs an Instruct checkpoint, but model '{cfg.model.name}' has none (set model.instruct=<hub id or path>)")
+        check_model(str(cfg.model.instruct), gguf_file=cfg.model.get("gguf_file"), what="Instruct model")
+    strategy.validate(model_config)
+
+    cell = f"{choices.get('phase1_data')}-{choices.get('phase2_data')}/{choices.get('model')}/{choices.get('strategy')}/seed{cfg.seed}"
+    tracker = Tracker(mode=cfg.tracking.mode, project=cfg.tracking.project, entity=cfg.tracking.get("entity"),
+                      run_dir=rd.path, name=cell, group=str(cfg.sweep_id), job_type="train", config=resolved)
+    try:
+        metrics = _run_phases(cfg, rd, strategy, data1, data2, eval_tasks, base_ref, cache_dir, tracker)
+        rd.write_json("metrics.json", metrics)
+        tracker.summary(metrics)
+        tracker.log_table("scores_per_language", ["phase", "ability", "task", "language", "score"], language_rows(metrics))
+    finally:
+        tracker.finish()
+    rd.mark_done()
+    print_summary(metrics, rd.path)
+    return metrics
+
+
+def _run_phases(cfg, rd: RunDir, strategy, data1, data2, eval_tasks, base_ref, cache_dir, tracker) -> dict[str, Any]:
+    metrics: dict[str, Any] = {f"data/phase2/n/{lang}": n for lang, n in data2.sizes.items()}
+    metrics["data/phase2/skipped"] = data2.skipped
+    if data1 is not None:
+        metrics.update({f"data/phase1/n/{lang}": n for lang, n in data1.sizes.items()})
+        metrics["data/phase1/skipped"] = data1.skipped
+
+    # 2. Phase 1 and its evaluation: artifacts shared by every strategy of a sweep.
+    p1 = phase1(cfg, base_ref, data1, cache_dir, tracker.log)
+    scores1 = evaluate_cached(p1.ref, p1.key, cfg.eval, eval_tasks, cache_dir, gguf_file=None if p1.trained else cfg.model.get("gguf_file"))
+    metrics.update({f"phase1/{k}": v for k, v in scores1.items()})
+
+    # 3. Phase 2 through the strategy's hooks.
+    model, tokenizer = load_model(p1.ref, gguf_file=None if p1.trained else cfg.model.get("gguf_file"), dtype="fp32", what="Phase-1 model")
+    counterpart_cfg = cfg.phase2_data.get("counterpart")
+    train2 = phase_train_config(cfg.train, "phase2")
+    ctx = StrategyContext(
+        base_ref=base_ref, phase1_dir=Path(p1.ref), tokenizer=tokenizer, cache_dir=cache_dir, run_dir=rd.path,
+        seed=int(cfg.seed), phase2_size=len(data2), phase1_key=p1.key,
+        counterpart=(lambda: load_data(counterpart_cfg).examples) if counterpart_cfg else list,
+        counterpart_spec=_plain(counterpart_cfg) or {},
+        load_phase1=lambda: load_model(p1.ref, what="Phase-1 model")[0].to(_device()),
+        max_length=int(train2["max_length"]),
+    )
+    examples2 = strategy.phase2_data(list(data2.examples), ctx)
+    model = strategy.prepare(model, ctx)
+    model, stats2, tok2 = fit(
+        model, tokenizer, examples2, settings=TrainSettings.from_config(train2, seed=int(cfg.seed)),
+        max_length=int(train2["max_length"]), loss_on_prompt=bool(train2["loss_on_prompt"]), hooks=strategy,
+        phase="phase2", checkpoint_dir=rd.path / "checkpoints" / "phase2", log_fn=tracker.log,
+    )
+    model = strategy.finalize(model, ctx)
+    model.save_pretrained(rd.checkpoint)
+    tokenizer.save_pretrained(rd.checkpoint)
+    shutil.rmtree(rd.path / "checkpoints", ignore_errors=True)
+
+    # 4. Evaluation of the Phase-2 model, in memory.
+    scores2 = evaluate(model.to(_device()), tokenizer, eval_tasks, limit=cfg.eval.get("limit"), out_dir=rd.path / "eval" / "phase2")
+    metrics.update({f"phase2/{k}": v for k, v in scores2.items()})
+    for ability in ("ta_avg", "la_avg"):
+        if ability in scores1 and ability in scores2:
+            metrics[f"delta/{ability}"] = scores2[ability] - scores1[ability]
+    metrics.update({f"train/phase2/{k}": v for k, v in asdict(stats2).items() if v is not None})
+    metrics["train/phase2/examples_truncated"] = tok2.truncated
+    metrics["train/phase2/examples_dropped"] = tok2.dropped
+    if p1.stats:
+        metrics.update({f"train/phase1/{k}": v for k, v in p1.stats.items() if v is not None})
+    metrics.update({f"strategy/{k}": v for k, v in strategy.report().items()})
+    return metrics
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def language_rows(metrics: Mapping[str, Any]) -> list[list[Any]]:
+    """(phase, ability, task, language, score) rows from flat keys like phase2/la/xquad/de."""
+    rows = []
+    for key, value in sorted(metrics.items()):
+        parts = key.split("/")
+        if len(parts) == 4 and parts[0] in ("phase1", "phase2") and parts[1] == "la":
+            rows.append([parts[0], parts[1], parts[2], parts[3], value])
+    return rows
+
+
+def summary_table(metrics: Mapping[str, Any]) -> str:
+    """Phase-1 vs Phase-2 headline scores per task, with the TA and LA averages."""
+    from tabulate import tabulate
+
+    names = sorted({k.split("/", 1)[1] for k in metrics if k.startswith(("phase1/ta", "phase1/la", "phase2/ta", "phase2/la")) and k.count("/") <= 2})
+    def fmt(v, signed=False):
+        return "-" if not isinstance(v, (int, float)) else (f"{v:+.3f}" if signed else f"{v:.3f}")
+
+    rows = []
+    for name in sorted(names, key=lambda n: (not n.endswith("_avg"), n)):
+        p1, p2 = metrics.get(f"phase1/{name}"), metrics.get(f"phase2/{name}")
+        delta = p2 - p1 if isinstance(p1, (int, float)) and isinstance(p2, (int, float)) else None
+        rows.append([name, fmt(p1), fmt(p2), fmt(delta, signed=True)])
+    return tabulate(rows, headers=["score", "phase 1", "phase 2", "change"], disable_numparse=True, colalign=("left", "right", "right", "right"))
+
+
+def print_summary(metrics: Mapping[str, Any], run_dir: Path) -> None:
+    print(f"\n{summary_table(metrics)}\n\nRun folder: {run_dir}")
+
+
+def evaluate_checkpoint(cfg: DictConfig, *, out_dir: str | Path, suite: str) -> dict[str, float]:
+    """evaluate.py: score a run's final checkpoint (run_dir=) or any checkpoint (checkpoint=)."""
+    out_dir = Path(out_dir)
+    group = None
+    if cfg.get("run_dir"):
+        run = RunDir(cfg.run_dir)
+        if not run.checkpoint.exists():
+            raise ConfigError(f"run_dir={cfg.run_dir}: no final checkpoint at {run.checkpoint} (is the run finished?)")
+        ref, gguf_file = str(run.checkpoint), None
+        group = json.loads((run.path / "run_meta.json").read_text()).get("sweep_id") if (run.path / "run_meta.json").exists() else None
+    elif cfg.get("checkpoint"):
+        ref, gguf_file = str(cfg.checkpoint), cfg.model.get("gguf_file")
+    else:
+        raise ConfigError("give run_dir=<run folder> or checkpoint=<hub id or folder> (with model=<name> for its settings)")
+    tasks = build_eval_tasks(cfg.eval)  # unknown tasks fail here, before the model loads
+    check_model(ref, gguf_file=gguf_file, what="checkpoint")
+    model, tokenizer = load_model(ref, gguf_file=gguf_file, dtype=str(cfg.model.get("dtype", "auto")), what="checkpoint")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker = Tracker(mode=cfg.tracking.mode, project=cfg.tracking.project, entity=cfg.tracking.get("entity"),
+                      run_dir=out_dir, name=f"evaluate/{suite}", group=group, job_type="evaluate", config=resolved)
+    try:
+        scores = evaluate(model.to(_device()), tokenizer, tasks, limit=cfg.eval.get("limit"), out_dir=out_dir / "samples")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(scores, indent=2, sort_keys=True))
+        tracker.summary(scores)
+        tracker.log_table("scores_per_language", ["phase", "ability", "task", "language", "score"],
+                          language_rows({f"phase2/{k}": v for k, v in scores.items()}))
+    finally:
+        tracker.finish()
+    from tabulate import tabulate
+
+    print("\n" + tabulate(sorted(scores.items()), headers=["score", suite], floatfmt=".3f") + f"\n\nWritten to {out_dir / 'metrics.json'}")
+    return scores

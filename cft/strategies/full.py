@@ -1,0 +1,7 @@
+"""`full`: end-to-end fine-tuning of every parameter in Phase 2, the baseline of arXiv 2410.16006."""
+
+from cft.strategies.base import Strategy
+
+
+class Full(Strategy):
+    """All parameters train; no data mixing. The base class's no-op hooks are exactly this."""

@@ -1,0 +1,25 @@
+"""Train one cell of the study (or a sweep of cells with -m): Phase 1, Phase 2, evaluation, record.
+
+    python train.py                                   # the built-in demo, on the CPU, in minutes
+    python train.py -m strategy=full,lf_h2 seed=0,1   # a sweep; prints its sweep_id
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from cft.cli import guarded
+from cft.hydra_callbacks import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg) -> None:
+    from cft.recipe import train_cell
+
+    runtime = HydraConfig.get().runtime
+    guarded(train_cell, cfg, run_dir=runtime.output_dir, choices=dict(runtime.choices))
+
+
+if __name__ == "__main__":
+    main()
