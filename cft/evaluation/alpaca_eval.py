@@ -1,0 +1,177 @@
+"""AlpacaEval (Li et al., 2023): the model's answers to the 805 AlpacaEval instructions, judged
+pairwise against the reference answers by the `alpaca_eval` package.
+
+The answers are always generated (greedy, the model's chat template) and saved in alpaca_eval's
+format, `<out_dir>/model_outputs.json`, next to `reference_outputs.json`; they can be judged later
+with `alpaca_eval --model_outputs ... --reference_outputs ... --annotators_config ...`.
+The win rate is computed only when an annotator is configured: an OpenAI judge
+(e.g. `alpaca_eval_gpt4_turbo_fn`, needs OPENAI_API_KEY) or a local judge (the path of an
+alpaca_eval annotator config folder, e.g. one using `huggingface_local_completions`). Without an
+annotator, without the `alpaca_eval` package (`pip install alpaca-eval`; not a dependency of cft
+because it pins openai and other packages), or when judging fails, the score is recorded as not
+computed, with the reason, never as 0.
+
+Data: `<data_dir>/alpaca_eval/alpaca_eval.jsonl` (one JSON object per line with `instruction`,
+`output` = the reference answer, `generator`, `dataset`), or, with no data_dir, the hub file
+`alpaca_eval.json` of the tatsu-lab/alpaca_eval dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+from cft.data.format import render_prompt
+from cft.data.records import Example
+from cft.errors import ConfigError, DataError
+from cft.evaluation import TaskScores
+from cft.generate import generate
+
+log = logging.getLogger(__name__)
+
+HUB_REPO = "tatsu-lab/alpaca_eval"
+HUB_FILE = "alpaca_eval.json"
+LOCAL_FILE = Path("alpaca_eval") / "alpaca_eval.jsonl"
+
+
+def read_alpaca_eval(path: str | Path) -> list[dict]:
+    """Records of an AlpacaEval file (JSON list or JSON Lines); DataError with file:line on a bad one."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    records: list[dict] = []
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc})") from exc
+        numbered = list(enumerate(records, 1))
+    else:
+        numbered = []
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: not valid JSON ({exc})") from exc
+    for where, record in numbered:
+        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str) or not isinstance(record.get("output"), str):
+            raise DataError(f"{path}:{where}: an AlpacaEval record needs string fields 'instruction' and 'output'")
+    return [r for _, r in numbered]
+
+
+class AlpacaEvalTask:
+    """AlpacaEval as an `EvalTask`.
+
+    Args:
+        annotator: alpaca_eval annotator config (name or folder); None = generate and save only.
+        data_dir: folder in the layout of the shared data folder; None = the hub file.
+        max_new_tokens, batch_size: generation settings.
+        generator: the name of the model in alpaca_eval's leaderboard.
+        metric: "win_rate" or "length_controlled_winrate" (when alpaca_eval computes it).
+    """
+
+    def __init__(
+        self,
+        annotator: str | None = None,
+        data_dir: str | Path | None = None,
+        ability: str = "ta",
+        name: str = "alpaca_eval",
+        max_new_tokens: int = 1024,
+        batch_size: int = 16,
+        generator: str = "cft_model",
+        metric: str = "win_rate",
+    ):
+        if ability not in ("ta", "la"):
+            raise ConfigError(f"eval task {name}: ability must be 'ta' or 'la', not {ability!r}")
+        if metric not in ("win_rate", "length_controlled_winrate"):
+            raise ConfigError(f"eval task {name}: metric must be win_rate or length_controlled_winrate, not {metric!r}")
+        self.annotator = annotator or None
+        self.ability, self.name, self.metric = ability, name, metric
+        self.max_new_tokens, self.batch_size, self.generator = max_new_tokens, batch_size, generator
+        self.data_dir = Path(data_dir).expanduser() if data_dir else None
+        if self.data_dir is not None and not (self.data_dir / LOCAL_FILE).is_file():
+            raise DataError(f"eval task {name}: eval.data_dir={self.data_dir} lacks {LOCAL_FILE}")
+
+    def load(self) -> list[dict]:
+        if self.data_dir is not None:
+            return read_alpaca_eval(self.data_dir / LOCAL_FILE)
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset")
+        except Exception as exc:  # offline, no cache, hub error: all need the same advice
+            raise DataError(
+                f"eval task {self.name}: could not fetch {HUB_FILE} from the hub dataset {HUB_REPO} ({type(exc).__name__}); "
+                f"put a local copy at <dir>/{LOCAL_FILE} and set eval.data_dir=<dir>"
+            ) from exc
+        return read_alpaca_eval(path)
+
+    def why_not_judged(self) -> str | None:
+        """The reason the win rate cannot be computed, or None when it can be tried."""
+        if self.annotator is None:
+            return "no AlpacaEval annotator configured (set the task's annotator, e.g. alpaca_eval_gpt4_turbo_fn or a local judge config)"
+        try:
+            import alpaca_eval  # noqa: F401
+        except ImportError:
+            return "the alpaca_eval package is not installed (pip install alpaca-eval)"
+        looks_openai = any(k in str(self.annotator).lower() for k in ("gpt", "openai")) and not Path(str(self.annotator)).exists()
+        if looks_openai and not os.environ.get("OPENAI_API_KEY"):
+            return f"annotator {self.annotator} is an OpenAI judge and OPENAI_API_KEY is not set"
+        return None
+
+    def run(self, model, tokenizer, *, limit: int | None, out_dir: Path) -> list[TaskScores]:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        records = self.load()
+        if limit:
+            records = records[:limit]
+        prompts = [render_prompt(tokenizer, Example(instruction=r["instruction"], output="")) for r in records]
+        outputs = generate(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, desc="alpaca_eval")
+        model_outputs = [
+            {"instruction": r["instruction"], "output": o, "generator": self.generator, "dataset": r.get("dataset", "")}
+            for r, o in zip(records, outputs)
+        ]
+        references = [
+            {"instruction": r["instruction"], "output": r["output"], "generator": r.get("generator", "reference"), "dataset": r.get("dataset", "")}
+            for r in records
+        ]
+        (out_dir / "model_outputs.json").write_text(json.dumps(model_outputs, indent=1, ensure_ascii=False))
+        (out_dir / "reference_outputs.json").write_text(json.dumps(references, indent=1, ensure_ascii=False))
+        reason = self.why_not_judged()
+        result = None
+        if reason is None:
+            try:
+                result = self._judge(model_outputs, references, out_dir)
+            except Exception as exc:  # a judge that fails must not lose the other scores
+                log.exception("AlpacaEval judging failed")
+                reason = f"judging with {self.annotator} failed: {type(exc).__name__}: {exc}"
+        if result is None:
+            log.warning("AlpacaEval win rate not computed: %s (outputs saved in %s)", reason, out_dir)
+            (out_dir / "score.json").write_text(json.dumps({"not_computed": reason}, indent=1))
+            return [TaskScores(self.name, self.ability, math.nan, not_computed=reason)]
+        (out_dir / "score.json").write_text(json.dumps(result, indent=1))
+        if self.metric not in result:
+            reason = f"alpaca_eval reported no {self.metric} (only {sorted(result)})"
+            return [TaskScores(self.name, self.ability, math.nan, not_computed=reason)]
+        return [TaskScores(self.name, self.ability, result[self.metric], metrics=result)]
+
+    def _judge(self, model_outputs: list[dict], references: list[dict], out_dir: Path) -> dict[str, float]:
+        import pandas as pd
+        from alpaca_eval import evaluate as alpaca_evaluate
+
+        leaderboard, _ = alpaca_evaluate(
+            model_outputs=pd.DataFrame(model_outputs),
+            reference_outputs=pd.DataFrame(references),
+            annotators_config=self.annotator,
+            name=self.generator,
+            output_path=str(out_dir / "judge"),
+            precomputed_leaderboard=None,
+            is_return_instead_of_print=True,
+        )
+        row = leaderboard.loc[self.generator]
+        # alpaca_eval reports percentages; scores here are in [0, 1].
+        return {k: float(row[k]) / 100 for k in ("win_rate", "length_controlled_winrate") if k in row and row[k] == row[k]}

@@ -1,0 +1,184 @@
+"""Hooks of the project's lm-eval task YAMLs (`!function utils.<name>` in the files next to this one).
+
+lm-eval loads this file by path for the YAMLs of this folder, and as `cft.evaluation.tasks.utils`
+for the per-run YAMLs that `cft.evaluation.lmeval.write_task_configs` generates, so that the same
+configs run in-process and with `lm-eval run --include_path <dir>`.
+
+Documents are normalised here so one YAML serves both the hub copy of a benchmark and a local
+copy in the layout of the shared data folder (SQuAD-style nested JSON for XQuAD/MLQA, header-less
+CSVs for MMLU, preprocessed JSONL for HellaSwag).
+
+IFEval offline: lm-eval's IFEval module calls `nltk.download("punkt_tab")` when it is imported and
+needs the Punkt English model for two instructions (number of sentences; capital-word frequency
+through `nltk.word_tokenize`). No PyPI package ships that model, and runs are often offline.
+`ensure_nltk_offline()` runs before that import: when NLTK finds no `punkt_tab` of its own, it writes
+a minimal Punkt model (the algorithm unchanged, no trained collocations or sentence starters, a short
+list of common English abbreviations) into a private temporary folder and appends that folder to
+`nltk.data.path`. NLTK then finds a model, downloads nothing, and splits sentences at . ! ? followed
+by a space, except after the listed abbreviations. A real NLTK `punkt_tab` (e.g. in `$NLTK_DATA`)
+is found first and used unchanged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import shutil
+import tempfile
+from functools import partial
+from pathlib import Path
+
+from cft.evaluation import metrics
+
+log = logging.getLogger(__name__)
+
+# lm-eval loads this file under the bare module name "utils", so `datasets` fingerprints these
+# functions by name, not code: a cached map() result would outlive a change of the code.
+_NO_CACHE = {"load_from_cache_file": False}
+
+# ---------------------------------------------------------------------------------------------
+# IFEval without network
+
+# Common English abbreviations after which a period does not end a sentence (lower case, no final dot).
+PUNKT_FALLBACK_ABBREVIATIONS = (
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e cf al inc ltd co corp dept univ assn bros no vol fig figs "
+    "approx est gov gen col lt sgt capt cmdr rev hon mt ft jan feb mar apr jun jul aug sep sept oct nov dec "
+    "u.s u.k a.m p.m ph.d m.d b.a m.a"
+).split()
+
+_FALLBACK_DIR: Path | None = None
+
+
+def ensure_nltk_offline() -> str:
+    """Make NLTK's Punkt English model available without a download; returns which one is used."""
+    global _FALLBACK_DIR
+    import nltk
+
+    try:
+        return str(nltk.data.find("tokenizers/punkt_tab/english/"))
+    except LookupError:
+        pass
+    if _FALLBACK_DIR is None:
+        root = Path(tempfile.mkdtemp(prefix="cft-nltk-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        english = root / "tokenizers" / "punkt_tab" / "english"
+        english.mkdir(parents=True)
+        (english / "abbrev_types.txt").write_text("\n".join(PUNKT_FALLBACK_ABBREVIATIONS) + "\n")
+        for empty in ("collocations.tab", "sent_starters.txt", "ortho_context.tab"):
+            (english / empty).write_text("")
+        _FALLBACK_DIR = root
+        log.info("NLTK punkt_tab not installed: IFEval uses the built-in minimal Punkt model in %s", root)
+    if str(_FALLBACK_DIR) not in nltk.data.path:
+        nltk.data.path.append(str(_FALLBACK_DIR))
+    return str(_FALLBACK_DIR)
+
+
+def ifeval_process_results(doc, results):
+    ensure_nltk_offline()
+    from lm_eval.tasks.ifeval import utils as ifeval_utils
+
+    # JSON loaders fill the kwargs a record lacks with None; lm-eval's scorer drops falsy values.
+    return ifeval_utils.process_results(doc, results)
+
+
+def agg_inst_level_acc(items):
+    flat = [item for sublist in items for item in sublist]
+    return sum(flat) / len(flat)
+
+
+# ---------------------------------------------------------------------------------------------
+# Extractive QA: XQuAD and MLQA (hub rows are flat; local files are SQuAD's nested JSON)
+
+
+def _flatten_squad(batch):
+    out = {"id": [], "context": [], "question": [], "answers": []}
+    for paragraphs in batch["paragraphs"]:
+        for paragraph in paragraphs:
+            for qa in paragraph["qas"]:
+                out["id"].append(str(qa["id"]))
+                out["context"].append(paragraph["context"])
+                out["question"].append(qa["question"])
+                out["answers"].append({"text": [a["text"] for a in qa["answers"]]})
+    return out
+
+
+def process_docs_squad(dataset):
+    """Rows with id, context, question and answers.text, from either the hub or SQuAD JSON."""
+    if "paragraphs" in dataset.column_names:
+        return dataset.map(_flatten_squad, batched=True, remove_columns=dataset.column_names, **_NO_CACHE)
+    return dataset
+
+
+def _qa_results(doc, results, lang):
+    prediction = results[0]
+    answers = doc["answers"]["text"] if isinstance(doc["answers"], dict) else doc["answers"]
+    return {
+        "exact_match": metrics.qa_exact(prediction, answers, lang),
+        "f1": metrics.qa_f1(prediction, answers, lang),
+    }
+
+
+QA_LANGUAGES = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
+for _lang in QA_LANGUAGES:
+    globals()[f"qa_results_{_lang}"] = partial(_qa_results, lang=_lang)
+
+# ---------------------------------------------------------------------------------------------
+# XLSUM
+
+# Articles are cut to this many characters so that the instruction and the start of the article
+# fit a 4k-token context in every script (lm-eval would otherwise cut the prompt's beginning).
+XLSUM_MAX_ARTICLE_CHARS = 4000
+
+
+def process_docs_xlsum(dataset):
+    return dataset.map(lambda d: {"text": d["text"][:XLSUM_MAX_ARTICLE_CHARS].strip(), "summary": d["summary"].strip()}, **_NO_CACHE)
+
+
+def xlsum_results(doc, results):
+    return {"rougeL": metrics.rouge_l(results[0].strip(), doc["summary"])}
+
+
+# ---------------------------------------------------------------------------------------------
+# MMLU and Global-MMLU-Lite (local CSVs have no header: question, A, B, C, D, answer letter)
+
+
+def _mmlu_doc(doc):
+    if "choices" in doc and doc["choices"] is not None:
+        return {"question": doc["question"], "choices": list(doc["choices"]), "gold": int(doc["answer"])}
+    options = [doc[k] for k in ("A", "B", "C", "D")] if "A" in doc else [doc[f"option_{k}"] for k in "abcd"]
+    answer = doc["answer"]
+    index = "ABCD".index(str(answer).strip().upper()) if not str(answer).strip().isdigit() else int(answer)
+    # A new column: map() would cast ints back into an existing string column.
+    return {"question": doc["question"], "choices": [str(o) for o in options], "gold": index}
+
+
+def process_docs_mmlu(dataset):
+    return dataset.map(_mmlu_doc, **_NO_CACHE)
+
+
+# ---------------------------------------------------------------------------------------------
+# HellaSwag (hub rows, the official JSONL, or the preprocessed JSONL with `query`)
+
+
+def _hellaswag_preprocess(text: str) -> str:
+    import re
+
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def _hellaswag_doc(doc):
+    if doc.get("query") is not None:
+        query = doc["query"]
+    else:
+        query = doc["activity_label"] + ": " + doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
+    return {
+        "query": _hellaswag_preprocess(query),
+        "choices": [_hellaswag_preprocess(e) for e in doc["endings"]],
+        "gold": int(doc["label"]),
+    }
+
+
+def process_docs_hellaswag(dataset):
+    return dataset.map(_hellaswag_doc, **_NO_CACHE)

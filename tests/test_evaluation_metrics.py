@@ -1,0 +1,158 @@
+"""Metrics the project computes itself, against hand-computed values: XLSUM ROUGE-L in scripts
+without spaces and in Arabic/Devanagari, SQuAD-style QA normalisation, lm-eval results turned into
+TaskScores and the paper's averages, and IFEval's sentence counting without network."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cft.evaluation import TaskScores, flatten
+from cft.evaluation.lmeval import LMEvalTask
+from cft.evaluation.metrics import mean, qa_exact, qa_f1, qa_tokens, rouge_l, rouge_tokens
+
+
+# --- XLSUM ROUGE-L ----------------------------------------------------------------------------
+
+
+def test_rouge_tokens_keep_words_of_every_script_and_split_cjk():
+    assert rouge_tokens("我爱北京。Hello, World!") == ["我", "爱", "北", "京", "hello", "world"]
+    # Devanagari vowel signs and virama are marks: they stay inside their word.
+    assert rouge_tokens("मेरा नाम, हिन्दी।") == ["मेरा", "नाम", "हिन्दी"]
+    assert rouge_tokens("ذهب الولد إلى المدرسة.") == ["ذهب", "الولد", "إلى", "المدرسة"]
+    assert rouge_tokens("これはペンです") == list("これはペンです")
+    assert rouge_tokens("ภาษาไทย") == list("ภาษาไทย")
+
+
+def test_rouge_l_chinese_is_character_level():
+    # LCS 4 of 7 predicted and 4 reference characters: P = 4/7, R = 1, F = 8/11.
+    assert rouge_l("我爱北京天安门", "我爱北京") == pytest.approx(8 / 11)
+    assert rouge_l("天安门", "我爱北京") == 0.0
+
+
+def test_rouge_l_japanese_and_english():
+    # 7 vs 5 characters, LCS 5: P = 5/7, R = 1, F = 5/6.
+    assert rouge_l("これはペンです", "これはペン") == pytest.approx(5 / 6)
+    # "the cat on the mat" is a subsequence of the 6-word prediction: P = 5/6, R = 1, F = 10/11.
+    assert rouge_l("The cat sat on the mat.", "the cat on the mat") == pytest.approx(10 / 11)
+
+
+def test_rouge_l_arabic_scores_where_the_default_tokenizer_gives_zero():
+    from rouge_score import rouge_scorer
+
+    pred, ref = "ذهب الولد إلى المدرسة", "ذهب الولد"
+    default = rouge_scorer.RougeScorer(["rougeL"]).score(ref, pred)["rougeL"].fmeasure
+    assert default == 0.0  # the reason the project has its own tokenizer
+    # LCS 2: P = 2/4, R = 2/2, F = 2/3.
+    assert rouge_l(pred, ref) == pytest.approx(2 / 3)
+
+
+def test_rouge_l_empty():
+    assert rouge_l("", "") == 0.0
+    assert rouge_l("", "something") == 0.0
+
+
+# --- QA F1 / exact match ----------------------------------------------------------------------
+
+
+def test_qa_normalisation_squad():
+    assert qa_tokens("The Cat, sat!") == ["cat", "sat"]
+    assert qa_exact("The Cat!", "cat") == 1.0
+    assert qa_exact("cats", "cat") == 0.0
+    # pred {cat, sat}, gold {cat, sat, down}: P = 1, R = 2/3, F = 0.8.
+    assert qa_f1("the cat sat", "a cat sat down") == pytest.approx(0.8)
+    # Best over references.
+    assert qa_f1("Paris", ["London", "paris."]) == 1.0
+    assert qa_f1("", ["Paris"]) == 0.0
+
+
+def test_qa_language_articles_and_characters():
+    assert qa_exact("der Hund", "Hund", "de") == 1.0
+    assert qa_exact("der Hund", "Hund", "en") == 0.0  # "der" is no English article
+    assert qa_exact("الكتاب", "كتاب", "ar") == 1.0
+    assert qa_exact("el perro", "perro", "es") == 1.0
+    # Characters: pred 北京大学 (4), gold 北京 (2), common 2: P = 1/2, R = 1, F = 2/3.
+    assert qa_f1("北京大学", "北京", "zh") == pytest.approx(2 / 3)
+    # Full-width punctuation is removed like ASCII punctuation.
+    assert qa_exact("「北京」。", "北京", "zh") == 1.0
+    # Repeated tokens count with multiplicity (SQuAD): pred x x y, gold x y y -> common 2, F = 2/3.
+    assert qa_f1("x x y", "x y y") == pytest.approx(2 / 3)
+
+
+def test_mean():
+    assert mean([0.5, 0.25, 0.0]) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        mean([])
+
+
+# --- lm-eval results -> TaskScores -> flat keys and the paper's averages ------------------------
+
+
+def test_per_language_scores_and_averages():
+    xquad = LMEvalTask("xquad", languages=["de", "zh"])
+    lm_results = {
+        "cft_xquad_de": {"f1,none": 0.5, "exact_match,none": 0.25, "f1_stderr,none": 0.1},
+        "cft_xquad_zh": {"f1,none": 0.3, "exact_match,none": 0.0},
+    }
+    scores = xquad.scores(lm_results, xquad.lm_tasks())
+    assert scores.score == pytest.approx(0.4)
+    assert scores.per_language == {"de": 0.5, "zh": 0.3}
+    assert scores.metrics["em"] == pytest.approx(0.125)
+    assert scores.metrics["zh/f1"] == 0.3
+
+    ifeval = LMEvalTask("ifeval", metric="inst_loose")
+    ife = ifeval.scores(
+        {"ifeval": {"prompt_level_strict_acc,none": 0.2, "inst_level_strict_acc,none": 0.3,
+                    "prompt_level_loose_acc,none": 0.4, "inst_level_loose_acc,none": 0.5}},
+        ifeval.lm_tasks(),
+    )
+    assert ife.score == 0.5 and ife.metrics["prompt_strict"] == 0.2
+
+    skipped = TaskScores("alpaca_eval", "ta", math.nan, not_computed="no annotator")
+    flat = flatten([scores, ife, TaskScores("mmlu", "ta", 0.3), skipped])
+    assert flat["la/xquad"] == pytest.approx(0.4)
+    assert flat["la/xquad/de"] == 0.5
+    assert flat["la/xquad/de/em"] == 0.25
+    assert flat["ta/ifeval/prompt_strict"] == 0.2
+    assert flat["ta_avg"] == pytest.approx((0.5 + 0.3) / 2)  # not-computed AlpacaEval is left out, not 0
+    assert flat["la_avg"] == pytest.approx(0.4)
+    assert not any(k.startswith("ta/alpaca_eval") for k in flat)
+
+
+def test_missing_lm_eval_metric_is_an_error_not_a_zero():
+    task = LMEvalTask("hellaswag")
+    with pytest.raises(RuntimeError, match="acc_norm"):
+        task.scores({"hellaswag": {"acc,none": 0.3}}, task.lm_tasks())
+
+
+# --- IFEval without network -------------------------------------------------------------------
+
+_IFEVAL_OFFLINE = r"""
+import nltk
+def no_download(*a, **k):
+    raise AssertionError("nltk.download called")
+nltk.download = no_download
+from cft.evaluation.tasks.utils import ensure_nltk_offline, ifeval_process_results
+ensure_nltk_offline()
+from lm_eval.tasks.ifeval import instructions_util
+assert instructions_util.count_sentences("Hello Mr. Smith. How are you? I am fine! See e.g. this one.") == 4, \
+    instructions_util.count_sentences("Hello Mr. Smith. How are you? I am fine! See e.g. this one.")
+doc = {"key": 1, "prompt": "p", "instruction_id_list": ["length_constraints:number_sentences", "change_case:capital_word_frequency"],
+       "kwargs": [{"relation": "less than", "num_sentences": 3}, {"capital_relation": "at least", "capital_frequency": 2}]}
+two = ifeval_process_results(doc, ["FIRST sentence here. SECOND one."])
+four = ifeval_process_results(doc, ["One. Two. Three. FOUR."])
+assert two["inst_level_strict_acc"] == [True, True], two
+assert four["inst_level_strict_acc"] == [False, False], four
+print("ok")
+"""
+
+
+def test_ifeval_sentence_instructions_score_offline(tmp_path):
+    env = dict(os.environ, NLTK_DATA=str(tmp_path / "no-nltk-data"), HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", _IFEVAL_OFFLINE], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
