@@ -28,7 +28,11 @@ def sweep_id_for(overrides: list[str]) -> str:
 
 class SweepId(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
-        sweep = sweep_id_for(list(config.hydra.overrides.task))
+        from omegaconf import OmegaConf
+
+        # An experiment config may pin sweep_id (a plain value, not the env interpolation).
+        pinned = None if OmegaConf.is_interpolation(config, "sweep_id") else config.get("sweep_id")
+        sweep = str(pinned) if pinned else sweep_id_for(list(config.hydra.overrides.task))
         os.environ[ENV] = sweep
         print(f"cft: sweep_id={sweep}", flush=True)
 

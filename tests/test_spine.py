@@ -35,6 +35,7 @@ def test_demo_run_records_everything(demo_run):
                 "phase1/ta_avg", "phase2/ta_avg", "phase2/la_avg", "train/phase2/steps", "data/phase2/n/es"):
         assert key in metrics, key
     assert metrics["train/phase2/steps"] == 3
+    assert 0.0 < metrics["des"] <= 1.0  # DES of the Phase-1 and Phase-2 data, recorded by every run
     assert metrics["data/phase2/n/es"] == 12  # 3 tasks x 4 examples
     assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k.startswith(("phase1/", "phase2/")))
     # TA average is the mean of the per-task English scores.
@@ -44,6 +45,14 @@ def test_demo_run_records_everything(demo_run):
     assert "phase 1" in proc.stdout and "ta_avg" in proc.stdout
     # DONE is written after metrics.json.
     assert (folder / "DONE").stat().st_mtime_ns >= (folder / "metrics.json").stat().st_mtime_ns
+    # Layer changes base -> Phase 1 -> Phase 2, ranked per module type (2 layers x 7 modules x 2 transitions).
+    import csv
+
+    rows = list(csv.DictReader((folder / "layer_changes.csv").open()))
+    assert {r["transition"] for r in rows} == {"base->phase1", "phase1->phase2"}
+    assert {r["rank"] for r in rows if r["module"] == "q_proj"} == {"1", "2"}
+    # Where the Phase-1 model is, for analyses that need it.
+    assert "phase1_ref" in json.loads((folder / "run_meta.json").read_text())
     # One offline W&B run in the run folder.
     assert len(list((folder / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
 
@@ -155,6 +164,10 @@ def test_unknown_config_option(tmp_path, override, message):
 def test_local_data_file_layout(tmp_path):
     """A local JSONL with null inputs trains through the same path."""
     data = write_jsonl(tmp_path / "en.jsonl", [{"instruction": f"Say {i}", "input": None, "output": str(i)} for i in range(16)])
-    run_script("train.py", [*SMALL, f"phase1_data.path={data}", "sweep_id=loc"], tmp_path)
+    run_script("train.py", [*SMALL, f"phase1_data.path={data}", "sweep_id=loc", "similarity.mpd=true"], tmp_path)
     (folder,) = run_folders(tmp_path / "loc")
-    assert json.loads((folder / "metrics.json").read_text())["data/phase1/n/en"] == 16
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["data/phase1/n/en"] == 16
+    # MPD asked for: the base fine-tuned on the Phase-2 data alone is a cached artifact of its own.
+    assert metrics["mpd"] > 0 and "mpd/layer/0" in metrics
+    assert len(list((tmp_path / "cache" / "phase2_alone").glob("*/DONE"))) == 1

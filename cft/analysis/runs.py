@@ -1,0 +1,212 @@
+"""Collecting the runs of a sweep, from run folders or from W&B.
+
+A run folder (written by the recipe) is
+`<output_root>/<sweep_id>/<phase1_data>-<phase2_data>/<model>/<strategy>/seed<k>/` with
+`config.yaml`, `run_meta.json` (sweep_id, seed, choices), `metrics.json` (flat keys) and `DONE`,
+written last. A folder without `DONE` is an unfinished run: it is listed, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from cft.errors import CftError
+
+log = logging.getLogger(__name__)
+
+# The axes that name a cell of the study (a row of the tables); seeds are aggregated.
+CELL_KEYS = ("phase1_data", "phase2_data", "model", "strategy")
+ANALYSIS_DIR = "analysis"
+
+
+@dataclass
+class Run:
+    name: str  # the run's path relative to the sweep folder (or its W&B id)
+    choices: dict[str, str]
+    seed: int | None
+    metrics: dict[str, Any]
+    finished: bool
+    path: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cell(self) -> tuple[str, ...]:
+        return tuple(str(self.choices.get(k, "?")) for k in CELL_KEYS)
+
+
+@dataclass
+class Sweep:
+    sweep_id: str
+    source: str  # a folder, or entity/project on W&B
+    runs: list[Run]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> list[Run]:
+        return [r for r in self.runs if r.finished]
+
+    @property
+    def unfinished(self) -> list[Run]:
+        return [r for r in self.runs if not r.finished]
+
+
+def _choices_from_path(rel: Path) -> dict[str, str]:
+    """Choices from the folder layout <p1>-<p2>/<model>/<strategy>[/<overrides>]/seed<k> (when run_meta.json lacks them)."""
+    parts = rel.parts
+    if len(parts) < 4:
+        return {}
+    p1, _, p2 = parts[0].partition("-")
+    return {"phase1_data": p1, "phase2_data": p2, "model": parts[1], "strategy": parts[2]}
+
+
+def _variant(rel: Path) -> str:
+    """The overrides folder between strategy and seed (e.g. 'train.lr=1e-5'): runs that differ in
+    it are different cells, never seeds of one cell."""
+    parts = rel.parts
+    return "/".join(parts[3:-1]) if len(parts) > 4 else ""
+
+
+def _read_json(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        problems.append(f"{path}: unreadable ({exc})")
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{path}: expected a JSON object")
+        return {}
+    return value
+
+
+def existing_sweeps(output_root: Path) -> list[str]:
+    if not output_root.is_dir():
+        return []
+    return sorted(p.name for p in output_root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "cache"
+                  and any(p.rglob("run_meta.json")))
+
+
+def sweep_folder(output_root: str | Path, sweep_id: str) -> Path:
+    """The folder of a sweep; CftError naming the folder searched and the sweeps that exist."""
+    root = Path(output_root).expanduser()
+    folder = root / str(sweep_id)
+    if not folder.is_dir():
+        found = existing_sweeps(root)
+        raise CftError(
+            f"unknown sweep_id={sweep_id!r}: no folder {folder.resolve()}. "
+            + (f"Sweeps found in {root.resolve()}: {', '.join(found)}." if found else f"No sweeps found in {root.resolve()}.")
+            + " (Set output_root=... or CFT_OUTPUT_ROOT if the runs live elsewhere.)"
+        )
+    return folder
+
+
+def collect_local(output_root: str | Path, sweep_id: str) -> Sweep:
+    """All runs of a sweep from its folder: finished (DONE) and unfinished ones, plus any problems found."""
+    folder = sweep_folder(output_root, sweep_id)
+    problems: list[str] = []
+    runs: list[Run] = []
+    run_dirs = sorted({p.parent for p in folder.rglob("run_meta.json") if ANALYSIS_DIR not in p.relative_to(folder).parts[:1]})
+    # A seed folder with metrics or DONE but no run_meta.json is a run too (written by hand or an old version).
+    run_dirs += sorted({p.parent for name in ("metrics.json", "DONE") for p in folder.rglob(name)
+                        if p.parent.name.startswith("seed") and len(p.relative_to(folder).parts) >= 5})
+    for run_dir in sorted(set(run_dirs)):
+        rel = run_dir.relative_to(folder)
+        meta = _read_json(run_dir / "run_meta.json", problems) if (run_dir / "run_meta.json").exists() else {}
+        if not meta:
+            problems.append(f"{run_dir}: no run_meta.json; the run's cell is read from its folder name")
+        choices = {k: str(v) for k, v in (meta.get("choices") or {}).items()} or _choices_from_path(rel)
+        if choices and _variant(rel):
+            choices["variant"] = _variant(rel)
+        finished = (run_dir / "DONE").exists()
+        metrics_file = run_dir / "metrics.json"
+        metrics = _read_json(metrics_file, problems) if metrics_file.exists() else {}
+        if finished and not metrics:
+            problems.append(f"{run_dir}: marked DONE but has no metrics.json")
+        if meta.get("sweep_id") not in (None, sweep_id):
+            problems.append(f"{run_dir}: run_meta.json says sweep_id={meta.get('sweep_id')!r}, not {sweep_id!r}")
+        seed = meta.get("seed")
+        if seed is None and rel.name.startswith("seed") and rel.name[4:].isdigit():
+            seed = int(rel.name[4:])
+        runs.append(Run(name=str(rel), choices=choices, seed=seed, metrics=metrics, finished=finished, path=run_dir))
+    return Sweep(sweep_id=str(sweep_id), source=str(folder), runs=runs, problems=problems)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _choices_from_config(config: Mapping[str, Any]) -> dict[str, str]:
+    """A W&B run's choices: the recipe logs run_meta (with its choices) into the config; otherwise
+    each group's `name` key stands in for the option name."""
+    for key in ("run_meta", "_run_meta", "meta"):
+        meta = config.get(key)
+        if isinstance(meta, Mapping) and isinstance(meta.get("choices"), Mapping):
+            return {k: str(v) for k, v in meta["choices"].items()}
+    if isinstance(config.get("choices"), Mapping):
+        return {k: str(v) for k, v in config["choices"].items()}
+    out = {}
+    for group in ("model", "phase1_data", "phase2_data", "strategy", "eval", "train"):
+        node = config.get(group)
+        if isinstance(node, Mapping) and node.get("name") is not None:
+            out[group] = str(node["name"])
+    return out
+
+
+def collect_wandb(entity: str | None, project: str, sweep_id: str, *, api=None) -> Sweep:
+    """All runs of a sweep from W&B (group = sweep_id; the analysis run itself is skipped).
+
+    Finished means W&B state 'finished'; metrics are the run summary (the same flat keys as metrics.json).
+    """
+    if api is None:
+        if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+            raise CftError(f"source=wandb needs the W&B server, but WANDB_MODE={os.environ['WANDB_MODE']} is set. "
+                           "Unset it (and log in with `wandb login` or WANDB_API_KEY), or use source=local.")
+        try:
+            import wandb
+
+            api = wandb.Api(timeout=30)
+        except Exception as exc:
+            raise CftError(f"could not reach the W&B API ({type(exc).__name__}: {exc}). "
+                           "Log in with `wandb login` or set WANDB_API_KEY, or use source=local.") from exc
+    path = f"{entity}/{project}" if entity else project
+    try:
+        wb_runs = list(api.runs(path, filters={"group": str(sweep_id)}))
+    except Exception as exc:
+        raise CftError(f"could not list the W&B runs of {path} in group {sweep_id!r} ({type(exc).__name__}: {exc}). "
+                       "Check entity=..., project=... and your W&B login.") from exc
+    runs, problems = [], []
+    for r in wb_runs:
+        if getattr(r, "job_type", None) == "analyze":
+            continue
+        config = _plain(dict(r.config))
+        summary = {k: v for k, v in _plain(dict(r.summary)).items() if not k.startswith("_") and isinstance(v, (int, float))}
+        choices = _choices_from_config(config)
+        if not choices:
+            problems.append(f"W&B run {r.id} ({r.name}): no choices in its config; it is left out of the tables")
+        runs.append(Run(name=f"{r.name} ({r.id})", choices=choices, seed=config.get("seed"), metrics=summary,
+                        finished=r.state == "finished", config=config))
+    if not runs:
+        raise CftError(f"no W&B runs in {path} with group {sweep_id!r} (is sweep_id right? entity/project?)")
+    return Sweep(sweep_id=str(sweep_id), source=f"wandb:{path}", runs=runs, problems=problems)
+
+
+def key_disagreements(runs: list[Run]) -> list[str]:
+    """Messages for metric keys present in some finished runs of the sweep but missing in others."""
+    if len(runs) < 2:
+        return []
+    all_keys = set().union(*(r.metrics for r in runs))
+    messages = []
+    for r in runs:
+        missing = sorted(all_keys - set(r.metrics))
+        if missing:
+            messages.append(f"run {r.name} lacks {len(missing)} metric key(s) that other runs have: "
+                            + ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else ""))
+    return messages
