@@ -1,5 +1,10 @@
 """Turning instruction records into model inputs: the chat template (or an Alpaca prompt for
-models without one), tokenisation, loss masking of the prompt, truncation and padding."""
+models without one), tokenisation, loss masking of the prompt, truncation and padding.
+
+The loss is on the response tokens (and the end-of-turn token) only, unless `loss_on_prompt`.
+An example longer than `max_length` keeps its whole prompt and a truncated response; one whose
+prompt alone fills `max_length` is dropped (it would teach nothing). Both are counted.
+Packing lives in cft/data/packing.py."""
 
 from __future__ import annotations
 
@@ -25,10 +30,17 @@ def user_message(ex: Example) -> str:
 def render_prompt(tokenizer, ex: Example) -> str:
     """The text the model sees before its response."""
     if getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": ex.system}] if ex.system else []) + [
-            {"role": "user", "content": user_message(ex)}
-        ]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        from jinja2.exceptions import TemplateError
+
+        user = [{"role": "user", "content": user_message(ex)}]
+        if ex.system:
+            try:
+                return tokenizer.apply_chat_template([{"role": "system", "content": ex.system}, *user],
+                                                     tokenize=False, add_generation_prompt=True)
+            except TemplateError:
+                # Some templates (Mistral-Instruct v0.1/v0.2) reject a system turn: prepend it to the user's.
+                user = [{"role": "user", "content": f"{ex.system}\n\n{user_message(ex)}"}]
+        return tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
     system = f"{ex.system}\n\n" if ex.system else ""
     return system + ALPACA_PROMPT.format(instruction=user_message(ex))
 
@@ -38,6 +50,10 @@ class TokenizeStats:
     total: int = 0
     truncated: int = 0
     dropped: int = 0  # prompt alone filled max_length, so no response token would be learned
+    tokens: int = 0  # tokens of the kept examples
+    padding_fraction: float | None = None  # share of padding in the epoch's micro-batches, padded
+    padding_fraction_packed: float | None = None  # the same with packing (0: a packed row has no padding)
+    packing: bool = False
 
 
 def tokenize_example(tokenizer, ex: Example, max_length: int, loss_on_prompt: bool = False) -> tuple[dict | None, bool]:
@@ -66,6 +82,7 @@ def tokenize_examples(
             stats.dropped += 1
         else:
             out.append(item)
+            stats.tokens += len(item["input_ids"])
     return out, stats
 
 

@@ -1,13 +1,26 @@
 """The instruction record every dataset is turned into, and strict readers for local files.
 
-Readers validate every record and name the file and line of the first bad one; with
-`on_bad_record="skip"` they skip bad records and count them instead. Nothing is dropped silently.
+Three field layouts are read, chosen by the `fields` mapping of a dataset config:
+
+- instruction / input / output records (Alpaca, MultiAlpaca); `input` may be missing, empty or null;
+- the same with a system prompt field (OpenOrca: system_prompt + question -> response);
+- chat `messages` records: a list of {role, content}; a system turn gives the system prompt, the
+  one user turn the instruction and the assistant turn the output (or `output` names another field,
+  e.g. the `preferred_output` of preference data).
+
+Field names may be dotted paths into nested objects (`input.messages`). A field holding a list of
+chat messages where a string is expected gives the content of its message(s).
+
+Readers validate every record and name the file and line of the first bad one (a Parquet row
+number); with `on_bad_record="skip"` they skip bad records and count them instead. Nothing is
+dropped silently.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -15,6 +28,8 @@ from typing import Any, Iterator, Mapping
 from cft.errors import DataError
 
 log = logging.getLogger(__name__)
+
+READABLE_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
 @dataclass
@@ -30,11 +45,18 @@ class Example:
         return asdict(self)
 
 
-DEFAULT_FIELDS = {"instruction": "instruction", "input": "input", "output": "output", "system": None}
+DEFAULT_FIELDS = {"instruction": "instruction", "input": "input", "output": "output", "system": None,
+                  "messages": None, "lang": "lang"}
+
+_MISSING = object()
+# Bytes that are not UTF-8 are decoded with surrogateescape, so they show up as lone surrogates in
+# exactly the records that hold them (which can then be skipped one by one).
+_BAD_TEXT = re.compile("[\ud800-\udfff]")
 
 
-def _iter_json_array(text: str, path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line, element) for each element of a top-level JSON array, keeping line numbers."""
+def _iter_json_array(text: str, path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ("line (record k)", element) for each element of a top-level JSON array: the record
+    number makes the place findable in a one-line file too."""
     decoder = json.JSONDecoder()
     i = text.index("[") + 1
     n = len(text)
@@ -47,13 +69,15 @@ def _iter_json_array(text: str, path: Path) -> Iterator[tuple[int, Any]]:
     i = skip_ws(i)
     if i < n and text[i] == "]":
         return
+    record = 0
     while True:
+        record += 1
         line = text.count("\n", 0, i) + 1
         try:
             value, i = decoder.raw_decode(text, i)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{text.count(chr(10), 0, exc.pos) + 1}: invalid JSON ({exc.msg})") from None
-        yield line, value
+        yield f"{line} (record {record})", value
         i = skip_ws(i)
         if i < n and text[i] == ",":
             i = skip_ws(i + 1)
@@ -63,16 +87,17 @@ def _iter_json_array(text: str, path: Path) -> Iterator[tuple[int, Any]]:
         raise DataError(f"{path}:{text.count(chr(10), 0, i) + 1}: invalid JSON (expected ',' or ']')")
 
 
-def iter_raw_records(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed JSON value) for a .json array or a .jsonl file."""
+def iter_raw_records(path: str | Path, *, on_bad_json: str = "error") -> Iterator[tuple[int | str, Any]]:
+    """Yield (line number, parsed JSON value) for a .json array, a .jsonl file or a .parquet file
+    (whose "line" is its row number). Invalid JSON lines raise; with on_bad_json="skip" a bad
+    JSON Lines line yields (line, DataError) instead, so the caller can count it."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: data file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: text is not valid UTF-8 ({exc.reason})") from None
+    if path.suffix == ".parquet":
+        yield from _iter_parquet(path)
+        return
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         yield from _iter_json_array(text, path)
         return
@@ -82,32 +107,114 @@ def iter_raw_records(path: str | Path) -> Iterator[tuple[int, Any]]:
         try:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+            err = DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})")
+            if on_bad_json == "skip":
+                yield lineno, err
+                continue
+            raise err from None
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError subclasses for unreadable files
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    row = 0
+    for batch in table.iter_batches(batch_size=4096):
+        for record in batch.to_pylist():
+            row += 1
+            yield f"row {row}", record
+
+
+def _lookup(raw: Mapping[str, Any], name: str) -> Any:
+    value: Any = raw
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _check_messages(value: Any, name: str, where: str) -> list[dict]:
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        raise DataError(f"{where}: field '{name}' must be a list of chat messages ({{role, content}}), got {type(value).__name__}")
+    for m in value:
+        if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: field '{name}': every message needs a string 'role' and 'content', got {m!r:.80}")
+    return value
+
+
+def _as_text(value: Any, name: str, role: str, where: str, *, required: bool) -> str:
+    """A string field; a list of chat messages gives its (assistant, for outputs) content."""
+    if value is None and not required:
+        return ""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        msgs = _check_messages(value, name, where)
+        if role == "output":
+            msgs = [m for m in msgs if m["role"] == "assistant"] or msgs
+        if len(msgs) != 1:
+            raise DataError(f"{where}: field '{name}' holds {len(msgs)} messages; expected one")
+        value = msgs[0]["content"]
+    if not isinstance(value, str):
+        kind = "a string" if required else "a string or null"
+        raise DataError(f"{where}: field '{name}' must be {kind}, got {type(value).__name__}")
+    return value
+
+
+def _from_messages(raw: dict, name: str, where: str) -> dict[str, str]:
+    value = _lookup(raw, name)
+    if value is _MISSING:
+        raise DataError(f"{where}: missing field '{name}' (messages)")
+    msgs = _check_messages(value, name, where)
+    users = [m["content"] for m in msgs if m["role"] == "user"]
+    if len(users) != 1:
+        raise DataError(f"{where}: field '{name}' has {len(users)} user turns; one instruction per record is expected (multi-turn chats are not supported)")
+    out: dict[str, str] = {"instruction": users[0], "system": "\n\n".join(m["content"] for m in msgs if m["role"] == "system")}
+    assistants = [m["content"] for m in msgs if m["role"] == "assistant"]
+    if len(assistants) > 1:
+        raise DataError(f"{where}: field '{name}' has {len(assistants)} assistant turns; expected at most one")
+    if assistants:
+        out["output"] = assistants[0]
+    return out
 
 
 def to_example(raw: Any, fields: Mapping[str, str | None], *, lang: str, where: str) -> Example:
     """Validate one raw record and map its fields; `where` is "file:line" for the message."""
+    if isinstance(raw, DataError):
+        raise raw
     if not isinstance(raw, dict):
         raise DataError(f"{where}: record must be a JSON object, got {type(raw).__name__}")
+    fields = {**DEFAULT_FIELDS, **fields}
     values: dict[str, str] = {}
-    for role in ("instruction", "output", "input", "system"):
+    roles = ("instruction", "output", "input", "system")
+    if fields.get("messages"):
+        values = _from_messages(raw, fields["messages"], where)
+        roles = () if "output" in values else ("output",)
+    for role in roles:
         name = fields.get(role)
         if not name:
             continue
-        value = raw.get(name)
-        if role in ("instruction", "output"):
-            if name not in raw:
+        value = _lookup(raw, name)
+        required = role in ("instruction", "output")
+        if value is _MISSING:
+            if required:
                 raise DataError(f"{where}: missing field '{name}' ({role})")
-            if not isinstance(value, str):
-                raise DataError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
-            if not value.strip():
-                raise DataError(f"{where}: field '{name}' ({role}) is empty")
-        elif value is None:
-            value = ""  # input / system may be missing or null
-        elif not isinstance(value, str):
-            raise DataError(f"{where}: field '{name}' must be a string or null, got {type(value).__name__}")
-        values[role] = value
-    return Example(lang=raw.get("lang", lang) if isinstance(raw.get("lang"), str) else lang, task=str(raw.get("task", "")), **values)
+            value = None  # input / system may be missing or null
+        values[role] = _as_text(value, name, role, where, required=required)
+    for role in ("instruction", "output"):
+        if role not in values:
+            raise DataError(f"{where}: no {role} (set fields.{role} or fields.messages)")
+        if not values[role].strip():
+            raise DataError(f"{where}: field '{fields.get(role) or fields.get('messages')}' ({role}) is empty")
+    for role, text in values.items():
+        if _BAD_TEXT.search(text):
+            raise DataError(f"{where}: field '{fields.get(role) or fields.get('messages')}' ({role}) is not valid UTF-8 text")
+    rec_lang = _lookup(raw, fields["lang"]) if fields.get("lang") else _MISSING
+    task = raw.get("task", "")
+    return Example(lang=rec_lang if isinstance(rec_lang, str) and rec_lang else lang,
+                   task=task if isinstance(task, str) else "", **values)
 
 
 def read_examples(
@@ -117,18 +224,20 @@ def read_examples(
     lang: str = "en",
     on_bad_record: str = "error",
 ) -> tuple[list[Example], int]:
-    """Read a .json/.jsonl file of instruction records. Returns (examples, number of skipped bad records)."""
+    """Read a .json/.jsonl/.parquet file of instruction records. Returns (examples, number of skipped bad records)."""
     if on_bad_record not in ("error", "skip"):
         raise DataError(f"on_bad_record must be 'error' or 'skip', not {on_bad_record!r}")
     fields = {**DEFAULT_FIELDS, **(fields or {})}
     examples: list[Example] = []
     skipped = 0
-    for lineno, raw in iter_raw_records(path):
+    for lineno, raw in iter_raw_records(path, on_bad_json=on_bad_record):
         try:
             examples.append(to_example(raw, fields, lang=lang, where=f"{path}:{lineno}"))
         except DataError as exc:
             if on_bad_record == "error":
-                raise
+                raise DataError(f"{exc} (to skip such records and count them, set <group>.on_bad_record=skip)") from None
             skipped += 1
             log.warning("skipping bad record: %s", exc)
+    if skipped:
+        log.warning("%s: skipped %d bad record(s)", path, skipped)
     return examples, skipped
