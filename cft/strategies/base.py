@@ -8,17 +8,22 @@ A strategy is a small class with no-op defaults. The recipe calls, in order:
     -- the training loop calls penalty(model, batch) and on_before_optimizer_step(model) --
     finalize(model, ctx)                e.g. merge LoRA weights back for evaluation and saving
     report()                            what to record: frozen modules, replay share, ranks...
+    tables()                            tables for the tracker (e.g. layer-change ranks)
 
 Nothing outside a strategy ever asks which strategy it is.
 """
 
 from __future__ import annotations
 
+import csv
+import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from cft.data.records import Example
+from cft.errors import ConfigError
 
 
 @dataclass
@@ -62,3 +67,110 @@ class Strategy:
 
     def report(self) -> dict[str, Any]:
         return {}
+
+    def tables(self) -> dict[str, tuple[list[str], list[list[Any]]]]:
+        """Tables for the tracker (e.g. layer-change ranks): {name: (columns, rows)}. Written after report()."""
+        return {}
+
+
+# ---------------------------------------------------------------- helpers shared by strategies
+
+LAYER_PARAM_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:.+\.)?([^.]+)\.(weight|bias)$")
+
+
+def param_layer_module(name: str) -> tuple[int | None, str | None]:
+    """(layer index, module name) of a parameter name: '...layers.3.self_attn.q_proj.weight' -> (3, 'q_proj').
+
+    Works on plain and PEFT-wrapped models; parameters outside decoder layers give (None, None)."""
+    m = LAYER_PARAM_RE.search(name)
+    return (int(m.group(1)), m.group(2)) if m else (None, None)
+
+
+def module_names(model_config, *, layers_only: bool = True) -> set[str]:
+    """Names of the modules with weights inside the decoder layers (q_proj, up_proj, input_layernorm...),
+    or anywhere in the model (also lm_head, embed_tokens), read from a model built on the meta device,
+    so options can be checked before anything loads."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    if layers_only:
+        names = {param_layer_module(n)[1] for n, _ in model.named_parameters()}
+        names.discard(None)
+        return names  # type: ignore[return-value]
+    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if name and any(True for _ in m.parameters(recurse=False))}
+
+
+def check_modules(option: str, modules, model_config, *, layers_only: bool = True) -> list[str]:
+    """Reject module names that are not in the model (ConfigError names the option and lists the known names)."""
+    modules = list(modules or [])
+    if not modules:
+        raise ConfigError(f"{option} is empty: name at least one module, e.g. [q_proj, k_proj, v_proj]")
+    known = module_names(model_config, layers_only=layers_only)
+    unknown = [m for m in modules if m not in known]
+    if unknown:
+        where = "this model's layers have" if layers_only else "this model has"
+        raise ConfigError(f"{option}: unknown module name(s) {unknown}; {where} {sorted(known)}")
+    return modules
+
+
+def check_ratio(option: str, value) -> float:
+    """A share in (0, 1]."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < float(value) <= 1:
+        raise ConfigError(f"{option}={value!r} must be a number in (0, 1]")
+    return float(value)
+
+
+def check_count(option: str, value, upper: int, what: str) -> int:
+    """An integer in [1, upper] (e.g. k layers of a model with `upper` layers)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= upper:
+        raise ConfigError(f"{option}={value!r} must be an integer from 1 to {upper} ({what})")
+    return value
+
+
+def freeze(model, should_freeze: Callable[[str], bool]) -> list[str]:
+    """Set requires_grad=False on every parameter whose name `should_freeze`; returns their names.
+
+    Strategies only ever freeze (never unfreeze), so freezing strategies compose by intersection.
+    It must happen before the optimizer is built: the loop optimizes requires_grad parameters only."""
+    frozen = []
+    for name, param in model.named_parameters():
+        if param.requires_grad and should_freeze(name):
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def parameter_report(model) -> dict[str, Any]:
+    from cft.gradients import numel
+
+    total = sum(numel(p) for p in model.parameters())
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total, "trainable_share": trainable / total if total else 0.0}
+
+
+def layers_text(layers) -> str:
+    """A short, sorted, comma-separated list of layer indices for metrics.json."""
+    return ",".join(str(i) for i in sorted(layers))
+
+
+def sample(items: list, n: int, seed: int, what: str) -> list:
+    """`n` items drawn without replacement in an order fixed by `seed`."""
+    if n > len(items):
+        raise ConfigError(f"{what}: {n} examples needed but only {len(items)} available")
+    return random.Random(seed).sample(items, n)
+
+
+def write_csv(path: Path, columns: list[str], rows: list[list[Any]]) -> Path:
+    """Write a table into the run folder (rank 0 alone writes run files)."""
+    from cft import distributed
+
+    if not distributed.is_main():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    return path

@@ -1,0 +1,99 @@
+"""`gr5`, `gr10`: generative replay of arXiv 2410.16006 -- the Phase-1 model answers English
+instructions of the Phase-2 data's English counterpart, and those self-generated responses are
+mixed into Phase 2 (5% / 10% of the Phase-2 size), so Phase 2 keeps rehearsing the Phase-1
+model's own task behaviour without needing its original training data.
+
+The generated set is an artifact cached by (Phase-1 model, counterpart, size, seed, generation
+settings): a sweep generates it once per size and reruns reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from cft import artifacts
+from cft.data.format import render_prompt
+from cft.data.records import Example
+from cft.errors import ConfigError
+from cft.strategies.base import Strategy, StrategyContext, check_ratio
+from cft.strategies.er import counterpart_sample, replay_count
+
+log = logging.getLogger(__name__)
+
+
+class GenerativeReplay(Strategy):
+    """Mix `ratio` x |Phase-2 data| English examples answered by the Phase-1 model into Phase 2."""
+
+    def __init__(self, ratio: float = 0.1, seed: int | None = None, max_new_tokens: int = 256, batch_size: int = 16,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, keep_empty: bool = False):
+        self.ratio = ratio
+        self.seed = seed
+        self.generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                           **({"temperature": temperature, "top_p": top_p} if do_sample else {})}
+        self.batch_size = batch_size
+        self.keep_empty = keep_empty
+        self._report: dict[str, Any] = {}
+        self.artifact: Path | None = None
+
+    def validate(self, model_config) -> None:
+        check_ratio("strategy.ratio", self.ratio)
+        if not isinstance(self.generation["max_new_tokens"], int) or self.generation["max_new_tokens"] < 1:
+            raise ConfigError(f"strategy.max_new_tokens={self.generation['max_new_tokens']!r} must be a positive integer")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"strategy.batch_size={self.batch_size!r} must be a positive integer")
+
+    def generated_set(self, ctx: StrategyContext, n: int, seed: int) -> Path:
+        spec = {"phase1": ctx.phase1_key or str(ctx.phase1_dir), "counterpart": ctx.counterpart_spec, "n": n,
+                "seed": seed, "generation": self.generation}
+
+        def build(tmp: Path) -> None:
+            from cft.generate import generate
+
+            prompts_from = counterpart_sample(ctx, n, seed, "generative replay (gr)")
+            if ctx.load_phase1 is None:
+                raise ConfigError("generative replay needs the Phase-1 model, but the context gives no loader")
+            model = ctx.load_phase1()
+            start = time.time()
+            outputs = generate(model, ctx.tokenizer, [render_prompt(ctx.tokenizer, ex) for ex in prompts_from],
+                               batch_size=self.batch_size, desc="generative replay", **self.generation)
+            seconds = time.time() - start
+            del model
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            lengths = [len(ctx.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outputs]
+            with open(tmp / "replay.jsonl", "w", encoding="utf-8") as f:
+                for ex, out in zip(prompts_from, outputs):
+                    f.write(json.dumps(asdict(replace(ex, output=out)), ensure_ascii=False) + "\n")
+            stats = {"requested": n, "empty": sum(not o.strip() for o in outputs),
+                     "mean_new_tokens": sum(lengths) / max(len(lengths), 1),
+                     # a response as long as the budget most likely did not reach EOS
+                     "hit_max_new_tokens": sum(x >= self.generation["max_new_tokens"] for x in lengths),
+                     "seconds": seconds}
+            (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+
+        return artifacts.cached(ctx.cache_dir, "generative_replay", spec, build)
+
+    def phase2_data(self, examples: list[Example], ctx: StrategyContext) -> list[Example]:
+        size = ctx.phase2_size or len(examples)
+        n = replay_count(self.ratio, size)
+        seed = ctx.seed if self.seed is None else self.seed
+        self.artifact = self.generated_set(ctx, n, seed)
+        generated = [Example(**json.loads(line)) for line in (self.artifact / "replay.jsonl").read_text(encoding="utf-8").splitlines()]
+        replay = generated if self.keep_empty else [ex for ex in generated if ex.output.strip()]
+        if len(replay) < len(generated):
+            log.warning("generative replay: %d of %d generated responses are empty and left out", len(generated) - len(replay), len(generated))
+        stats = json.loads((self.artifact / "stats.json").read_text())
+        self._report = {"replay_examples": len(replay), "replay_ratio": self.ratio, "replay_share": len(replay) / size,
+                        "phase2_examples": size, "replay_artifact": self.artifact.name,
+                        **{f"generation/{k}": v for k, v in stats.items()}}
+        return list(examples) + replay
+
+    def report(self) -> dict[str, Any]:
+        return dict(self._report)

@@ -1,0 +1,122 @@
+"""Strategies end to end: exact freezing and gradient masks under DeepSpeed ZeRO-2/3 on CPU (one process),
+and train.py sweeps (generative replay generated once per size, bad options refused before training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from test_strategies import base_dir, tok  # noqa: F401 (fixtures)
+
+
+# ---------------------------------------------------------------- DeepSpeed ZeRO on CPU
+
+DS_SCRIPT = r'''
+import json, sys
+from pathlib import Path
+import torch
+sys.path.insert(0, sys.argv[4])
+from test_strategies import ARCH, HEAD_DIM, context, data, fresh, perturbed_checkpoint, train
+from cft.models import load_model
+from cft.strategies.compose import Compose
+from cft.strategies.lf_h1 import RandomLayerFreeze
+from cft.strategies.lf_h2 import ChangeRankedFreeze
+
+stage, base_dir, tmp = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+import torch.distributed as dist
+if not dist.is_initialized():  # one process: DeepSpeed joins a process group of one
+    dist.init_process_group("gloo", rank=0, world_size=1)
+tok = load_model(str(base_dir))[1]
+phase1 = perturbed_checkpoint(base_dir, tmp / "phase1", {("q_proj", 0, 1): 0.9, ("q_proj", 3, 2): 0.8})
+from cft.gradients import full_value, numel
+from cft.loop import TrainSettings, zero3_init
+ds = {"zero_optimization": {"stage": stage}}
+strategy = Compose({"lf": RandomLayerFreeze(k=1), "heads": ChangeRankedFreeze(k=2, modules=["q_proj"], granularity="head")})
+with zero3_init(TrainSettings(lr=1e-2, global_batch_size=4, micro_batch_size=2, deepspeed=ds)):
+    model = fresh(phase1)  # as the recipe loads it: partitioned from the start under ZeRO-3
+partitioned = sum(p.numel() != numel(p) for p in model.parameters())
+model = strategy.prepare(model, context(tmp, tok, base_dir, phase1_dir=phase1))
+before = {n: full_value(p).clone() for n, p in model.named_parameters()}
+frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+model = train(model, tok, data(), strategy, deepspeed=ds)
+after = {n: (p.detach() if p.numel() == numel(p) else full_value(p)) for n, p in model.named_parameters()}
+bad = [n for n in before if (n in frozen) != torch.equal(after[n], before[n])]
+for layer, head in strategy.parts["heads"].selected["q_proj"]:
+    name = f"model.layers.{layer}.self_attn.q_proj.weight"
+    rows = slice(head * HEAD_DIM, (head + 1) * HEAD_DIM)
+    if layer != strategy.parts["lf"].layers[0] and not torch.equal(after[name][rows], before[name][rows]):
+        bad.append(f"{name} head {head}")
+print("RESULT " + json.dumps({"bad": bad, "frozen": len(frozen), "total": len(before), "partitioned": partitioned,
+                              "trainable_params": strategy.report()["trainable_params"], "total_params": strategy.report()["total_params"],
+                              "heads": strategy.parts["heads"].selected["q_proj"], "lf": strategy.parts["lf"].layers}))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_freezing_and_gradient_masks_are_exact_under_deepspeed_zero(tmp_path, base_dir, stage):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    here = str(Path(__file__).resolve().parent)
+    proc = subprocess.run([sys.executable, "-c", DS_SCRIPT, str(stage), str(base_dir), str(tmp_path), here],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=here)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert proc.returncode == 0 and line, proc.stdout[-3000:] + proc.stderr[-6000:]
+    result = json.loads(line[len("RESULT "):])
+    assert result["bad"] == [], result
+    assert 0 < result["frozen"] < result["total"]
+    assert (result["partitioned"] > 0) == (stage == 3)
+    from test_strategies import fresh
+
+    assert result["total_params"] == sum(p.numel() for p in fresh(base_dir).parameters())  # full shapes, also when partitioned
+    assert 0 < result["trainable_params"] < result["total_params"]
+
+
+# ---------------------------------------------------------------- end to end (train.py)
+
+
+@pytest.mark.slow
+def test_generative_replay_sweep_generates_once_per_size_and_reuses_on_rerun(tmp_path):
+    from helpers import SMALL, run_folders, run_script
+
+    # `++`: in a multirun Hydra first composes the default strategy (full), which has no max_new_tokens.
+    args = ["-m", *SMALL, "strategy=gr5,gr10", "++strategy.max_new_tokens=4"]
+    proc = run_script("train.py", [*args, "sweep_id=gr"], tmp_path)
+    generated = tmp_path / "cache" / "generative_replay"
+    sets = sorted(p for p in generated.iterdir() if p.is_dir())
+    assert len(sets) == 2  # one per size; Phase 1 is shared
+    sizes = sorted(len((p / "replay.jsonl").read_text().splitlines()) for p in sets)
+    assert sizes == [1, 2]  # 5% and 10% of 24 Phase-2 examples, rounded
+    metrics = {json.loads((f / "run_meta.json").read_text())["choices"]["strategy"]: json.loads((f / "metrics.json").read_text())
+               for f in run_folders(tmp_path / "gr")}
+    assert set(metrics) == {"gr5", "gr10"}
+    for name, requested in (("gr5", 1), ("gr10", 2)):
+        m = metrics[name]
+        assert m["strategy/generation/requested"] == requested
+        assert m["strategy/replay_examples"] == requested - m["strategy/generation/empty"]
+        assert m["strategy/replay_share"] == pytest.approx(m["strategy/replay_examples"] / 24)
+    # Another sweep over the same sizes reuses both sets: nothing is generated again.
+    again = run_script("train.py", [*args, "sweep_id=gr_again"], tmp_path)
+    assert (again.stdout + again.stderr).count("Reusing generative_replay artifact") == 2
+    assert sorted(p for p in generated.iterdir() if p.is_dir()) == sets
+    assert "Building generative_replay" not in again.stdout + again.stderr
+    assert "Building generative_replay" in proc.stdout + proc.stderr
+
+
+def test_bad_strategy_option_stops_before_training(tmp_path):
+    from helpers import SMALL, run_script
+
+    proc = run_script("train.py", [*SMALL, "strategy=lf_h2", "strategy.k=3", "sweep_id=bad"], tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "strategy.k=3 must be an integer from 1 to 2" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache" / "phase1").exists()
