@@ -21,5 +21,17 @@ def main(cfg) -> None:
     guarded(train_cell, cfg, run_dir=runtime.output_dir, choices=dict(runtime.choices))
 
 
+def _strip_local_rank() -> None:
+    """The `deepspeed` launcher appends --local_rank=N, which Hydra rejects; torch reads LOCAL_RANK instead."""
+    import os
+    import sys
+
+    for arg in list(sys.argv[1:]):
+        if arg.startswith("--local_rank="):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+            sys.argv.remove(arg)
+
+
 if __name__ == "__main__":
+    _strip_local_rank()
     main()

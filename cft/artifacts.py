@@ -14,10 +14,13 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from filelock import FileLock
+
+from cft import distributed
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +37,32 @@ def is_complete(path: Path) -> bool:
     return (Path(path) / DONE).exists()
 
 
-def cached(cache_dir: str | Path, kind: str, spec: Any, build: Callable[[Path], None]) -> Path:
+def cached(cache_dir: str | Path, kind: str, spec: Any, build: Callable[[Path], None], *, collective: bool = False) -> Path:
     """Return the folder of the artifact `kind` for `spec`, building it with `build(tmp_dir)` if needed.
 
     `build` writes everything into the folder it is given; it must not write `DONE`.
+
+    With several ranks (cft.distributed), rank 0 alone takes the lock and decides. By default it
+    alone builds and the other ranks wait for `DONE`. With `collective=True` (e.g. training a model
+    with every rank) all ranks call `build(tmp_dir)` with the same folder, and only rank 0 may
+    write into it.
     """
     key = key_of(spec)
     root = Path(cache_dir) / kind
     final = root / key
+    if distributed.world_size() > 1:
+        token = distributed.job_token()  # collective: every rank calls cached() in the same order
+        if not distributed.is_main():
+            return _follow(root, final, kind, key, token, build, collective)
+        marker = root / f".{key}.building-{token}"
+        try:
+            return _lead(root, final, kind, key, spec, build, marker)
+        finally:
+            marker.unlink(missing_ok=True)
+    return _lead(root, final, kind, key, spec, build, None)
+
+
+def _lead(root: Path, final: Path, kind: str, key: str, spec: Any, build, marker: Path | None) -> Path:
     if is_complete(final):
         log.info("Reusing %s artifact %s", kind, final)
         return final
@@ -53,12 +74,39 @@ def cached(cache_dir: str | Path, kind: str, spec: Any, build: Callable[[Path], 
         if final.exists():
             log.warning("Removing incomplete %s artifact %s (no %s marker)", kind, final, DONE)
             shutil.rmtree(final)
+        for stale in root.glob(f".{key}.tmp-*"):  # left by a killed builder (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".{key}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        if marker is not None:
+            marker.write_text(str(tmp))  # tells this job's other ranks to build with us, in tmp
         log.info("Building %s artifact %s", kind, final)
-        build(tmp)
-        (tmp / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
-        (tmp / DONE).write_text("")
-        os.replace(tmp, final)
+        try:
+            build(tmp)
+            (tmp / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
+            (tmp / DONE).write_text("")
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # never leave a half artifact behind
+            raise
     return final
+
+
+def _follow(root: Path, final: Path, kind: str, key: str, token: str, build, collective: bool) -> Path:
+    """A rank other than 0: wait for rank 0's artifact, joining its build when it is collective."""
+    marker = root / f".{key}.building-{token}"
+    joined = False
+    while True:
+        state = distributed.wait_until(lambda: "done" if is_complete(final) else ("build" if marker.exists() else None),
+                                       f"{kind} artifact {key}")
+        if state == "done":
+            return final
+        if collective and not joined:
+            try:
+                tmp = Path(marker.read_text())
+            except FileNotFoundError:  # rank 0 finished between our two looks
+                continue
+            build(tmp)
+            joined = True
+        else:
+            time.sleep(1.0)

@@ -9,11 +9,19 @@ a non-finite loss. A strategy only ever acts through its hooks:
     hooks.on_before_optimizer_step(model)   gradients are complete here (e.g. CoFiTune masks)
 
 The data order is a pure function of (seed, epoch), so a resumed run sees the same batches as
-an uninterrupted one.
+an uninterrupted one. A checkpoint holds the model, optimizer, scheduler, RNG states of every rank
+and the step; it is written into a temporary folder and renamed with `DONE` last, so a kill or a
+full disk mid-save leaves the previous one usable.
+
+Several ranks (torchrun / accelerate launch / SLURM tasks) split each global batch; without
+DeepSpeed they train through accelerate (DDP), with a `deepspeed` config through a DeepSpeed engine
+built directly (ZeRO-1/2/3, optional CPU offload). Under ZeRO-3 load the model inside
+`zero3_init(settings)` so that it is created partitioned; the trained model is gathered on rank 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,6 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from cft import distributed
 from cft.errors import ConfigError, CftError
 
 log = logging.getLogger(__name__)
@@ -123,6 +132,111 @@ def _latest_checkpoint(ckpt_root: Path | None) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
+def batch_shape(settings: TrainSettings, world: int) -> tuple[int, int]:
+    """(micro-batch size, accumulation steps) of one rank, for a global batch split over `world` ranks."""
+    per_rank = settings.global_batch_size // world
+    if settings.global_batch_size % world or per_rank == 0 or per_rank % min(settings.micro_batch_size, per_rank):
+        raise ConfigError(
+            f"train.global_batch_size={settings.global_batch_size} must be a multiple of "
+            f"world size ({world}) x train.micro_batch_size ({settings.micro_batch_size})"
+        )
+    micro = min(settings.micro_batch_size, per_rank)
+    return micro, per_rank // micro
+
+
+def deepspeed_config(settings: TrainSettings, world: int) -> dict:
+    """The DeepSpeed config of `settings.deepspeed` with every `auto` value filled from the train settings:
+    batch sizes, clipping, bf16/fp16 from train.precision, and the optimizer's hyper-parameters."""
+    cfg = json.loads(json.dumps(dict(settings.deepspeed)))  # plain, mutable copy
+    micro, accum = batch_shape(settings, world)
+    cfg.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum,
+               train_batch_size=settings.global_batch_size)
+    cfg["gradient_clipping"] = float(settings.max_grad_norm or 0.0)
+    precision = _precision(settings.precision)
+    for key, want in (("bf16", precision == "bf16"), ("fp16", precision == "fp16")):
+        block = cfg.setdefault(key, {})
+        if block.get("enabled", "auto") == "auto":
+            block["enabled"] = want
+    opt = cfg.get("optimizer")
+    if opt:
+        auto = {"lr": settings.lr, "betas": list(settings.adam_betas), "eps": settings.adam_eps, "weight_decay": settings.weight_decay}
+        params = opt.setdefault("params", {})
+        for k, v in auto.items():
+            if params.get(k, "auto") == "auto":
+                params[k] = v
+    if "scheduler" in cfg:
+        raise ConfigError("train.deepspeed.scheduler is not used: the schedule comes from train.scheduler / train.warmup_steps")
+    zero = cfg.setdefault("zero_optimization", {})
+    for k in ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"):
+        if zero.get(k) == "auto":
+            del zero[k]  # DeepSpeed's defaults (the HF Trainer derives them from the hidden size)
+    return cfg
+
+
+def zero_stage(settings: TrainSettings) -> int:
+    return int((settings.deepspeed or {}).get("zero_optimization", {}).get("stage", 0)) if settings.deepspeed else -1
+
+
+@contextlib.contextmanager
+def zero3_init(settings: TrainSettings):
+    """Load the model inside this context before ZeRO-3 training: transformers then creates it
+    partitioned across the ranks (deepspeed.zero.Init), so no rank ever holds the whole model.
+    A no-op for other settings."""
+    if zero_stage(settings) != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    distributed.init_deepspeed()
+    keep = HfDeepSpeedConfig(deepspeed_config(settings, distributed.world_size()))  # noqa: F841 (weakly referenced by transformers)
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+
+
+def _deepspeed_engine(model, groups: list[dict], ds_config: dict, settings: TrainSettings, total: int):
+    """A DeepSpeed engine over `model`: torch's AdamW unless the config names an optimizer (ZeRO-Offload
+    needs DeepSpeed's CPU Adam); the schedule is ours, stepped by the engine at each optimizer step."""
+    import deepspeed
+
+    distributed.init_deepspeed()
+    kwargs = {"model_parameters": groups} if ds_config.get("optimizer") else {
+        "optimizer": torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.adam_betas), eps=settings.adam_eps)}
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, config=ds_config, dist_init_required=False,
+        lr_scheduler=lambda opt: _schedule(opt, settings.scheduler, settings.warmup_steps, total), **kwargs)
+    return engine, optimizer, scheduler
+
+
+def _gathered(engine):
+    """The engine's module as a plain model with full weights; under ZeRO-3 on rank 0 only (None elsewhere)."""
+    module = engine.module
+    if engine.zero_optimization_stage() != 3:
+        engine.destroy()
+        return module
+    import deepspeed
+
+    full = {}
+    for p in module.parameters():  # collective: every rank gathers every parameter in turn
+        with deepspeed.zero.GatheredParameters([p]):
+            if distributed.is_main():
+                full[p] = p.data.detach().to("cpu", copy=True)
+    engine.destroy()  # removes ZeRO-3's hooks, which would re-partition the parameters
+    if not distributed.is_main():
+        return None
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    for p, value in full.items():
+        p.data = value
+        p.ds_status = ZeroParamStatus.AVAILABLE
+    for m in module.modules():  # ZeRO-3's parameter dicts gather on access; make them plain again
+        if type(m._parameters) is not dict:
+            m._parameters = dict(m._parameters.items())
+    return module.to("cpu")
+
+
 def train_phase(
     model,
     dataset: Sequence[Mapping[str, Any]],
@@ -136,36 +250,21 @@ def train_phase(
 ):
     """Train `model` in place on tokenized examples; returns (model, TrainStats).
 
-    The returned model is the plain (unwrapped) module with the trained weights.
+    The returned model is the plain (unwrapped) module with the trained weights; under ZeRO-3 the
+    weights are gathered on rank 0 and the other ranks get None.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin
 
     hooks = hooks or NoHooks()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_rank = settings.global_batch_size // world
-    if settings.global_batch_size % world or per_rank % min(settings.micro_batch_size, per_rank):
-        raise ConfigError(
-            f"train.global_batch_size={settings.global_batch_size} must be a multiple of "
-            f"world size ({world}) x train.micro_batch_size ({settings.micro_batch_size})"
-        )
-    micro = min(settings.micro_batch_size, per_rank)
-    accum = per_rank // micro
-
-    ds_plugin = None
-    if settings.deepspeed:
-        ds_config = json.loads(json.dumps(dict(settings.deepspeed)))  # plain, mutable copy
-        ds_config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum,
-                         train_batch_size=settings.global_batch_size)
-        if settings.max_grad_norm:
-            ds_config["gradient_clipping"] = settings.max_grad_norm
-        ds_plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=accum,
-        mixed_precision=_precision(settings.precision) if not settings.deepspeed else "no",
-        deepspeed_plugin=ds_plugin,
-    )
-    rank, world = accelerator.process_index, accelerator.num_processes
+    distributed.init()
+    rank, world = distributed.rank(), distributed.world_size()
+    micro, accum = batch_shape(settings, world)
+    ds_config = deepspeed_config(settings, world) if settings.deepspeed else None
+    accelerator = None
+    if ds_config is None:
+        # cpu=True on machines without CUDA: accelerate then runs several CPU ranks as DDP over gloo.
+        accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=accum,
+                                  mixed_precision=_precision(settings.precision))
 
     per_step = accum * world
     n_batches_epoch = len(_epoch_batches(len(dataset), micro, per_step, settings.seed, 0))
@@ -182,30 +281,38 @@ def train_phase(
         raise ConfigError(f"{phase}: the strategy left no trainable parameter")
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.lr, betas=tuple(settings.adam_betas), eps=settings.adam_eps,
-    )
-    scheduler = _schedule(optimizer, settings.scheduler, settings.warmup_steps, total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    engine = model if settings.deepspeed else None
+    groups = [g for g in ({"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    engine = None
+    if ds_config is not None:
+        engine, optimizer, scheduler = _deepspeed_engine(model, groups, ds_config, settings, total)
+        model = engine
+        device = engine.device
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.adam_betas), eps=settings.adam_eps)
+        scheduler = _schedule(optimizer, settings.scheduler, settings.warmup_steps, total)
+        # The scheduler stays outside prepare(): accelerate would step it once per rank per step.
+        model, optimizer = accelerator.prepare(model, optimizer)
+        accelerator.register_for_checkpointing(scheduler)
+        device = accelerator.device
+    unwrap = (lambda m: m.module) if engine is not None else accelerator.unwrap_model
 
     ckpt_root = Path(checkpoint_dir) if checkpoint_dir else None
     step = 0
     resumed_from = None
+    tokens = examples = 0
     latest = _latest_checkpoint(ckpt_root)
     if latest is not None:
-        accelerator.load_state(str(latest))
-        step = json.loads((latest / "state.json").read_text())["step"]
+        state = _load_checkpoint(latest, accelerator, engine)
+        step = state["step"]
+        if distributed.is_main():  # the counts of all ranks so far; the final sum adds every rank's since
+            tokens, examples = state.get("tokens", 0), state.get("examples", 0)
         resumed_from = step
         log.info("%s: resuming from checkpoint %s (step %d of %d)", phase, latest, step, total)
 
     model.train()
-    device = accelerator.device
-    tokens = examples = 0
     loss_sum, loss_count, last_loss = 0.0, 0, float("nan")
     start = time.time()
-    bar = tqdm(total=total, initial=step, desc=phase, disable=not accelerator.is_main_process, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=phase, disable=not distributed.is_main(), dynamic_ncols=True)
     while step < total:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         batches = _epoch_batches(len(dataset), micro, per_step, settings.seed, epoch)
@@ -213,14 +320,17 @@ def train_phase(
         for i, idx in enumerate(mine):
             batch = {k: v.to(device) for k, v in collator([dataset[j] for j in idx]).items()}
             loss = model(**batch).loss
-            extra = hooks.penalty(accelerator.unwrap_model(model), batch)
+            extra = hooks.penalty(unwrap(model), batch)
             if extra is not None:
                 loss = loss + extra
             if not torch.isfinite(loss):
-                raise TrainingError(f"{phase}: loss is {loss.item()} at step {step + 1} (epoch {epoch}); stopping")
+                raise TrainingError(
+                    f"{phase}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, rank {rank}); stopping. "
+                    "Lower train.lr or check the data; a rerun resumes from the last checkpoint")
             loss_sum += loss.item()
             loss_count += 1
-            tokens += int(batch["attention_mask"].sum())
+            # A packed micro-batch (PackingCollator) has no padding and no attention_mask.
+            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
             examples += len(idx)
             boundary = (i + 1) % accum == 0
             if engine is not None:
@@ -230,9 +340,11 @@ def train_phase(
                     hooks.on_before_optimizer_step(engine.module)
                 engine.step()
             else:
-                accelerator.backward(loss / accum)
+                # accelerate divides the loss by its accumulation count; DDP syncs at the boundary only.
+                with contextlib.nullcontext() if boundary else accelerator.no_sync(model):
+                    accelerator.backward(loss)
                 if boundary:
-                    hooks.on_before_optimizer_step(accelerator.unwrap_model(model))
+                    hooks.on_before_optimizer_step(unwrap(model))
                     if settings.max_grad_norm:
                         accelerator.clip_grad_norm_(params, settings.max_grad_norm)
                     optimizer.step()
@@ -241,44 +353,106 @@ def train_phase(
             if not boundary:
                 continue
             step += 1
-            last_loss = loss_sum / max(loss_count, 1)
+            log_step = step % settings.log_every == 0 or step == total
+            if log_step and world > 1:  # the mean over every rank's micro-batches (a collective: all ranks log together)
+                last_loss = distributed.all_sum(loss_sum) / max(distributed.all_sum(loss_count), 1)
+            else:
+                last_loss = loss_sum / max(loss_count, 1)
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}")
-            if log_fn and accelerator.is_main_process and (step % settings.log_every == 0 or step == total):
+            if log_fn and distributed.is_main() and log_step:
                 log_fn({f"{phase}/loss": last_loss, f"{phase}/lr": scheduler.get_last_lr()[0],
                         f"{phase}/epoch": step / steps_per_epoch, f"{phase}/step": step})
             loss_sum, loss_count = 0.0, 0
             if ckpt_root and settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total:
-                _save_checkpoint(accelerator, ckpt_root, step, settings.keep_checkpoints)
+                counts = {"step": step, "tokens": int(distributed.all_sum(tokens)), "examples": int(distributed.all_sum(examples))}
+                _save_checkpoint(ckpt_root, step, settings.keep_checkpoints, counts,
+                                 accelerator=accelerator, engine=engine, phase=phase)
             if step >= total:
                 break
     bar.close()
-    accelerator.wait_for_everyone()
+    distributed.barrier()
     seconds = time.time() - start
-    trained = accelerator.unwrap_model(model)
+    tokens, examples = int(distributed.all_sum(tokens)), int(distributed.all_sum(examples))  # all ranks'
+    trained = _gathered(engine) if engine is not None else accelerator.unwrap_model(model)
     stats = TrainStats(step, step / steps_per_epoch, examples, tokens, seconds, last_loss, resumed_from)
     log.info("%s: %d steps, %d tokens in %.1fs (%.0f tokens/s), final loss %.4f", phase, step, tokens, seconds, stats.tokens_per_second, last_loss)
-    _release(accelerator)
+    if accelerator is not None:
+        _release(accelerator)
     return trained, stats
 
 
-def _save_checkpoint(accelerator, root: Path, step: int, keep: int) -> None:
-    """Write a resumable checkpoint; `DONE` is written last, so a kill mid-save leaves the previous one usable."""
+def _rng_state() -> dict:
+    import random
+
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _save_checkpoint(root: Path, step: int, keep: int, state: dict, *, accelerator=None, engine=None, phase: str = "train") -> None:
+    """Write a resumable checkpoint into a temporary folder, then rename it with `DONE` last: a kill or
+    a full disk mid-save leaves the previous checkpoint the latest usable one."""
     target = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp"
-    if accelerator.is_main_process:
+    if distributed.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / "state.json").write_text(json.dumps({"step": step}))
-        (tmp / "DONE").write_text("")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        root.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    try:
+        if engine is not None:
+            engine.save_checkpoint(str(tmp), tag="state")  # every rank writes its own shards
+            torch.save(_rng_state(), tmp / f"rng-{distributed.rank()}.pt")
+        else:
+            accelerator.save_state(str(tmp))  # model, optimizer, scheduler, RNG of every rank
+        distributed.barrier()
+        if distributed.is_main():
+            (tmp / "state.json").write_text(json.dumps(state))
+            (tmp / "DONE").write_text("")
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+    except OSError as exc:
+        if distributed.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = _latest_checkpoint(root)
+        raise TrainingError(
+            f"{phase}: could not write the checkpoint of step {step} ({exc}). "
+            + (f"The previous checkpoint {previous} is intact; " if previous else "")
+            + "free disk space (or lower train.keep_checkpoints) and rerun the same command to resume."
+        ) from exc
+    if distributed.is_main():
         done = sorted((p for p in root.glob("step-*") if (p / "DONE").exists()), key=lambda p: int(p.name.split("-")[1]))
         for old in done[: max(len(done) - max(keep, 1), 0)]:
             shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    distributed.barrier()
+
+
+def _load_checkpoint(path: Path, accelerator=None, engine=None) -> dict:
+    if engine is not None:
+        loaded, _ = engine.load_checkpoint(str(path), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True)
+        if loaded is None:
+            raise TrainingError(f"could not load the DeepSpeed checkpoint {path}; remove it to start the phase over")
+        rng = path / f"rng-{distributed.rank()}.pt"
+        if rng.exists():
+            _set_rng_state(torch.load(rng, weights_only=False))
+    else:
+        accelerator.load_state(str(path))
+    return json.loads((path / "state.json").read_text())
 
 
 def _release(accelerator) -> None:
@@ -302,14 +476,30 @@ def fit(
     phase: str = "train",
     checkpoint_dir: str | Path | None = None,
     log_fn: Callable[[dict], None] | None = None,
+    packing: bool = False,
 ):
-    """Format and tokenize instruction examples, then train on them. Returns (model, TrainStats, TokenizeStats)."""
+    """Format and tokenize instruction examples, then train on them. Returns (model, TrainStats, TokenizeStats).
+
+    With `packing`, each micro-batch is one row without padding and without attention across
+    examples (cft/data/packing.py); the padding share with and without it is in TokenizeStats."""
     from cft.data.format import PadCollator, tokenize_examples
+    from contextlib import nullcontext
+
+    from cft.data.packing import PackingCollator, no_kv_cache, padding_fraction
 
     tokenized, tok_stats = tokenize_examples(tokenizer, examples, max_length, loss_on_prompt)
     if tok_stats.truncated or tok_stats.dropped:
         log.warning("%s: %d of %d examples truncated to %d tokens, %d dropped (prompt alone too long)",
                     phase, tok_stats.truncated, tok_stats.total, max_length, tok_stats.dropped)
-    model, stats = train_phase(model, tokenized, collator=PadCollator(tokenizer.pad_token_id), settings=settings,
-                               hooks=hooks, phase=phase, checkpoint_dir=checkpoint_dir, log_fn=log_fn)
+    micro = min(settings.micro_batch_size, settings.global_batch_size // int(os.environ.get("WORLD_SIZE", "1")) or 1)
+    batches = _epoch_batches(len(tokenized), max(micro, 1), 1, settings.seed, 0)
+    tok_stats.packing = bool(packing)
+    tok_stats.padding_fraction = padding_fraction([len(t["input_ids"]) for t in tokenized], batches)
+    tok_stats.padding_fraction_packed = 0.0
+    log.info("%s: padding is %.1f%% of the token slots of a micro-batch padded, 0%% packed (packing is %s)",
+             phase, 100 * tok_stats.padding_fraction, "on" if packing else "off")
+    collator = PackingCollator() if packing else PadCollator(tokenizer.pad_token_id)
+    with no_kv_cache(model) if packing else nullcontext():
+        model, stats = train_phase(model, tokenized, collator=collator, settings=settings,
+                                   hooks=hooks, phase=phase, checkpoint_dir=checkpoint_dir, log_fn=log_fn)
     return model, stats, tok_stats

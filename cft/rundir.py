@@ -1,7 +1,7 @@
 """A run folder: resolved config, run_meta.json, metrics.json, the final checkpoint, and DONE last.
 
 Folders are named by the run's choices, not by time, so rerunning a command finds its own
-folder: a finished run (DONE present) is skipped, an unfinished one resumes. A folder that holds a
+folder (and every rank of a multi-process run computes the same one; rank 0 alone writes it): a finished run (DONE present) is skipped, an unfinished one resumes. A folder that holds a
 run with a different config is refused rather than overwritten or mixed.
 """
 
@@ -67,6 +67,12 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _main() -> bool:
+    from cft import distributed
+
+    return distributed.is_main()
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -95,15 +101,32 @@ class RunDir:
             # An unfinished run of another config: its checkpoints must not be resumed.
             import shutil
 
-            shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+            from cft import distributed
+
+            if distributed.is_main():
+                shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+            distributed.barrier()
+
+    # Writers are no-ops on ranks other than 0: every rank of a multi-process run holds a RunDir.
 
     def start(self, resolved: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        if not _main():
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=False, allow_unicode=True))
         full_meta = {**meta, "git_sha": git_sha(), "versions": versions(), "host": platform.node()}
         self.write_json("run_meta.json", full_meta)
 
+    def update_meta(self, **values: Any) -> None:
+        """Add facts learnt during the run (e.g. where its Phase-1 model is) to run_meta.json."""
+        if not _main():
+            return
+        meta = json.loads((self.path / "run_meta.json").read_text())
+        self.write_json("run_meta.json", {**meta, **values})
+
     def write_json(self, name: str, obj: Any) -> None:
+        if not _main():
+            return
         tmp = self.path / f".{name}.tmp"
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str))
         os.replace(tmp, self.path / name)
@@ -113,4 +136,6 @@ class RunDir:
         return json.loads(f.read_text()) if f.exists() else {}
 
     def mark_done(self) -> None:
+        if not _main():
+            return
         (self.path / "DONE").write_text("")

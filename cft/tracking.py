@@ -49,7 +49,8 @@ class Tracker:
             )
         except Exception as exc:  # a tracking failure must never stop the experiment
             if mode == "online":
-                log.warning("W&B online init failed (%s); falling back to offline mode", exc)
+                log.warning("W&B online init failed (%s); falling back to offline mode: the run is written under %s/wandb "
+                            "(upload it later with `wandb sync`)", exc, run_dir)
                 try:
                     import wandb
 

@@ -171,3 +171,15 @@ def test_local_data_file_layout(tmp_path):
     # MPD asked for: the base fine-tuned on the Phase-2 data alone is a cached artifact of its own.
     assert metrics["mpd"] > 0 and "mpd/layer/0" in metrics
     assert len(list((tmp_path / "cache" / "phase2_alone").glob("*/DONE"))) == 1
+
+
+@pytest.mark.integration
+def test_eval_local_suite_switches_off_tasks_without_local_copies(shared_data):
+    from helpers import compose
+
+    from cft.recipe import build_eval_tasks
+
+    cfg = compose(["eval=local", f"eval.data_dir={shared_data}"])
+    assert sorted(build_eval_tasks(cfg.eval)) == ["alpaca_eval", "hellaswag", "ifeval", "mmlu", "xquad"]
+    cfg = compose(["eval=local", f"eval.data_dir={shared_data}", "eval.tasks.mmlu=null"])
+    assert "mmlu" not in build_eval_tasks(cfg.eval)

@@ -1,0 +1,162 @@
+"""Several processes (ranks) training one cell: who writes, who waits, and how they meet.
+
+Launchers set the usual torch variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT):
+torchrun and `accelerate launch` do so themselves; under SLURM (hydra-submitit-launcher, one task
+per GPU) `init()` exports them from the job environment. With one process everything here is a
+no-op, so library code calls it unconditionally.
+
+Rules the rest of cft follows:
+- every rank computes the same run folder and the same artifact keys (no timestamps, no pids);
+- rank 0 alone writes run files, metrics, checkpoints' bookkeeping, W&B and artifacts;
+- ranks that must wait for rank 0 (an artifact it builds alone, e.g. an evaluation that can take
+  hours) poll the file system instead of blocking in a collective, so no collective times out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from datetime import timedelta
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+_TOKEN: str | None = None
+
+
+def _from_submitit() -> None:
+    """Under a submitit job with several tasks, export the torch variables from the job environment."""
+    if "RANK" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    try:
+        import submitit
+    except ImportError:
+        return
+    env = submitit.JobEnvironment()
+    if env.num_tasks <= 1:
+        return
+    # One task per GPU: the rank picks its GPU by LOCAL_RANK (see init), so CUDA_VISIBLE_DEVICES stays.
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(timeout_minutes: float | None = None) -> None:
+    """Join the process group of this job (nccl on GPUs, gloo on CPUs); a no-op for one process.
+
+    The timeout bounds collectives (training steps, barriers); long one-rank work is waited for by
+    polling files (see `wait_until`), so the default suits. CFT_DIST_TIMEOUT_MIN overrides it."""
+    _from_submitit()
+    if world_size() <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+    minutes = float(timeout_minutes or os.environ.get("CFT_DIST_TIMEOUT_MIN", 60))
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(minutes=minutes))
+    log.info("rank %d of %d joined the process group (%s)", rank(), world_size(), dist.get_backend())
+    job_token()  # now, while every rank is here: later calls may come from rank 0 alone (nested artifacts)
+
+
+def init_deepspeed() -> None:
+    """Join the process group, then let deepspeed.comm wrap it (DeepSpeed reads world size and rank from it)."""
+    init()
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    if world_size() <= 1 and not dist.is_initialized():
+        # DeepSpeed needs a process group even for one process (plain `python train.py train=deepspeed_zero2`).
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(port))
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(key, value)
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
+    deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
+
+
+def _initialized() -> bool:
+    if world_size() <= 1:
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    if _initialized():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not _initialized():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_sum(value: float) -> float:
+    if not _initialized():
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def job_token() -> str:
+    """A random id shared by the ranks of this job (collective on first call): it names files by
+    which rank 0 tells the others what it decided, never confused with another job's."""
+    global _TOKEN
+    if _TOKEN is None:
+        _TOKEN = broadcast(uuid.uuid4().hex[:12])
+    return _TOKEN
+
+
+def wait_until(done: Callable[[], Any], what: str, poll_s: float = 1.0) -> Any:
+    """Poll until done() is truthy and return it. Used by ranks waiting for rank 0; if rank 0 dies,
+    the launcher (torchrun, srun) ends the other ranks, so this needs no timeout of its own."""
+    start, said = time.time(), False
+    while True:
+        result = done()
+        if result:
+            return result
+        if not said and time.time() - start > 30:
+            log.info("rank %d: waiting for rank 0 (%s)", rank(), what)
+            said = True
+        time.sleep(poll_s)

@@ -1,0 +1,203 @@
+"""Robustness of a run: resume after SIGKILL, a full disk while saving, a NaN loss, W&B unreachable."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import SMALL, run_folders, run_script
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A strategy that trains like `full` but slowly, so that a test can kill the run mid-Phase 2.
+SLOW = textwrap.dedent('''
+    import time
+    from cft.strategies.full import Full
+
+    class SlowFull(Full):
+        def penalty(self, model, batch):
+            time.sleep(0.15)
+            return None
+''')
+
+RESUME = [*SMALL, "+train.phase2.max_steps=12", "+train.phase2.checkpoint_every=2", "+train.phase2.keep_checkpoints=2",
+          "strategy._target_=slowhooks.SlowFull"]
+
+
+def _start(args: list[str], root: Path, env: dict) -> subprocess.Popen:
+    full_env = {**os.environ, "CFT_OUTPUT_ROOT": str(root), "PYTHONUNBUFFERED": "1", **env}
+    full_env.pop("CFT_SWEEP_ID", None)
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=root, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_phase2_then_resume_matches_uninterrupted(tmp_path):
+    (tmp_path / "slowhooks.py").write_text(SLOW)
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    # The uninterrupted reference (it also builds the shared Phase-1 artifact).
+    run_script("train.py", [*RESUME, "sweep_id=ref"], tmp_path, env=env)
+    (ref,) = run_folders(tmp_path / "ref")
+
+    proc = _start([*RESUME, "sweep_id=kill"], tmp_path, env)
+    deadline = time.time() + 300
+    ckpts = []
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = list((tmp_path / "kill").rglob("checkpoints/phase2/step-*/DONE"))
+        if ckpts:
+            break
+        time.sleep(0.05)
+    assert ckpts, f"no checkpoint appeared before the run ended: {proc.stdout.read()[-3000:] if proc.poll() is not None else ''}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (folder,) = run_folders(tmp_path / "kill")
+    assert not (folder / "DONE").exists() and not (folder / "metrics.json").exists()
+
+    again = run_script("train.py", [*RESUME, "sweep_id=kill"], tmp_path, env=env)
+    out = again.stdout + again.stderr
+    assert "phase2: resuming from checkpoint" in out
+    a = json.loads((ref / "metrics.json").read_text())
+    b = json.loads((folder / "metrics.json").read_text())
+    assert b["train/phase2/resumed_from"] >= 2 and "train/phase2/resumed_from" not in a
+    assert b["train/phase2/steps"] == a["train/phase2/steps"] == 12
+    assert b["train/phase2/tokens"] == a["train/phase2/tokens"]  # counted across the kill
+    assert b["train/phase2/final_loss"] == pytest.approx(a["train/phase2/final_loss"], abs=1e-5)
+    for key in a:
+        if key.startswith(("phase1/", "phase2/", "delta/")):
+            assert b[key] == pytest.approx(a[key], abs=1e-6), key
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(ref / "checkpoint" / "model.safetensors"), load_file(folder / "checkpoint" / "model.safetensors")
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=1e-5), name
+    assert not (folder / "checkpoints").exists()  # resumable checkpoints are removed once the run is done
+
+
+# ---------------------------------------------------------------- in-process faults
+
+
+def _data(n=16):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, 200, (12,), generator=g).tolist()
+        out.append({"input_ids": ids, "attention_mask": [1] * 12, "labels": ids})
+    return out
+
+
+def _train(tiny_model_dir, ckpt_dir, hooks=None, **kw):
+    from cft.data.format import PadCollator
+    from cft.loop import TrainSettings, train_phase
+    from cft.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir))
+    settings = TrainSettings(**{"lr": 1e-3, "max_steps": 4, "global_batch_size": 4, "micro_batch_size": 2, "seed": 0,
+                                "checkpoint_every": 1, "keep_checkpoints": 1, **kw})
+    return train_phase(model, _data(), collator=PadCollator(tok.pad_token_id), settings=settings, hooks=hooks,
+                       phase="phase2", checkpoint_dir=ckpt_dir)
+
+
+def test_full_disk_while_saving_keeps_previous_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    from accelerate import Accelerator
+
+    from cft.loop import TrainingError
+
+    real_save = Accelerator.save_state
+    calls = []
+
+    def save_then_fill_disk(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:  # the second checkpoint: half written, then the disk is full
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_then_fill_disk)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(TrainingError) as err:
+        _train(tiny_model_dir, ckpt)
+    msg = str(err.value)
+    assert "step 2" in msg and "No space left" in msg and "step-1 is intact" in msg
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step-1"]  # no half checkpoint left, the previous one kept
+    monkeypatch.setattr(Accelerator, "save_state", real_save)
+    _, stats = _train(tiny_model_dir, ckpt)
+    assert stats.resumed_from == 1 and stats.steps == 4
+
+
+def test_resume_restores_optimizer_scheduler_and_data_order(tmp_path, tiny_model_dir):
+    """In process: 4 steps straight == 2 steps, stop, resume for 2 more (Adam moments, LR schedule, batches)."""
+    ref, _ = _train(tiny_model_dir, tmp_path / "a", checkpoint_every=0, warmup_steps=1)
+
+    class Stop(Exception):
+        pass
+
+    class StopAfter2:
+        def penalty(self, model, batch):
+            return None
+
+        def on_before_optimizer_step(self, model):
+            self.n = getattr(self, "n", 0) + 1
+            if self.n == 3:  # before the 3rd optimizer step: the checkpoint of step 2 exists
+                raise Stop
+
+    with pytest.raises(Stop):
+        _train(tiny_model_dir, tmp_path / "b", hooks=StopAfter2(), checkpoint_every=2, warmup_steps=1)
+    resumed, stats = _train(tiny_model_dir, tmp_path / "b", checkpoint_every=2, warmup_steps=1)
+    assert stats.resumed_from == 2
+    for (n, p), (_, q) in zip(ref.named_parameters(), resumed.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), n
+
+
+def test_nan_loss_stops_with_phase_and_step(tmp_path, tiny_model_dir):
+    from cft.loop import TrainingError
+
+    class NanAtThird:
+        n = 0
+
+        def penalty(self, model, batch):
+            self.n += 1
+            return torch.tensor(float("nan")) if self.n == 5 else None  # micro-batch 5 = step 3
+
+        def on_before_optimizer_step(self, model):
+            pass
+
+    with pytest.raises(TrainingError, match=r"phase2: loss is nan at step 3 \(epoch 0"):
+        _train(tiny_model_dir, tmp_path / "c", hooks=NanAtThird())
+
+
+def test_wandb_online_unreachable_falls_back_to_offline(tmp_path, monkeypatch, caplog):
+    import wandb
+
+    from cft.tracking import Tracker
+
+    real_init = wandb.init
+    modes = []
+
+    def init(*args, **kwargs):
+        modes.append(kwargs.get("mode"))
+        if kwargs.get("mode") == "online":
+            raise wandb.errors.CommError("could not reach api.wandb.ai")
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    with caplog.at_level("WARNING"):
+        tracker = Tracker(mode="online", project="cft-test", run_dir=tmp_path, name="cell", group="g", job_type="train",
+                          config={"lr": 1.0})
+    assert modes == ["online", "offline"] and tracker.mode == "offline"
+    assert "falling back to offline" in caplog.text
+    tracker.log({"phase2/loss": 1.5, "phase2/step": 1})
+    tracker.summary({"phase2/ta_avg": 0.5})
+    tracker.finish()
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
