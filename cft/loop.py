@@ -330,7 +330,7 @@ def train_phase(
             loss_sum += loss.item()
             loss_count += 1
             # A packed micro-batch (PackingCollator) has no padding and no attention_mask.
-            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            tokens += sum(len(dataset[j]["input_ids"]) for j in idx)  # real tokens, whatever the collator pads
             examples += len(idx)
             boundary = (i + 1) % accum == 0
             if engine is not None:
@@ -498,7 +498,7 @@ def fit(
     tok_stats.padding_fraction_packed = 0.0
     log.info("%s: padding is %.1f%% of the token slots of a micro-batch padded, 0%% packed (packing is %s)",
              phase, 100 * tok_stats.padding_fraction, "on" if packing else "off")
-    collator = PackingCollator() if packing else PadCollator(tokenizer.pad_token_id)
+    collator = PackingCollator(max_row_tokens=max_length, pad_id=tokenizer.pad_token_id) if packing else PadCollator(tokenizer.pad_token_id)
     with no_kv_cache(model) if packing else nullcontext():
         model, stats = train_phase(model, tokenized, collator=collator, settings=settings,
                                    hooks=hooks, phase=phase, checkpoint_dir=checkpoint_dir, log_fn=log_fn)

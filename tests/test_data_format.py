@@ -93,6 +93,33 @@ def test_packing_has_no_cross_example_attention(tok, tiny_arch):
     assert model.config.use_cache  # restored
 
 
+def test_packing_into_rows_of_at_most_max_row_tokens(tok, tiny_arch):
+    """With a row limit, examples go first-fit into rows no longer than the limit; each example's
+    logits still equal its unpacked forward pass (row padding is a separate, ignored sequence)."""
+    model = build_model(tiny_arch, tok, seed=0).eval()
+    examples = [Example(instruction=f"Task {i}", output="y" * (3 + 5 * i)) for i in range(5)]
+    items, _ = tokenize_examples(tok, examples, max_length=128)
+    limit = max(len(i["input_ids"]) for i in items) + 5
+    packed = PackingCollator(max_row_tokens=limit, pad_id=tok.pad_token_id)(items)
+    rows, width = packed["input_ids"].shape
+    assert 1 < rows < len(items) and width <= limit
+    assert int((packed["labels"] != IGNORE).sum()) == sum(sum(l != IGNORE for l in i["labels"][1:]) for i in items)
+    with torch.no_grad(), no_kv_cache(model):
+        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits
+        seen = 0
+        for row in range(rows):
+            starts = (packed["position_ids"][row] == 0).nonzero().flatten().tolist() + [width]
+            for a, b in zip(starts, starts[1:]):
+                ids = packed["input_ids"][row, a:b].tolist()
+                match = [i for i in items if i["input_ids"] == ids]
+                if not match:  # row padding
+                    continue
+                alone = model(input_ids=torch.tensor([ids])).logits[0]
+                torch.testing.assert_close(logits[row, a:b], alone, atol=1e-5, rtol=1e-4)
+                seen += 1
+    assert seen == len(items)
+
+
 def test_fit_with_packing_trains_like_padding_and_reports_padding(tok, tiny_arch):
     """Same batches, same mean loss: two packed steps give the weights of two padded steps
     (attention across examples, or a loss on the next example's first token, would not)."""
