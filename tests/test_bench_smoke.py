@@ -1,0 +1,95 @@
+"""The bench/ scripts: each runs on its smallest setting (--smoke) and prints one JSON object with
+the figures the README reports; plus the helpers the figures rest on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+sys.path.insert(0, str(BENCH))
+
+# script -> keys its JSON must hold (nested keys as "a.b").
+EXPECTED = {
+    "train_throughput": ["data", "shapes.tiny.tokens_per_s.hf_padded", "shapes.tiny.tokens_per_s.cft_padded",
+                         "shapes.tiny.tokens_per_s.cft_packed", "shapes.tiny.padding_fraction.hf_padded",
+                         "shapes.tiny.ratios.cft_packed_vs_hf_padded", "environment.device"],
+    "generation": ["tokens_per_s.batched", "tokens_per_s.one_at_a_time", "ratio_batched_vs_one_at_a_time"],
+    "memory_mpd": ["methods.streaming.peak_rss_above_imports_mb", "methods.load_both.peak_rss_above_imports_mb",
+                   "ratio_peak_rss_load_both_vs_streaming", "mpd_agrees"],
+    "scaling": ["dataset_size", "model_size"],
+    "sweep_cost": ["phase1_trainings.cft", "phase1_trainings.naive", "phase1_evaluations.cft", "replay_generations.cft",
+                   "each_built_once", "ratio_wall_naive_vs_cft"],
+    "evaluation": ["suite.seconds", "run.share_evaluation", "run.share_training"],
+}
+
+
+def _get(obj, dotted):
+    for part in dotted.split("."):
+        assert isinstance(obj, dict) and part in obj, f"missing {dotted!r}"
+        obj = obj[part]
+    return obj
+
+
+def run_smoke(name: str) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("CFT_OUTPUT_ROOT", None)
+    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--smoke"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{name} --smoke failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout)  # the whole of stdout is one JSON object
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bench_script_smoke(name):
+    figures = run_smoke(name)
+    assert figures["benchmark"] == name
+    for key in EXPECTED[name]:
+        _get(figures, key)
+    if name == "train_throughput":
+        tiny = figures["shapes"]["tiny"]
+        assert tiny["padding_fraction"]["cft_packed"] == 0.0
+        assert 0 < tiny["padding_fraction"]["cft_padded"] < 1
+        # The Trainer baseline reads the same micro-batches as the cft loop, so the padding matches.
+        assert tiny["padding_fraction"]["hf_padded"] == pytest.approx(tiny["padding_fraction"]["cft_padded"], abs=0.05)
+    if name == "memory_mpd":
+        assert figures["mpd_agrees"] is True
+    if name == "sweep_cost":
+        assert figures["phase1_trainings"] == {"cft": 1, "naive": 2}
+        assert figures["phase1_evaluations"] == {"cft": 1, "naive": 2}
+        assert figures["each_built_once"] is True
+    if name == "scaling":
+        assert [r["examples"] for r in figures["dataset_size"]] == [16, 32, 64]
+
+
+def test_synthetic_data_has_alpacas_length_spread():
+    import common
+
+    lengths = sorted(len((r["instruction"] + r["input"] + r["output"]).encode()) for r in common.synthetic_alpaca(2000, seed=0))
+    q = statistics.quantiles(lengths, n=10)
+    # alpaca_5000.json: median 285 bytes, 10th percentile 98, 90th 706
+    assert 230 < statistics.median(lengths) < 340
+    assert 70 < q[0] < 150 and 550 < q[-1] < 850
+
+
+def test_build_counter_reads_the_artifact_log(tmp_path, caplog):
+    """sweep_cost counts builds from cft.artifacts' own log lines; a reworded line must fail here."""
+    import sweep_cost
+
+    from cft import artifacts
+
+    with caplog.at_level(logging.INFO, logger="cft.artifacts"):
+        artifacts.cached(tmp_path, "phase1", {"a": 1}, lambda tmp: (tmp / "x").write_text("1"))
+        artifacts.cached(tmp_path, "phase1", {"a": 1}, lambda tmp: None)
+        artifacts.cached(tmp_path, "eval", {"a": 1}, lambda tmp: None)
+    assert sweep_cost.BUILD_RE.findall(caplog.text) == ["phase1", "eval"]
+    assert sweep_cost.REUSE_RE.findall(caplog.text) == ["phase1"]
