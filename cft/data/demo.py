@@ -1,11 +1,13 @@
 """Built-in demo data: instruction tasks generated from templates in English and six other languages.
 
 No text is copied from any dataset: the instructions are the project's own templates, the words
-are random pseudo-words, and the answers follow from the input by a rule (or are number words).
+are pseudo-words and number words, and the answers follow from the input by a rule.
 Two task families let the demo show the paper's effect of dataset similarity:
 
-- family A (`repeat`, `reverse`, `number`): word tasks. Phase 1 = family A in English (task
-  ability); Phase 2 "similar" = family A in the other languages (language ability).
+- family A (`repeat`, `reverse`, `number`): word tasks over a closed vocabulary (repeat or reverse
+  one of 14 pseudo-words; write a number word of the prompt's language, 0 to 20, in digits).
+  Phase 1 = family A in English (task ability); Phase 2 "similar" = family A in the other
+  languages (language ability).
 - family B (`add`, `count`, `max`): small arithmetic tasks, the "dissimilar" Phase-2 data.
 
 Every example is a pure function of (task, language, input), so the English counterpart of a
@@ -53,13 +55,13 @@ TEMPLATES = {
         "ja": "単語を逆から書いてください: {x}",
     },
     "number": {
-        "en": "Write the number in words: {x}",
-        "es": "Escribe el número con letras: {x}",
-        "de": "Schreibe die Zahl in Worten: {x}",
-        "fr": "Écris le nombre en lettres : {x}",
-        "pt": "Escreva o número por extenso: {x}",
-        "it": "Scrivi il numero in lettere: {x}",
-        "ja": "数字を漢字で書いてください: {x}",
+        "en": "Write the number in digits: {x}",
+        "es": "Escribe el número en cifras: {x}",
+        "de": "Schreibe die Zahl in Ziffern: {x}",
+        "fr": "Écris le nombre en chiffres : {x}",
+        "pt": "Escreva o número em algarismos: {x}",
+        "it": "Scrivi il numero in cifre: {x}",
+        "ja": "数字を算用数字で書いてください: {x}",
     },
     "add": {
         "en": "What is {a} plus {b}?",
@@ -94,20 +96,29 @@ _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
 
 
-def _pseudo_word(rng: random.Random) -> str:
-    return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.randint(2, 3)))
+# Family A's words: a closed vocabulary of 14 two-syllable pseudo-words, one per initial consonant.
+# A small model on a CPU learns a closed-vocabulary mapping in minutes, while copying arbitrary
+# strings takes it far longer; the demo is about forgetting, not about how hard the skill is.
+WORDS = tuple(c + v1 + c2 + v2 for c, v1, c2, v2 in zip(_CONSONANTS, "aeiouaeiouaeio", "lmnrstvkdbgpfz", "oiuaeoiuaeoiua"))
+
+
+def _pseudo_word(rng: random.Random, syllables: tuple[int, int] = (1, 4)) -> str:
+    return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.randint(*syllables)))
 
 
 def make_example(task: str, lang: str, rng: random.Random) -> Example:
     """One example of `task` in `lang`, its input drawn from `rng`."""
     template = TEMPLATES[task][lang]
     if task in ("repeat", "reverse", "count"):
-        word = _pseudo_word(rng)
+        word = _pseudo_word(rng) if task == "count" else rng.choice(WORDS)
         instruction = template.format(x=word)
         output = {"repeat": f"{word} {word}", "reverse": word[::-1], "count": str(len(word))}[task]
     elif task == "number":
         n = rng.randint(0, 20)
-        instruction, output = template.format(x=n), NUMBER_WORDS[lang].split()[n]
+        # The number word is in the prompt's language and the answer in digits: reading the number
+        # words of a language is that language's ability, and no language's answer contradicts
+        # another's (so Phase 2 on the similar pair does not teach the model to answer in Spanish).
+        instruction, output = template.format(x=NUMBER_WORDS[lang].split()[n]), str(n)
     elif task == "add":
         a, b = rng.randint(0, 9), rng.randint(0, 9)
         instruction, output = template.format(a=a, b=b), str(a + b)
@@ -139,3 +150,26 @@ def make_examples(tasks: Sequence[str], languages: Sequence[str], per_task_langu
             rng = random.Random(f"{seed}/{split}/{task}")
             out.extend(make_example(task, lang, rng) for _ in range(per_task_language))
     return out
+
+
+def raw_documents(tasks: Sequence[str], languages: Sequence[str], per_task_language: int, seed: int,
+                  per_document: int = 8, parallel: bool = False) -> list[str]:
+    """Raw text for the demo's phase-0 pre-training: the tasks written as plain text (instruction,
+    then answer, no chat template).
+
+    parallel=False: each document holds `per_document` examples drawn from all tasks and languages.
+    parallel=True: each document holds one input in every language (the same task and input with
+    each language's template), like the parallel text that aligns languages in real pre-training.
+    The inputs come from their own random stream (split "pretrain"), apart from the fine-tuning and
+    test data's."""
+    examples = make_examples(tasks, languages, per_task_language, seed, split="pretrain")
+    text = [f"{e.instruction}\n{e.output}" for e in examples]
+    rng = random.Random(f"{seed}/pretrain-docs")
+    if parallel:
+        # make_examples lists languages, then tasks, then inputs: one input's versions are a stride apart.
+        stride = len(tasks) * per_task_language
+        docs = ["\n\n".join(text[i + k * stride] for k in range(len(languages))) for i in range(stride)]
+        rng.shuffle(docs)
+        return docs
+    rng.shuffle(text)
+    return ["\n\n".join(text[i : i + per_document]) for i in range(0, len(text), per_document)]
