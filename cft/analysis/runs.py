@@ -198,14 +198,24 @@ def collect_wandb(entity: str | None, project: str, sweep_id: str, *, api=None) 
     return Sweep(sweep_id=str(sweep_id), source=f"wandb:{path}", runs=runs, problems=problems)
 
 
+SCORE_PREFIXES = ("phase1/", "phase2/", "delta/", "des", "mpd")
+
+
 def key_disagreements(runs: list[Run]) -> list[str]:
-    """Messages for metric keys present in some finished runs of the sweep but missing in others."""
+    """Messages for score keys present in some finished runs of the sweep but missing in others.
+
+    Only scores are compared (phase1/, phase2/, delta/, des, mpd): strategy reports, data sizes and
+    training statistics differ between cells by design."""
     if len(runs) < 2:
         return []
-    all_keys = set().union(*(r.metrics for r in runs))
+
+    def scores(metrics) -> set[str]:
+        return {k for k in metrics if k.startswith(SCORE_PREFIXES)}
+
+    all_keys = set().union(*(scores(r.metrics) for r in runs))
     messages = []
     for r in runs:
-        missing = sorted(all_keys - set(r.metrics))
+        missing = sorted(all_keys - scores(r.metrics))
         if missing:
             messages.append(f"run {r.name} lacks {len(missing)} metric key(s) that other runs have: "
                             + ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else ""))
