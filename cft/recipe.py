@@ -117,7 +117,7 @@ def phase_train_config(train_cfg, phase: str) -> dict[str, Any]:
     """The train settings of one phase: the shared ones, updated by `train.<phase>` (e.g. train.phase2.lr)."""
     train = _plain(train_cfg)
     shared = {k: v for k, v in train.items() if k not in ("phase1", "phase2")}
-    return {**shared, **(train.get(phase) or {})}
+    return {**shared, **{k: v for k, v in (train.get(phase) or {}).items() if v is not None}}
 
 
 @dataclass
