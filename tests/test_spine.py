@@ -183,3 +183,15 @@ def test_eval_local_suite_switches_off_tasks_without_local_copies(shared_data):
     assert sorted(build_eval_tasks(cfg.eval)) == ["alpaca_eval", "hellaswag", "ifeval", "mmlu", "xquad"]
     cfg = compose(["eval=local", f"eval.data_dir={shared_data}", "eval.tasks.mmlu=null"])
     assert "mmlu" not in build_eval_tasks(cfg.eval)
+
+
+def test_per_phase_train_overrides_as_typed():
+    from helpers import compose
+
+    from cft.recipe import phase_train_config
+
+    cfg = compose(["train.phase2.lr=1e-5", "train.phase1.max_steps=7"])
+    assert phase_train_config(cfg.train, "phase2")["lr"] == 1e-5
+    assert phase_train_config(cfg.train, "phase1")["lr"] == cfg.train.lr  # Phase 1 (and its cache key) untouched
+    assert phase_train_config(cfg.train, "phase1")["max_steps"] == 7
+    assert phase_train_config(cfg.train, "phase2")["max_steps"] == cfg.train.max_steps
