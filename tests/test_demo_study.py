@@ -126,9 +126,11 @@ def test_reduced_study_shows_findings_1_and_2_in_direction(ci_study):
     drop_similar, drop_dissimilar = ta1 - similar["phase2/ta_avg"], ta1 - dissimilar["phase2/ta_avg"]
     # Finding 2: with the dissimilar pair and full fine-tuning, task ability drops clearly.
     assert drop_dissimilar >= 0.3, (dissimilar["phase2/ta_avg"], ta1)
-    # Finding 1, in direction: the similar pair keeps task ability far better than the dissimilar one.
-    # (The paper finds no loss at all; the demo model loses some, see the README's demo study.)
-    assert drop_similar < 0.5 * drop_dissimilar, (drop_similar, drop_dissimilar)
+    # Finding 1: with the similar pair, task ability after Phase 2 is not lower than after Phase 1
+    # within the seed-to-seed noise of the study (TA std about 0.05 over 3 seeds; see the README),
+    # and far better kept than with the dissimilar pair.
+    assert drop_similar <= 0.1, (similar["phase2/ta_avg"], ta1)
+    assert drop_similar < 0.25 * drop_dissimilar, (drop_similar, drop_dissimilar)
     # Phase 2 on the similar pair teaches the other languages.
     assert similar["phase2/la_avg"] > similar["phase1/la_avg"]
 
