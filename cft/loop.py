@@ -496,8 +496,9 @@ def fit(
     tok_stats.packing = bool(packing)
     tok_stats.padding_fraction = padding_fraction([len(t["input_ids"]) for t in tokenized], batches)
     tok_stats.padding_fraction_packed = 0.0
-    log.info("%s: padding is %.1f%% of the token slots of a micro-batch padded, 0%% packed (packing is %s)",
-             phase, 100 * tok_stats.padding_fraction, "on" if packing else "off")
+    log.info("%s: padding would be %.1f%% of the token slots of padded micro-batches; packing is %s%s",
+             phase, 100 * tok_stats.padding_fraction, "on" if packing else "off",
+             "" if packing else " (train.packing=true removes most of it)")
     collator = PackingCollator(max_row_tokens=max_length, pad_id=tokenizer.pad_token_id) if packing else PadCollator(tokenizer.pad_token_id)
     with no_kv_cache(model) if packing else nullcontext():
         model, stats = train_phase(model, tokenized, collator=collator, settings=settings,
