@@ -128,15 +128,21 @@ class Phase1:
     stats: dict
 
 
+def instruct_reference(model_cfg) -> str:
+    """The Instruct checkpoint that phase1_data=instruct uses as the Phase-1 model."""
+    if not model_cfg.get("instruct"):
+        raise ConfigError(f"phase1_data=instruct needs an Instruct checkpoint, but model '{model_cfg.name}' has none "
+                          "(set model.instruct=<hub id or path>)")
+    return str(model_cfg.instruct)
+
+
 def phase1(cfg: DictConfig, base_ref: str, data1: SFTData | None, cache_dir: Path, log_fn) -> Phase1:
     """Fine-tune the base model on English instructions, or take the Instruct checkpoint.
 
     The result is cached under a key of (model, Phase-1 data, training settings, seed) only, so every
     strategy of a sweep shares it."""
     if data1 is None:
-        if not cfg.model.get("instruct"):
-            raise ConfigError(f"phase1_data=instruct needs an Instruct checkpoint, but model '{cfg.model.name}' has none (set model.instruct=<hub id or path>)")
-        ref = str(cfg.model.instruct)
+        ref = instruct_reference(cfg.model)
         log.info("Phase 1: no training; using the Instruct checkpoint %s", ref)
         return Phase1(ref=ref, key=artifacts.key_of({"instruct": ref, "gguf_file": cfg.model.get("gguf_file")}), trained=False, stats={})
     ref, key, stats = finetune_base("phase1", cfg, base_ref, cfg.phase1_data, data1, cache_dir, log_fn)
@@ -236,9 +242,7 @@ def train_cell(cfg: DictConfig, *, run_dir: str | Path, choices: Mapping[str, st
     base_ref = base_reference(cfg.model, cache_dir)
     model_config = check_model(base_ref, gguf_file=cfg.model.get("gguf_file"), what="base model")
     if use_instruct:
-        if not cfg.model.get("instruct"):
-            raise ConfigError(f"phase1_data=instruct needs an Instruct checkpoint, but model '{cfg.model.name}' has none (set model.instruct=<hub id or path>)")
-        check_model(str(cfg.model.instruct), gguf_file=cfg.model.get("gguf_file"), what="Instruct model")
+        check_model(instruct_reference(cfg.model), gguf_file=cfg.model.get("gguf_file"), what="Instruct model")
     strategy.validate(model_config)
 
     cell = f"{choices.get('phase1_data')}-{choices.get('phase2_data')}/{choices.get('model')}/{choices.get('strategy')}/seed{cfg.seed}"

@@ -23,7 +23,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from cft.errors import DataError
 
@@ -228,16 +228,24 @@ def read_examples(
     if on_bad_record not in ("error", "skip"):
         raise DataError(f"on_bad_record must be 'error' or 'skip', not {on_bad_record!r}")
     fields = {**DEFAULT_FIELDS, **(fields or {})}
+    located = ((f"{path}:{lineno}", raw) for lineno, raw in iter_raw_records(path, on_bad_json=on_bad_record))
+    examples, skipped = convert_records(located, fields, lang=lang, on_bad_record=on_bad_record)
+    if skipped:
+        log.warning("%s: skipped %d bad record(s)", path, skipped)
+    return examples, skipped
+
+
+def convert_records(located: Iterable[tuple[str, Any]], fields: Mapping[str, Any], *, lang: str,
+                    on_bad_record: str) -> tuple[list[Example], int]:
+    """(where, raw record) pairs -> Examples; a bad record stops with its place, or is skipped and counted."""
     examples: list[Example] = []
     skipped = 0
-    for lineno, raw in iter_raw_records(path, on_bad_json=on_bad_record):
+    for where, raw in located:
         try:
-            examples.append(to_example(raw, fields, lang=lang, where=f"{path}:{lineno}"))
+            examples.append(to_example(raw, fields, lang=lang, where=where))
         except DataError as exc:
             if on_bad_record == "error":
                 raise DataError(f"{exc} (to skip such records and count them, set <group>.on_bad_record=skip)") from None
             skipped += 1
             log.warning("skipping bad record: %s", exc)
-    if skipped:
-        log.warning("%s: skipped %d bad record(s)", path, skipped)
     return examples, skipped

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from cft.data import demo as demo_data
-from cft.data.records import DEFAULT_FIELDS, READABLE_SUFFIXES, Example, read_examples, to_example
+from cft.data.records import DEFAULT_FIELDS, READABLE_SUFFIXES, Example, convert_records, read_examples
 from cft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -115,15 +115,8 @@ def _read_hub(source: str, split: str, languages, fields, on_bad_record, *, pres
         # Large hub sets (OpenOrca: 4.2M rows) are subsampled before validation, by the same seed.
         rows = sorted(random.Random(seed).sample(rows, presample))
         ds = ds.select(rows)
-    out, skipped = [], 0
-    for i, raw in zip(rows, ds):
-        try:
-            out.append(to_example(dict(raw), fields, lang="en", where=f"{source}[{split}] row {i}"))
-        except DataError as exc:
-            if on_bad_record == "error":
-                raise DataError(f"{exc} (to skip such records and count them, set <group>.on_bad_record=skip)") from None
-            skipped += 1
-            log.warning("skipping bad record: %s", exc)
+    located = ((f"{source}[{split}] row {i}", dict(raw)) for i, raw in zip(rows, ds))
+    out, skipped = convert_records(located, fields, lang="en", on_bad_record=on_bad_record)
     if languages:
         out = [e for e in out if e.lang in languages]
     return out, skipped
