@@ -480,12 +480,12 @@ def fit(
 ):
     """Format and tokenize instruction examples, then train on them. Returns (model, TrainStats, TokenizeStats).
 
-    With `packing`, each micro-batch is one row without padding and without attention across
-    examples (cft/data/packing.py); the padding share with and without it is in TokenizeStats."""
+    With `packing`, the examples of each micro-batch share rows without attention across examples
+    (cft/data/packing.py); the padding share with and without it is in TokenizeStats."""
     from cft.data.format import PadCollator, tokenize_examples
     from contextlib import nullcontext
 
-    from cft.data.packing import PackingCollator, no_kv_cache, padding_fraction
+    from cft.data.packing import PackingCollator, no_kv_cache, padding_fraction, uses_varlen_attention
 
     tokenized, tok_stats = tokenize_examples(tokenizer, examples, max_length, loss_on_prompt)
     if tok_stats.truncated or tok_stats.dropped:
@@ -494,12 +494,15 @@ def fit(
     micro = min(settings.micro_batch_size, settings.global_batch_size // int(os.environ.get("WORLD_SIZE", "1")) or 1)
     batches = _epoch_batches(len(tokenized), max(micro, 1), 1, settings.seed, 0)
     tok_stats.packing = bool(packing)
-    tok_stats.padding_fraction = padding_fraction([len(t["input_ids"]) for t in tokenized], batches)
-    tok_stats.padding_fraction_packed = 0.0
-    log.info("%s: padding would be %.1f%% of the token slots of padded micro-batches; packing is %s%s",
-             phase, 100 * tok_stats.padding_fraction, "on" if packing else "off",
-             "" if packing else " (train.packing=true removes most of it)")
-    collator = PackingCollator(max_row_tokens=max_length, pad_id=tokenizer.pad_token_id) if packing else PadCollator(tokenizer.pad_token_id)
+    lengths = [len(t["input_ids"]) for t in tokenized]
+    single_row = uses_varlen_attention(model)
+    tok_stats.padding_fraction = padding_fraction(lengths, batches)
+    tok_stats.padding_fraction_packed = padding_fraction(lengths, batches, packed=True, single_row=single_row)
+    log.info("%s: padding is %.1f%% of the token slots of padded micro-batches, %.1f%% packed; packing is %s%s",
+             phase, 100 * tok_stats.padding_fraction, 100 * tok_stats.padding_fraction_packed,
+             "on" if packing else "off", "" if packing else " (train.packing=true)")
+    collator = (PackingCollator(pad_id=tokenizer.pad_token_id, single_row=single_row) if packing
+                else PadCollator(tokenizer.pad_token_id))
     with no_kv_cache(model) if packing else nullcontext():
         model, stats = train_phase(model, tokenized, collator=collator, settings=settings,
                                    hooks=hooks, phase=phase, checkpoint_dir=checkpoint_dir, log_fn=log_fn)

@@ -57,8 +57,7 @@ def test_bench_script_smoke(name):
         _get(figures, key)
     if name == "train_throughput":
         tiny = figures["shapes"]["tiny"]
-        assert tiny["padding_fraction"]["cft_packed"] == 0.0
-        assert 0 < tiny["padding_fraction"]["cft_padded"] < 1
+        assert 0 <= tiny["padding_fraction"]["cft_packed"] < tiny["padding_fraction"]["cft_padded"] < 1
         # The Trainer baseline reads the same micro-batches as the cft loop, so the padding matches.
         assert tiny["padding_fraction"]["hf_padded"] == pytest.approx(tiny["padding_fraction"]["cft_padded"], abs=0.05)
     if name == "memory_mpd":

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cft.data.format import ALPACA_PROMPT, IGNORE, PadCollator, render_prompt, tokenize_example, tokenize_examples
-from cft.data.packing import PackingCollator, no_kv_cache, padding_fraction
+from cft.data.packing import PackingCollator, no_kv_cache, pack_rows, padding_fraction
 from cft.data.records import Example
 from cft.models import build_model, build_tokenizer
 
@@ -59,6 +59,13 @@ def test_truncation_and_dropping_are_counted(tok):
 def test_padding_fraction_by_hand():
     # batches [5, 3] and [2]: slots 5*2 + 2 = 12, real 10
     assert padding_fraction([5, 3, 2], [[0, 1], [2]]) == pytest.approx(1 - 10 / 12)
+    # Packed into rows of width 5 (the longest): [5], [4, 1], [3, 2] fill 15 of 15 slots, padded 25.
+    assert pack_rows([5, 3, 2, 4, 1], 5) == [[0], [3, 4], [1, 2]]
+    assert padding_fraction([5, 3, 2, 4, 1], [[0, 1, 2, 3, 4]]) == pytest.approx(1 - 15 / 25)
+    assert padding_fraction([5, 3, 2, 4, 1], [[0, 1, 2, 3, 4]], packed=True) == 0.0
+    # [5], [3], [3]: the two 3s do not share a row of 5, so 11 real tokens in 15 slots.
+    assert padding_fraction([5, 3, 3], [[0, 1, 2]], packed=True) == pytest.approx(1 - 11 / 15)
+    assert padding_fraction([5, 3, 3], [[0, 1, 2]], packed=True, single_row=True) == 0.0
 
 
 def test_packing_has_no_cross_example_attention(tok, tiny_arch):
@@ -67,7 +74,7 @@ def test_packing_has_no_cross_example_attention(tok, tiny_arch):
     examples = [Example(instruction="Repeat: abc", output="abc abc"), Example(instruction="Hi", output="hello there, friend"),
                 Example(instruction="Reverse: xyz", input="now", output="zyx")]
     items, _ = tokenize_examples(tok, examples, max_length=128)
-    packed = PackingCollator()(items)
+    packed = PackingCollator(single_row=True)(items)
     assert packed["input_ids"].shape == (1, sum(len(i["input_ids"]) for i in items)) and "attention_mask" not in packed
     first = len(items[0]["input_ids"])
     for attn in ("eager", "sdpa"):
@@ -93,16 +100,18 @@ def test_packing_has_no_cross_example_attention(tok, tiny_arch):
     assert model.config.use_cache  # restored
 
 
-def test_packing_into_rows_of_at_most_max_row_tokens(tok, tiny_arch):
-    """With a row limit, examples go first-fit into rows no longer than the limit; each example's
-    logits still equal its unpacked forward pass (row padding is a separate, ignored sequence)."""
+def test_packing_into_rows_as_wide_as_the_longest_example(tok, tiny_arch):
+    """Examples go first-fit into rows no wider than the longest example (so attention never costs
+    more than the padded batch); each example's logits still equal its unpacked forward pass (row
+    padding is a separate, ignored sequence)."""
     model = build_model(tiny_arch, tok, seed=0).eval()
-    examples = [Example(instruction=f"Task {i}", output="y" * (3 + 5 * i)) for i in range(5)]
+    examples = [Example(instruction=f"Task {i}", output="y" * n) for i, n in enumerate((1, 3, 60, 6, 25))]
     items, _ = tokenize_examples(tok, examples, max_length=128)
-    limit = max(len(i["input_ids"]) for i in items) + 5
-    packed = PackingCollator(max_row_tokens=limit, pad_id=tok.pad_token_id)(items)
+    lengths = [len(i["input_ids"]) for i in items]
+    packed = PackingCollator(pad_id=tok.pad_token_id)(items)
     rows, width = packed["input_ids"].shape
-    assert 1 < rows < len(items) and width <= limit
+    assert width == max(lengths) and rows == len(pack_rows(lengths, max(lengths))) and 1 < rows < len(items)
+    assert int((packed["input_ids"] != tok.pad_token_id).sum()) == sum(lengths)
     assert int((packed["labels"] != IGNORE).sum()) == sum(sum(l != IGNORE for l in i["labels"][1:]) for i in items)
     with torch.no_grad(), no_kv_cache(model):
         logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits
@@ -125,7 +134,7 @@ def test_fit_with_packing_trains_like_padding_and_reports_padding(tok, tiny_arch
     (attention across examples, or a loss on the next example's first token, would not)."""
     from cft.loop import TrainSettings, fit
 
-    examples = [Example(instruction=f"Say {i}", output="x" * (1 + i % 7)) for i in range(16)]
+    examples = [Example(instruction=f"Say {i}", output="x" * (1 + 9 * (i % 4))) for i in range(16)]
     settings = TrainSettings(lr=1e-3, max_steps=2, global_batch_size=8, micro_batch_size=4, warmup_steps=0)
     runs = {}
     for packing in (False, True):
@@ -136,5 +145,5 @@ def test_fit_with_packing_trains_like_padding_and_reports_padding(tok, tiny_arch
     assert s1.tokens == s0.tokens  # real tokens, not padding slots
     for name in padded:
         torch.testing.assert_close(packed[name], padded[name], atol=1e-4, rtol=1e-3)
-    assert t1.packing and not t0.packing and t1.padding_fraction_packed == 0.0
-    assert 0 < t1.padding_fraction == t0.padding_fraction < 1
+    assert t1.packing and not t0.packing
+    assert 0 <= t1.padding_fraction_packed < t1.padding_fraction == t0.padding_fraction < 1

@@ -33,7 +33,7 @@ def test_local_alpaca_and_multialpaca_layouts_with_skip_and_packing(tmp_path):
     m = json.loads((folder / "metrics.json").read_text())
     assert m["data/phase1/n/en"] == 12 and m["data/phase1/skipped"] == 1
     assert (m["data/phase2/n/es"], m["data/phase2/n/ja"], m["data/phase2/skipped"]) == (5, 5, 2)  # equal proportions
-    assert m["train/phase2/padding_fraction_packed"] == 0.0 and 0 < m["train/phase2/padding_fraction"] < 1
+    assert 0 <= m["train/phase2/padding_fraction_packed"] < m["train/phase2/padding_fraction"] < 1
     assert m["train/phase1/tokenize_packing"] is True and m["train/phase2/steps"] == 2
     assert "alpaca.json:14 (record 13): field 'instruction' (instruction) is empty" in proc.stderr + proc.stdout
 

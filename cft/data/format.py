@@ -52,7 +52,7 @@ class TokenizeStats:
     dropped: int = 0  # prompt alone filled max_length, so no response token would be learned
     tokens: int = 0  # tokens of the kept examples
     padding_fraction: float | None = None  # share of padding in the epoch's micro-batches, padded
-    padding_fraction_packed: float | None = None  # the same with packing (0: a packed row has no padding)
+    padding_fraction_packed: float | None = None  # the same packed (rows as wide as the longest example)
     packing: bool = False
 
 

@@ -1,8 +1,8 @@
-"""Packing: the examples of a micro-batch as one sequence, without attention across examples.
+"""Packing: the examples of a micro-batch in as few rows as fit, without attention across examples.
 
-`PackingCollator` is transformers' `DataCollatorWithFlattening`: it concatenates the micro-batch
-into one row with no padding, restarts `position_ids` at 0 for every example and returns no
-`attention_mask`. transformers' mask builder (`masking_utils.find_packed_sequence_indices`) then
+`PackingCollator` builds on transformers' `DataCollatorWithFlattening`: it concatenates the
+examples of a row with no padding between them, restarts `position_ids` at 0 for every example
+and returns no `attention_mask`. transformers' mask builder (`masking_utils.find_packed_sequence_indices`) then
 reads the example boundaries from the position ids and builds a block-diagonal causal mask
 (eager and sdpa; flash-attention reads the same position ids), so no token attends to another
 example. The first label of every example is -100, so no example is trained to predict the
@@ -26,39 +26,47 @@ import torch
 from transformers import DataCollatorWithFlattening
 
 
+def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """First-fit decreasing: the indices of `lengths`, placed into rows of at most `width` tokens
+    (an example longer than `width` gets a row of its own)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True):
+        row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if row is None:
+            rows.append([i])
+            room.append(width - lengths[i])
+        else:
+            rows[row].append(i)
+            room[row] -= lengths[i]
+    return rows
+
+
 class PackingCollator(DataCollatorWithFlattening):
     """Micro-batch -> rows {input_ids, labels, position_ids} without attention across examples.
 
-    With `max_row_tokens=None` the whole micro-batch is one row. With a limit (fit() passes
-    train.max_length), examples are placed first-fit-decreasing into rows of at most that many
-    tokens and the rows are padded to the longest row: attention without a variable-length kernel
-    (CPU, sdpa) costs rows x width^2 instead of (all tokens)^2, while the padding stays small.
+    By default the examples go first-fit-decreasing into rows as wide as the micro-batch's longest
+    example, and the rows are padded to that width. Without a variable-length attention kernel
+    (CPU, sdpa, eager) the block-diagonal mask is computed in full, so attention costs
+    rows x width^2: one row of all the tokens (width = the sum) would cost more than the padded
+    batch. Rows no wider than the longest example never cost more than padding, in attention or in
+    the linear layers, and hold most of the padding's slots with real tokens.
+
+    `single_row=True` puts the whole micro-batch in one row with no padding at all: the right choice
+    for variable-length kernels (flash-attention reads the example boundaries from position_ids and
+    skips the masked blocks), which fit() picks by the model's attention implementation.
     """
 
-    def __init__(self, max_row_tokens: int | None = None, pad_id: int = 0):
+    def __init__(self, pad_id: int = 0, single_row: bool = False):
         super().__init__(return_position_ids=True, separator_id=-100, return_tensors="pt")
-        self.max_row_tokens, self.pad_id = max_row_tokens, pad_id
-
-    def _rows(self, features: list[dict]) -> list[list[dict]]:
-        if not self.max_row_tokens:
-            return [features]
-        rows: list[list[dict]] = []
-        room: list[int] = []
-        for f in sorted(features, key=lambda f: len(f["input_ids"]), reverse=True):
-            n = len(f["input_ids"])
-            i = next((i for i, r in enumerate(room) if r >= n), None)
-            if i is None:
-                rows.append([f])
-                room.append(self.max_row_tokens - n)
-            else:
-                rows[i].append(f)
-                room[i] -= n
-        return rows
+        self.pad_id, self.single_row = pad_id, single_row
 
     def __call__(self, features, return_tensors=None, separator_id=None) -> dict[str, torch.Tensor]:
         features = [{"input_ids": list(f["input_ids"]), "labels": list(f["labels"])} for f in features]
-        packed = [super(PackingCollator, self).__call__(row, return_tensors=return_tensors, separator_id=separator_id)
-                  for row in self._rows(features)]
+        lengths = [len(f["input_ids"]) for f in features]
+        rows = [list(range(len(features)))] if self.single_row else pack_rows(lengths, max(lengths))
+        packed = [super(PackingCollator, self).__call__([features[i] for i in row], return_tensors=return_tensors,
+                                                        separator_id=separator_id) for row in rows]
         if len(packed) == 1:
             return packed[0]
         width = max(p["input_ids"].shape[1] for p in packed)
@@ -73,15 +81,28 @@ class PackingCollator(DataCollatorWithFlattening):
         return {k: torch.stack(v) for k, v in out.items()}
 
 
-def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
-    """Share of the token slots of these micro-batches that are padding when each is padded to its
-    longest example (PadCollator). Packed (PackingCollator), a micro-batch is one row of exactly
-    its tokens, so the share is 0."""
+def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]], packed: bool = False,
+                     single_row: bool = False) -> float:
+    """Share of the token slots of these micro-batches that are padding: padded to the longest
+    example (PadCollator), or packed (PackingCollator: rows as wide as the longest example; a
+    single row has none)."""
     real = sum(lengths[i] for b in batches for i in b)
-    if real == 0:
+    if real == 0 or (packed and single_row):
         return 0.0
-    slots = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
+    slots = 0
+    for b in batches:
+        if b:
+            longest = max(lengths[i] for i in b)
+            n_rows = len(pack_rows([lengths[i] for i in b], longest)) if packed else len(b)
+            slots += n_rows * longest
     return 1.0 - real / slots
+
+
+def uses_varlen_attention(model) -> bool:
+    """Whether the model's attention kernel skips the masked blocks of a packed row by itself
+    (flash-attention's variable-length path), so one row per micro-batch costs nothing extra."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    return "flash" in impl
 
 
 @contextmanager
