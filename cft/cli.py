@@ -11,10 +11,11 @@ log = logging.getLogger("cft")
 
 
 def guarded(fn, *args, **kwargs):
-    """Call fn; a CftError (bad config, bad data, missing checkpoint) exits with status 2 and its message."""
+    """Call fn; a CftError (bad config, bad data, missing checkpoint) exits with its message and
+    status 2 (or the error's own `exit_code`: 143 for a run stopped by SIGTERM)."""
     try:
         return fn(*args, **kwargs)
     except CftError as exc:
         log.error("%s", exc)
         print(f"cft: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))

@@ -11,7 +11,9 @@ a non-finite loss. A strategy only ever acts through its hooks:
 The data order is a pure function of (seed, epoch), so a resumed run sees the same batches as
 an uninterrupted one. A checkpoint holds the model, optimizer, scheduler, RNG states of every rank
 and the step; it is written into a temporary folder and renamed with `DONE` last, so a kill or a
-full disk mid-save leaves the previous one usable.
+full disk mid-save leaves the previous one usable. A SIGTERM (SLURM preemption or time limit,
+`kill`, a cloud spot reclaim) ends the current optimizer step, writes a checkpoint and exits with
+status 143, so the same command resumes from that step rather than from the last periodic one.
 
 Several ranks (torchrun / accelerate launch / SLURM tasks) split each global batch; without
 DeepSpeed they train through accelerate (DDP), with a `deepspeed` config through a DeepSpeed engine
@@ -27,6 +29,8 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +47,41 @@ log = logging.getLogger(__name__)
 
 class TrainingError(CftError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class Interrupted(CftError):
+    """The run was asked to stop (SIGTERM) and saved what it had; the same command resumes it."""
+
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect of a job that stopped on the signal
+
+
+class _StopRequest:
+    """Records a SIGTERM instead of dying on it, so the loop can stop at the next optimizer step
+    with a checkpoint. A no-op outside the main thread (signal handlers can only be set there)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if not self.requested:
+            log.warning("SIGTERM received: stopping after this optimizer step, with a checkpoint")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+    def any_rank(self, world: int) -> bool:
+        """True when any rank got the signal (a collective when world > 1: every rank must stop
+        at the same step, or the others would wait forever in the next all-reduce)."""
+        return (distributed.all_sum(float(self.requested)) > 0) if world > 1 else self.requested
 
 
 @dataclass
@@ -313,63 +352,71 @@ def train_phase(
     loss_sum, loss_count, last_loss = 0.0, 0, float("nan")
     start = time.time()
     bar = tqdm(total=total, initial=step, desc=phase, disable=not distributed.is_main(), dynamic_ncols=True)
-    while step < total:
-        epoch, step_in_epoch = divmod(step, steps_per_epoch)
-        batches = _epoch_batches(len(dataset), micro, per_step, settings.seed, epoch)
-        mine = batches[step_in_epoch * per_step :][rank::world]
-        for i, idx in enumerate(mine):
-            batch = {k: v.to(device) for k, v in collator([dataset[j] for j in idx]).items()}
-            loss = model(**batch).loss
-            extra = hooks.penalty(unwrap(model), batch)
-            if extra is not None:
-                loss = loss + extra
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"{phase}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, rank {rank}); stopping. "
-                    "Lower train.lr or check the data; a rerun resumes from the last checkpoint")
-            loss_sum += loss.item()
-            loss_count += 1
-            # A packed micro-batch (PackingCollator) has no padding and no attention_mask.
-            tokens += sum(len(dataset[j]["input_ids"]) for j in idx)  # real tokens, whatever the collator pads
-            examples += len(idx)
-            boundary = (i + 1) % accum == 0
-            if engine is not None:
-                # DeepSpeed scales by its own accumulation count and steps the schedule itself.
-                engine.backward(loss)
-                if boundary:
-                    hooks.on_before_optimizer_step(engine.module)
-                engine.step()
-            else:
-                # accelerate divides the loss by its accumulation count; DDP syncs at the boundary only.
-                with contextlib.nullcontext() if boundary else accelerator.no_sync(model):
-                    accelerator.backward(loss)
-                if boundary:
-                    hooks.on_before_optimizer_step(unwrap(model))
-                    if settings.max_grad_norm:
-                        accelerator.clip_grad_norm_(params, settings.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-            if not boundary:
-                continue
-            step += 1
-            log_step = step % settings.log_every == 0 or step == total
-            if log_step and world > 1:  # the mean over every rank's micro-batches (a collective: all ranks log together)
-                last_loss = distributed.all_sum(loss_sum) / max(distributed.all_sum(loss_count), 1)
-            else:
-                last_loss = loss_sum / max(loss_count, 1)
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4f}")
-            if log_fn and distributed.is_main() and log_step:
-                log_fn({f"{phase}/loss": last_loss, f"{phase}/lr": scheduler.get_last_lr()[0],
-                        f"{phase}/epoch": step / steps_per_epoch, f"{phase}/step": step})
-            loss_sum, loss_count = 0.0, 0
-            if ckpt_root and settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total:
-                counts = {"step": step, "tokens": int(distributed.all_sum(tokens)), "examples": int(distributed.all_sum(examples))}
-                _save_checkpoint(ckpt_root, step, settings.keep_checkpoints, counts,
-                                 accelerator=accelerator, engine=engine, phase=phase)
-            if step >= total:
-                break
+    with _StopRequest() as stop:
+        while step < total:
+            epoch, step_in_epoch = divmod(step, steps_per_epoch)
+            batches = _epoch_batches(len(dataset), micro, per_step, settings.seed, epoch)
+            mine = batches[step_in_epoch * per_step :][rank::world]
+            for i, idx in enumerate(mine):
+                batch = {k: v.to(device) for k, v in collator([dataset[j] for j in idx]).items()}
+                loss = model(**batch).loss
+                extra = hooks.penalty(unwrap(model), batch)
+                if extra is not None:
+                    loss = loss + extra
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"{phase}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, rank {rank}); stopping. "
+                        "Lower train.lr or check the data; a rerun resumes from the last checkpoint")
+                loss_sum += loss.item()
+                loss_count += 1
+                # A packed micro-batch (PackingCollator) has no padding and no attention_mask.
+                tokens += sum(len(dataset[j]["input_ids"]) for j in idx)  # real tokens, whatever the collator pads
+                examples += len(idx)
+                boundary = (i + 1) % accum == 0
+                if engine is not None:
+                    # DeepSpeed scales by its own accumulation count and steps the schedule itself.
+                    engine.backward(loss)
+                    if boundary:
+                        hooks.on_before_optimizer_step(engine.module)
+                    engine.step()
+                else:
+                    # accelerate divides the loss by its accumulation count; DDP syncs at the boundary only.
+                    with contextlib.nullcontext() if boundary else accelerator.no_sync(model):
+                        accelerator.backward(loss)
+                    if boundary:
+                        hooks.on_before_optimizer_step(unwrap(model))
+                        if settings.max_grad_norm:
+                            accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                if not boundary:
+                    continue
+                step += 1
+                log_step = step % settings.log_every == 0 or step == total
+                if log_step and world > 1:  # the mean over every rank's micro-batches (a collective: all ranks log together)
+                    last_loss = distributed.all_sum(loss_sum) / max(distributed.all_sum(loss_count), 1)
+                else:
+                    last_loss = loss_sum / max(loss_count, 1)
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+                if log_fn and distributed.is_main() and log_step:
+                    log_fn({f"{phase}/loss": last_loss, f"{phase}/lr": scheduler.get_last_lr()[0],
+                            f"{phase}/epoch": step / steps_per_epoch, f"{phase}/step": step})
+                loss_sum, loss_count = 0.0, 0
+                stopping = step < total and stop.any_rank(world)
+                periodic = settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total
+                if ckpt_root and (periodic or stopping):
+                    counts = {"step": step, "tokens": int(distributed.all_sum(tokens)), "examples": int(distributed.all_sum(examples))}
+                    _save_checkpoint(ckpt_root, step, settings.keep_checkpoints, counts,
+                                     accelerator=accelerator, engine=engine, phase=phase)
+                if stopping:
+                    bar.close()
+                    saved = f"checkpoint saved in {ckpt_root}; rerun the same command to resume" if ckpt_root else (
+                        "no checkpoint folder was given, so nothing was saved")
+                    raise Interrupted(f"{phase}: stopped by SIGTERM after step {step} of {total}; {saved}")
+                if step >= total:
+                    break
     bar.close()
     distributed.barrier()
     seconds = time.time() - start

@@ -159,6 +159,59 @@ def test_resume_restores_optimizer_scheduler_and_data_order(tmp_path, tiny_model
         assert torch.allclose(p, q, atol=1e-6), n
 
 
+def test_sigterm_saves_a_checkpoint_at_the_step_and_resume_matches(tmp_path, tiny_model_dir):
+    """SIGTERM during step 2 (no periodic checkpoints): the loop finishes that step, writes step-2,
+    raises Interrupted (exit 143), and the rerun ends with the uninterrupted weights."""
+    from cft.loop import Interrupted
+
+    ref, _ = _train(tiny_model_dir, tmp_path / "a", checkpoint_every=0, warmup_steps=1)
+
+    class TermDuring2:
+        n = 0
+
+        def penalty(self, model, batch):
+            return None
+
+        def on_before_optimizer_step(self, model):
+            self.n += 1
+            if self.n == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # a handler that died here would kill pytest
+
+    with pytest.raises(Interrupted, match=r"phase2: stopped by SIGTERM after step 2 of 4; checkpoint saved") as err:
+        _train(tiny_model_dir, tmp_path / "b", hooks=TermDuring2(), checkpoint_every=0, warmup_steps=1)
+    assert err.value.exit_code == 143
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["step-2"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
+    resumed, stats = _train(tiny_model_dir, tmp_path / "b", checkpoint_every=0, warmup_steps=1)
+    assert stats.resumed_from == 2 and stats.steps == 4
+    for (n, p), (_, q) in zip(ref.named_parameters(), resumed.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), n
+
+
+@pytest.mark.slow
+def test_sigterm_to_train_py_exits_143_with_a_checkpoint_then_resumes(tmp_path):
+    (tmp_path / "slowhooks.py").write_text(SLOW)
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    args = [*RESUME, "++train.phase2.checkpoint_every=0", "sweep_id=term"]  # only the signal writes one
+    proc = _start(args, tmp_path, env)
+    out = []
+    for line in proc.stdout:  # wait until Phase 2 has made progress (its bar shows a loss)
+        out.append(line)
+        if "phase2:" in line and "loss=" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)
+    text = "".join(out) + rest
+    assert proc.returncode == 143, text[-3000:]
+    assert "stopped by SIGTERM after step" in text and "rerun the same command to resume" in text
+    assert "Traceback" not in text
+    assert list((tmp_path / "term").rglob("checkpoints/phase2/step-*/DONE"))
+    again = run_script("train.py", args, tmp_path, env=env)
+    assert "phase2: resuming from checkpoint" in again.stdout + again.stderr
+    (folder,) = run_folders(tmp_path / "term")
+    assert json.loads((folder / "metrics.json").read_text())["train/phase2/steps"] == 12
+
+
 def test_nan_loss_stops_with_phase_and_step(tmp_path, tiny_model_dir):
     from cft.loop import TrainingError
 
