@@ -220,7 +220,8 @@ def test_alpaca_eval_saves_outputs_and_records_not_computed(tiny_model, bench_di
     assert refs[1]["output"] == "Hello 1!"
     assert scores.not_computed and "annotator" in scores.not_computed and math.isnan(scores.score)
     assert "not_computed" in json.loads((tmp_path / "score.json").read_text())
-    assert flatten([scores]) == {}  # recorded as missing, never as 0
+    # Recorded as missing with its reason (metrics.json, W&B), never as 0, and out of the TA average.
+    assert flatten([scores]) == {"not_computed/ta/alpaca_eval": scores.not_computed}
 
 
 def test_alpaca_eval_reasons_without_a_judge(bench_dir, monkeypatch):

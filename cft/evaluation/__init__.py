@@ -39,15 +39,18 @@ class EvalTask(Protocol):
     def run(self, model, tokenizer, *, limit: int | None, out_dir: Path) -> list[TaskScores]: ...
 
 
-def flatten(results: list[TaskScores]) -> dict[str, float]:
-    """Turn task results into flat metric keys, with the TA and LA averages."""
-    flat: dict[str, float] = {}
+def flatten(results: list[TaskScores]) -> dict[str, float | str]:
+    """Turn task results into flat metric keys, with the TA and LA averages. A task that could not
+    be scored gets `not_computed/<ability>/<task>` = its reason (so metrics.json and W&B say why a
+    column is empty) and stays out of the averages."""
+    flat: dict[str, float | str] = {}
     headline: dict[str, list[float]] = {a: [] for a in ABILITIES}
     for r in results:
         if r.ability not in ABILITIES:
             raise ValueError(f"task {r.name}: ability must be one of {ABILITIES}, not {r.ability!r}")
         if r.not_computed:
             log.warning("%s/%s not computed: %s", r.ability, r.name, r.not_computed)
+            flat[f"not_computed/{r.ability}/{r.name}"] = r.not_computed
             continue
         prefix = f"{r.ability}/{r.name}"
         flat[prefix] = float(r.score)
@@ -62,7 +65,7 @@ def flatten(results: list[TaskScores]) -> dict[str, float]:
     return flat
 
 
-def evaluate(model, tokenizer, tasks: Mapping[str, EvalTask], *, limit: int | None, out_dir: str | Path) -> dict[str, float]:
+def evaluate(model, tokenizer, tasks: Mapping[str, EvalTask], *, limit: int | None, out_dir: str | Path) -> dict[str, float | str]:
     """Run every task of a suite on an in-memory model and return the flat metrics."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
