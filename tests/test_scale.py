@@ -38,9 +38,27 @@ WORKER = textwrap.dedent('''
     for _ in range(32):
         ids = torch.randint(5, 200, (int(torch.randint(8, 24, (1,), generator=g)),), generator=g).tolist()
         data.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids})
+    cpu_adams = []
+    if "zero3offload-full" in variants:  # ZeRO-Offload must run DeepSpeed's CPU Adam, not torch's AdamW
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        real_init = DeepSpeedCPUAdam.__init__
+
+        def counting_init(self, *a, **k):
+            cpu_adams.append(k.get("adamw_mode", True))
+            real_init(self, *a, **k)
+
+        DeepSpeedCPUAdam.__init__ = counting_init
     for variant in variants:
         backend, freeze = variant.split("-")
-        ds = None if backend == "ddp" else {"zero_optimization": {"stage": int(backend[-1])}, "bf16": {"enabled": "auto"}}
+        if backend == "ddp":
+            ds = None
+        elif backend == "zero3offload":  # conf/train/deepspeed_zero3_offload.yaml's blocks
+            ds = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}},
+                  "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}}
+        else:
+            ds = {"zero_optimization": {"stage": int(backend[-1])}, "bf16": {"enabled": "auto"}}
+        n_cpu_adams = len(cpu_adams)
         settings = TrainSettings(lr=1e-2, max_steps=4, global_batch_size=8, micro_batch_size=4, warmup_steps=1,
                                  deepspeed=ds, seed=0)
         with zero3_init(settings):
@@ -49,7 +67,7 @@ WORKER = textwrap.dedent('''
             for name, p in model.named_parameters():
                 if ".layers.0." in name or "embed" in name:
                     p.requires_grad_(False)
-        if backend == "zero3":
+        if backend.startswith("zero3"):
             sizes = {p.numel() for p in model.parameters()}
             assert sizes == {0}, f"ZeRO-3 model was not created partitioned: {sizes}"
         ckpt = None
@@ -85,8 +103,10 @@ WORKER = textwrap.dedent('''
         if distributed.is_main():
             torch.save({n: p.detach().float().cpu() for n, p in trained.state_dict().items()}, f"{out_dir}/{variant}.pt")
             json.dump({"loss": stats.final_loss, "tokens": stats.tokens, "steps": stats.steps}, open(f"{out_dir}/{variant}.json", "w"))
-        elif backend == "zero3":
+        elif backend.startswith("zero3"):
             assert trained is None  # gathered on rank 0 only
+        if backend == "zero3offload":
+            assert cpu_adams[n_cpu_adams:] == [True], cpu_adams  # one DeepSpeedCPUAdam, in AdamW mode
 ''')
 
 
@@ -128,11 +148,13 @@ def single_process(model_dir: Path, freeze: bool) -> dict:
 
 def test_two_ranks_match_one_rank_for_zero2_zero3_and_ddp(tmp_path, tiny_model_dir):
     """Two ranks sharing a global batch of 8 reach the weights of one rank with 2 accumulated
-    micro-batches of 4: ZeRO-2, ZeRO-3 (model created partitioned, gathered at the end) and DDP;
+    micro-batches of 4: ZeRO-2, ZeRO-3 (model created partitioned, gathered at the end), ZeRO-3 with
+    parameters and optimizer offloaded to CPU memory (DeepSpeed's compiled CPU Adam) and DDP;
     parameters frozen before the engine is built stay bit-identical; a DeepSpeed run stopped after
     step 2 and resumed from its checkpoint ends where the uninterrupted one does."""
     (tmp_path / "worker.py").write_text(WORKER)
-    variants = ["zero2-full", "zero3-full", "zero2-freeze", "zero3-freeze", "ddp-full", "zero3-resume", "zero2-resume"]
+    variants = ["zero2-full", "zero3-full", "zero2-freeze", "zero3-freeze", "ddp-full", "zero3-resume", "zero2-resume",
+                "zero3offload-full"]
     torchrun([str(tmp_path / "worker.py"), str(tiny_model_dir), str(tmp_path), ",".join(variants)], tmp_path)
 
     from transformers import AutoModelForCausalLM
