@@ -57,7 +57,11 @@ class Interrupted(CftError):
 
 class _StopRequest:
     """Records a SIGTERM instead of dying on it, so the loop can stop at the next optimizer step
-    with a checkpoint. A no-op outside the main thread (signal handlers can only be set there)."""
+    with a checkpoint. A no-op outside the main thread (signal handlers can only be set there).
+
+    After the checkpoint, the signal gets what it would have got without cft: the default action
+    (terminate) becomes `Interrupted`; a handler someone else installed (submitit's, which leaves
+    the requeue to SIGUSR2) is called and training goes on; an ignored signal is ignored."""
 
     def __init__(self):
         self.requested = False
@@ -70,7 +74,7 @@ class _StopRequest:
 
     def _handle(self, signum, frame):
         if not self.requested:
-            log.warning("SIGTERM received: stopping after this optimizer step, with a checkpoint")
+            log.warning("SIGTERM received: writing a checkpoint after this optimizer step")
         self.requested = True
 
     def __exit__(self, *exc):
@@ -82,6 +86,15 @@ class _StopRequest:
         """True when any rank got the signal (a collective when world > 1: every rank must stop
         at the same step, or the others would wait forever in the next all-reduce)."""
         return (distributed.all_sum(float(self.requested)) > 0) if world > 1 else self.requested
+
+    def terminates(self) -> bool:
+        """After the checkpoint: True when the run should end; otherwise the previous handler ran."""
+        self.requested = False
+        previous = self._previous
+        if callable(previous):
+            previous(signal.SIGTERM, None)
+            return False
+        return previous is not signal.SIG_IGN
 
 
 @dataclass
@@ -410,7 +423,7 @@ def train_phase(
                     counts = {"step": step, "tokens": int(distributed.all_sum(tokens)), "examples": int(distributed.all_sum(examples))}
                     _save_checkpoint(ckpt_root, step, settings.keep_checkpoints, counts,
                                      accelerator=accelerator, engine=engine, phase=phase)
-                if stopping:
+                if stopping and stop.terminates():
                     bar.close()
                     saved = f"checkpoint saved in {ckpt_root}; rerun the same command to resume" if ckpt_root else (
                         "no checkpoint folder was given, so nothing was saved")
@@ -524,8 +537,12 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     log_fn: Callable[[dict], None] | None = None,
     packing: bool = False,
+    attn_implementation: str | None = None,
 ):
     """Format and tokenize instruction examples, then train on them. Returns (model, TrainStats, TokenizeStats).
+
+    `attn_implementation` (e.g. "flash_attention_2") switches the model's attention kernel for
+    training; None keeps the one it was loaded with.
 
     With `packing`, the examples of each micro-batch share rows without attention across examples
     (cft/data/packing.py); the padding share with and without it is in TokenizeStats."""
@@ -541,6 +558,11 @@ def fit(
     micro = min(settings.micro_batch_size, settings.global_batch_size // int(os.environ.get("WORLD_SIZE", "1")) or 1)
     batches = _epoch_batches(len(tokenized), max(micro, 1), 1, settings.seed, 0)
     tok_stats.packing = bool(packing)
+    if attn_implementation:
+        try:
+            model.set_attn_implementation(attn_implementation)
+        except (ImportError, ValueError) as exc:  # e.g. flash-attn not installed, or no GPU
+            raise ConfigError(f"train.attn_implementation={attn_implementation}: {exc}") from exc
     lengths = [len(t["input_ids"]) for t in tokenized]
     single_row = uses_varlen_attention(model)
     tok_stats.padding_fraction = padding_fraction(lengths, batches)

@@ -187,6 +187,20 @@ def test_sigterm_saves_a_checkpoint_at_the_step_and_resume_matches(tmp_path, tin
     for (n, p), (_, q) in zip(ref.named_parameters(), resumed.named_parameters()):
         assert torch.allclose(p, q, atol=1e-6), n
 
+    # Under a launcher that handles SIGTERM itself (submitit requeues on SIGUSR2 and only logs
+    # SIGTERM), the checkpoint is written, that handler runs, and training goes on.
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        model, stats = _train(tiny_model_dir, tmp_path / "c", hooks=TermDuring2(), checkpoint_every=0, warmup_steps=1)
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the launcher's handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert calls == [signal.SIGTERM] and stats.steps == 4
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["step-2"]
+    for (n, p), (_, q) in zip(ref.named_parameters(), model.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), n
+
 
 @pytest.mark.slow
 def test_sigterm_to_train_py_exits_143_with_a_checkpoint_then_resumes(tmp_path):
