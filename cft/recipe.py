@@ -172,7 +172,7 @@ def finetune_base(kind: str, cfg: DictConfig, base_ref: str, data_cfg, data: SFT
         model, stats, tok_stats = fit(
             model, tokenizer, data.examples, settings=settings,
             max_length=int(train["max_length"]), loss_on_prompt=bool(train["loss_on_prompt"]), packing=bool(train.get("packing", False)),
-            phase=kind, checkpoint_dir=resume_dir, log_fn=log_fn,
+            attn_implementation=train.get("attn_implementation"), phase=kind, checkpoint_dir=resume_dir, log_fn=log_fn,
         )
         if not distributed.is_main():
             return
@@ -303,7 +303,7 @@ def _run_phases(cfg, rd: RunDir, strategy, data1, data2, eval_tasks, base_ref, c
     model, stats2, tok2 = fit(
         model, tokenizer, examples2, settings=TrainSettings.from_config(train2, seed=int(cfg.seed)),
         max_length=int(train2["max_length"]), loss_on_prompt=bool(train2["loss_on_prompt"]), hooks=strategy,
-        packing=bool(train2.get("packing", False)),
+        packing=bool(train2.get("packing", False)), attn_implementation=train2.get("attn_implementation"),
         phase="phase2", checkpoint_dir=rd.path / "checkpoints" / "phase2", log_fn=tracker.log,
     )
     if not distributed.is_main():

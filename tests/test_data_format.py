@@ -147,3 +147,26 @@ def test_fit_with_packing_trains_like_padding_and_reports_padding(tok, tiny_arch
         torch.testing.assert_close(packed[name], padded[name], atol=1e-4, rtol=1e-3)
     assert t1.packing and not t0.packing
     assert 0 <= t1.padding_fraction_packed < t1.padding_fraction == t0.padding_fraction < 1
+
+
+def test_attention_kernel_choice_and_row_policy(tok, tiny_arch):
+    """train.attn_implementation reaches the model; flash-attention (variable-length) packs one row
+    per micro-batch, the others rows as wide as the longest example; a kernel that cannot load is a
+    config error naming the option."""
+    from types import SimpleNamespace
+
+    from cft.data.packing import uses_varlen_attention
+    from cft.errors import ConfigError
+    from cft.loop import TrainSettings, fit
+
+    def kind(impl):
+        return uses_varlen_attention(SimpleNamespace(config=SimpleNamespace(_attn_implementation=impl)))
+
+    assert kind("flash_attention_2") and kind("flash_attention_3") and not kind("sdpa") and not kind("eager")
+    examples = [Example(instruction=f"Say {i}", output="x" * (1 + 9 * (i % 4))) for i in range(8)]
+    settings = TrainSettings(lr=1e-3, max_steps=1, global_batch_size=4, micro_batch_size=4)
+    model, _, stats = fit(build_model(tiny_arch, tok), tok, examples, settings=settings, max_length=64, packing=True,
+                          attn_implementation="eager")
+    assert model.config._attn_implementation == "eager" and stats.padding_fraction_packed > 0
+    with pytest.raises(ConfigError, match="train.attn_implementation=no_such_kernel"):
+        fit(build_model(tiny_arch, tok), tok, examples, settings=settings, max_length=64, attn_implementation="no_such_kernel")

@@ -154,7 +154,8 @@ def test_missing_data_file(tmp_path):
 
 @pytest.mark.parametrize(
     "override, message",
-    [("strategy=nope", "Could not find 'strategy/nope'"), ("train.lrr=1", "Could not override 'train.lrr'")],
+    [("strategy=nope", "Could not find 'strategy/nope'"), ("train.lrr=1", "Could not override 'train.lrr'"),
+     ("train.attn_implementation=no_such_kernel", "train.attn_implementation=no_such_kernel: Specified")],
 )
 def test_unknown_config_option(tmp_path, override, message):
     proc = run_script("train.py", [*SMALL, override], tmp_path, check=False)
