@@ -38,6 +38,15 @@ def model_flops_per_token(arch: dict, n_params: int, mean_context: float) -> flo
     return 6 * n_params + 12 * arch["num_hidden_layers"] * arch["hidden_size"] * mean_context
 
 
+def utilization(arch: dict, n_params: int, lengths: list[int], tokens_per_s: dict[str, float],
+                peak_tflops: float | None) -> dict:
+    """Model FLOPs utilization of each variant: useful FLOPs per second (real tokens x FLOPs per
+    token at each example's own length, so padding earns nothing) over the accelerator's peak."""
+    fpt = model_flops_per_token(arch, n_params, sum(lengths) / len(lengths))
+    return {"flops_per_token": fpt, "tokens_per_s_per_device": dict(tokens_per_s), "peak_tflops_assumed": peak_tflops,
+            "mfu": {v: (t * fpt / (peak_tflops * 1e12) if peak_tflops else None) for v, t in tokens_per_s.items()}}
+
+
 def build(arch, tokenizer, dtype, device, attn="sdpa"):
     import torch
 
@@ -169,15 +178,11 @@ def measure_shape(name: str, args, tokenizer, examples) -> dict:
     if "cft_packed" in med and "cft_padded" in med:
         ratios["cft_packed_vs_cft_padded"] = common.ratio(med["cft_packed"], med["cft_padded"])
     out["ratios"] = ratios
-    if args.device.startswith("cuda"):
-        lengths = [len(t["input_ids"]) for t in tokenized]
-        mean_ctx = sum(lengths) / len(lengths)  # useful work: each example's own length, not the padding
-        peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(0)), None)
-        fpt = model_flops_per_token(arch, n_params, mean_ctx)
-        out["flops_per_token"] = fpt
-        out["tokens_per_s_per_gpu"] = med
-        out["mfu"] = {v: (med[v] * fpt / (peak * 1e12) if peak else None) for v in args.variants}
-        out["peak_tflops_assumed"] = peak
+    peak = args.peak_tflops
+    if peak is None and args.device.startswith("cuda"):
+        peak = next((v for k, v in PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(0)), None)
+    if args.device.startswith("cuda") or args.peak_tflops:
+        out.update(utilization(arch, n_params, [len(t["input_ids"]) for t in tokenized], med, peak))
     return out
 
 
@@ -212,7 +217,7 @@ def main() -> None:
                    help="sdpa (packed rows as wide as the longest example) or, on a GPU with flash-attn installed, "
                         "flash_attention_2 (one row per micro-batch, variable-length kernel)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--peak-tflops", type=float, default=None, help="the accelerator's peak for MFU (default: known GPUs)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the accelerator's peak for MFU (default: known GPUs; given on the CPU, MFU is reported there too)")
     common.add_threads_arg(p)
     args = p.parse_args()
     common.apply_threads(args.threads)

@@ -92,3 +92,15 @@ def test_build_counter_reads_the_artifact_log(tmp_path, caplog):
         artifacts.cached(tmp_path, "eval", {"a": 1}, lambda tmp: None)
     assert sweep_cost.BUILD_RE.findall(caplog.text) == ["phase1", "eval"]
     assert sweep_cost.REUSE_RE.findall(caplog.text) == ["phase1"]
+
+
+def test_mfu_by_hand():
+    """6 x parameters + 12 x layers x hidden x context FLOPs per token, at the examples' mean length."""
+    from train_throughput import utilization
+
+    arch = {"num_hidden_layers": 2, "hidden_size": 10}
+    got = utilization(arch, 1000, [30, 50], {"cft_packed": 2e6, "hf_padded": 1e6}, peak_tflops=1.0)
+    fpt = 6 * 1000 + 12 * 2 * 10 * 40  # = 15,600
+    assert got["flops_per_token"] == fpt
+    assert got["mfu"] == {"cft_packed": pytest.approx(2e6 * fpt / 1e12), "hf_padded": pytest.approx(1e6 * fpt / 1e12)}
+    assert utilization(arch, 1000, [30, 50], {"x": 1.0}, peak_tflops=None)["mfu"] == {"x": None}
