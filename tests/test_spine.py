@@ -196,3 +196,17 @@ def test_per_phase_train_overrides_as_typed():
     assert phase_train_config(cfg.train, "phase1")["lr"] == cfg.train.lr  # Phase 1 (and its cache key) untouched
     assert phase_train_config(cfg.train, "phase1")["max_steps"] == 7
     assert phase_train_config(cfg.train, "phase2")["max_steps"] == cfg.train.max_steps
+
+
+def test_summary_table_by_hand():
+    """The table train.py prints: averages first, the change per task, a task without a score
+    marked as not computed (never 0)."""
+    from cft.recipe import summary_table
+
+    metrics = {"phase1/ta/ifeval": 0.5, "phase2/ta/ifeval": 0.25, "phase1/ta_avg": 0.5, "phase2/ta_avg": 0.25,
+               "phase1/ta/ifeval/inst_loose": 0.9, "phase1/not_computed/ta/alpaca_eval": "no judge",
+               "phase2/not_computed/ta/alpaca_eval": "no judge", "train/phase2/steps": 3}
+    rows = [line.split() for line in summary_table(metrics).splitlines()[2:]]
+    assert rows == [["ta_avg", "0.500", "0.250", "-0.250"],
+                    ["ta/alpaca_eval", "not", "computed", "not", "computed", "-"],
+                    ["ta/ifeval", "0.500", "0.250", "-0.250"]]
