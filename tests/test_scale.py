@@ -97,9 +97,34 @@ WORKER = textwrap.dedent('''
                 pass
             with zero3_init(settings):
                 model, tok = load_model(model_dir)
+        if freeze == "term":  # SIGTERM reaches rank 0 alone during step 2: both ranks stop after it, with a checkpoint
+            import os, signal
+            from cft.loop import Interrupted
+
+            class TermRank0At2:
+                n = 0
+
+                def penalty(self, model, batch):
+                    return None
+
+                def on_before_optimizer_step(self, model):
+                    self.n += 1
+                    if self.n == 2 and distributed.rank() == 0:
+                        os.kill(os.getpid(), signal.SIGTERM)
+
+            ckpt = f"{out_dir}/{variant}-checkpoints"
+            try:
+                train_phase(model, data, collator=PadCollator(tok.pad_token_id), settings=settings, hooks=TermRank0At2(),
+                            phase=variant, checkpoint_dir=ckpt)
+            except Interrupted as exc:
+                assert "stopped by SIGTERM after step 2 of 4" in str(exc), exc
+            else:
+                raise AssertionError(f"rank {distributed.rank()} did not stop on SIGTERM")
+            with zero3_init(settings):
+                model, tok = load_model(model_dir)
         trained, stats = train_phase(model, data, collator=PadCollator(tok.pad_token_id), settings=settings, phase=variant,
                                      checkpoint_dir=ckpt)
-        assert (stats.resumed_from == 2) == (freeze == "resume"), stats
+        assert (stats.resumed_from == 2) == (freeze in ("resume", "term")), stats
         if distributed.is_main():
             torch.save({n: p.detach().float().cpu() for n, p in trained.state_dict().items()}, f"{out_dir}/{variant}.pt")
             json.dump({"loss": stats.final_loss, "tokens": stats.tokens, "steps": stats.steps}, open(f"{out_dir}/{variant}.json", "w"))
@@ -151,10 +176,11 @@ def test_two_ranks_match_one_rank_for_zero2_zero3_and_ddp(tmp_path, tiny_model_d
     micro-batches of 4: ZeRO-2, ZeRO-3 (model created partitioned, gathered at the end), ZeRO-3 with
     parameters and optimizer offloaded to CPU memory (DeepSpeed's compiled CPU Adam) and DDP;
     parameters frozen before the engine is built stay bit-identical; a DeepSpeed run stopped after
-    step 2 and resumed from its checkpoint ends where the uninterrupted one does."""
+    step 2 and resumed from its checkpoint ends where the uninterrupted one does, and so does a run
+    whose rank 0 alone got SIGTERM (both ranks stop at the same step and write one checkpoint)."""
     (tmp_path / "worker.py").write_text(WORKER)
     variants = ["zero2-full", "zero3-full", "zero2-freeze", "zero3-freeze", "ddp-full", "zero3-resume", "zero2-resume",
-                "zero3offload-full"]
+                "zero3offload-full", "zero2-term", "ddp-term"]
     torchrun([str(tmp_path / "worker.py"), str(tiny_model_dir), str(tmp_path), ",".join(variants)], tmp_path)
 
     from transformers import AutoModelForCausalLM
