@@ -43,7 +43,12 @@ class SweepId(Callback):
 
 
 def evaluation_dir(run_dir: str | None, checkpoint: str | None, output_root: str, suite: str) -> str:
-    """Where evaluate.py writes: inside the run folder it re-evaluates, else under output_root."""
+    """Where evaluate.py writes: inside the run folder it re-evaluates (given, or with neither
+    run_dir nor checkpoint the latest finished run), else under output_root."""
+    if not run_dir and not checkpoint:
+        from cft.rundir import latest_run
+
+        run_dir = str(latest_run(output_root) or "")
     if run_dir:
         return f"{run_dir.rstrip('/')}/evaluations/{suite}"
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(checkpoint or "none").strip("/"))

@@ -413,7 +413,14 @@ def evaluate_checkpoint(cfg: DictConfig, *, out_dir: str | Path, suite: str) -> 
     elif cfg.get("checkpoint"):
         ref, gguf_file = str(cfg.checkpoint), cfg.model.get("gguf_file")
     else:
-        raise ConfigError("give run_dir=<run folder> or checkpoint=<hub id or folder> (with model=<name> for its settings)")
+        from cft.rundir import latest_run
+
+        latest = latest_run(cfg.paths.output_root)
+        if latest is None:
+            raise ConfigError(f"no finished run under {cfg.paths.output_root}: give run_dir=<run folder> or "
+                              "checkpoint=<hub id or folder> (with model=<name> for its settings)")
+        log.info("No run_dir= or checkpoint= given: evaluating the latest finished run, %s", latest)
+        return evaluate_checkpoint(OmegaConf.merge(cfg, {"run_dir": str(latest)}), out_dir=out_dir, suite=suite)
     tasks = build_eval_tasks(cfg.eval)  # unknown tasks fail here, before the model loads
     check_model(ref, gguf_file=gguf_file, what="checkpoint")
     model, tokenizer = load_model(ref, gguf_file=gguf_file, dtype=str(cfg.model.get("dtype", "auto")), what="checkpoint")

@@ -73,6 +73,16 @@ def _main() -> bool:
     return distributed.is_main()
 
 
+def latest_run(output_root: str | Path) -> Path | None:
+    """The most recently finished run folder under output_root (by its DONE marker's time), or None.
+    Cached artifacts also end with DONE; a run folder is the one with run_meta.json beside it."""
+    root = Path(output_root)
+    if not root.is_dir():
+        return None
+    done = [d for d in root.rglob("DONE") if (d.parent / "run_meta.json").is_file() and (d.parent / "checkpoint").is_dir()]
+    return max(done, key=lambda d: (d.stat().st_mtime, str(d))).parent if done else None
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -88,6 +88,17 @@ def test_evaluate_py_on_run_dir(demo_run):
     assert set(scores) >= {"ta/repeat", "la/repeat/es", "ta_avg", "la_avg"}
 
 
+def test_bare_evaluate_py_takes_the_latest_finished_run(demo_run, tmp_path):
+    root, _ = demo_run
+    (folder,) = run_folders(root / "t1")
+    proc = run_script("evaluate.py", ["eval.tasks.demo.per_task_language=1", "eval.tasks.demo.languages=[en]",
+                                      "eval.tasks.demo.max_new_tokens=2"], root)
+    assert f"evaluating the latest finished run, {folder}" in proc.stdout + proc.stderr
+    assert set(json.loads((folder / "evaluations" / "demo" / "metrics.json").read_text())) >= {"ta/repeat", "ta_avg"}
+    empty = run_script("evaluate.py", [], tmp_path, check=False)
+    assert empty.returncode == 2 and f"no finished run under {tmp_path}: give run_dir=" in empty.stderr
+
+
 def test_multirun_trains_phase1_once(tmp_path):
     proc = run_script("train.py", ["-m", *SMALL, "phase2_data.languages=[es],[de]"], tmp_path)
     out = proc.stdout + proc.stderr
