@@ -79,7 +79,7 @@ def latest_run(output_root: str | Path) -> Path | None:
     root = Path(output_root)
     if not root.is_dir():
         return None
-    done = [d for d in root.rglob("DONE") if (d.parent / "run_meta.json").is_file() and (d.parent / "checkpoint").is_dir()]
+    done = [d for d in root.rglob("DONE") if (d.parent / "run_meta.json").is_file()]
     return max(done, key=lambda d: (d.stat().st_mtime, str(d))).parent if done else None
 
 

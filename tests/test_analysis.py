@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,14 @@ def test_unknown_sweep_and_nothing_finished(tmp_path):
         analyze_sweep("nope", output_root=tmp_path, tracking_mode="disabled")
     with pytest.raises(CftError, match=r"has no finished run .* Unfinished runs:\n  - alpaca-multialpaca/tiny/full/seed0"):
         analyze_sweep("pending", output_root=tmp_path, tracking_mode="disabled")
+
+
+def test_no_sweep_id_reads_the_sweep_of_the_latest_finished_run(sweep_root):
+    later = write_run(sweep_root, "alpaca-multialpaca/tiny/full", 0, scores(0.5, 0.3, 0.2, 0.3), sweep_id="later")
+    os.utime(later / "DONE", (time.time() + 60, time.time() + 60))
+    assert analyze_sweep(None, output_root=sweep_root, tracking_mode="disabled", echo=False).out_dir == sweep_root / "later" / "analysis"
+    os.utime(later / "DONE", (time.time() - 3600, time.time() - 3600))
+    assert analyze_sweep(None, output_root=sweep_root, tracking_mode="disabled", echo=False).out_dir == sweep_root / "sw" / "analysis"
 
 
 def test_cli_unknown_sweep_exits_with_message(tmp_path):

@@ -58,6 +58,20 @@ def _cell_name(idx: Mapping[str, str]) -> str:
     return name + (f"_{idx['variant']}" if idx.get("variant") else "")
 
 
+def _latest_sweep(output_root: str | Path) -> str | None:
+    """The sweep of the most recently finished run under output_root (what a bare analyze.py reads)."""
+    import json
+
+    from cft.rundir import latest_run
+
+    run = latest_run(output_root)
+    if run is None:
+        return None
+    sweep_id = json.loads((run / "run_meta.json").read_text()).get("sweep_id")
+    log.info("No sweep_id= given: analysing the sweep of the latest finished run, %s (%s)", sweep_id, run)
+    return sweep_id
+
+
 def analyze_sweep(sweep_id: str, *, source: str = "local", output_root: str | Path = "outputs", out_dir: str | Path | None = None,
                   entity: str | None = None, project: str = "cft", tracking_mode: str = "offline", api=None,
                   echo: bool = True) -> AnalysisResult:
@@ -69,6 +83,8 @@ def analyze_sweep(sweep_id: str, *, source: str = "local", output_root: str | Pa
     from cft.analysis.runs import collect_local, collect_wandb, key_disagreements
     from cft.analysis.tables import all_tables, group_cells, layer_rank_table
 
+    if sweep_id in (None, "", "???") and source == "local":
+        sweep_id = _latest_sweep(output_root)
     if sweep_id in (None, "", "???"):
         raise CftError("no sweep given: pass sweep_id=<id> (the folder name under output_root, or the W&B group)")
     if source == "local":
