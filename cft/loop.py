@@ -382,7 +382,6 @@ def train_phase(
                         "Lower train.lr or check the data; a rerun resumes from the last checkpoint")
                 loss_sum += loss.item()
                 loss_count += 1
-                # A packed micro-batch (PackingCollator) has no padding and no attention_mask.
                 tokens += sum(len(dataset[j]["input_ids"]) for j in idx)  # real tokens, whatever the collator pads
                 examples += len(idx)
                 boundary = (i + 1) % accum == 0

@@ -413,10 +413,11 @@ def evaluate_checkpoint(cfg: DictConfig, *, out_dir: str | Path, suite: str) -> 
     elif cfg.get("checkpoint"):
         ref, gguf_file = str(cfg.checkpoint), cfg.model.get("gguf_file")
     else:
-        from cft.rundir import latest_run
-
-        latest = latest_run(cfg.paths.output_root)
-        if latest is None:
+        # Neither given: Hydra's output dir (hydra_callbacks.evaluation_dir) already picked the latest
+        # finished run, <run>/evaluations/<suite>. Reading it back, rather than scanning again, keeps
+        # the evaluated checkpoint and the folder written to the same run if another finishes meanwhile.
+        latest = out_dir.parent.parent
+        if not ((latest / "DONE").is_file() and (latest / "run_meta.json").is_file()):
             raise ConfigError(f"no finished run under {cfg.paths.output_root}: give run_dir=<run folder> or "
                               "checkpoint=<hub id or folder> (with model=<name> for its settings)")
         log.info("No run_dir= or checkpoint= given: evaluating the latest finished run, %s", latest)
