@@ -12,7 +12,7 @@ from pathlib import Path
 
 import hydra
 
-from cft.cli import guarded
+from cft.config.cli import guarded
 
 
 @hydra.main(config_path="conf", config_name="analyze", version_base="1.3")

@@ -7,15 +7,15 @@
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from cft.cli import guarded
-from cft.hydra_callbacks import register_resolvers
+from cft.config.cli import guarded
+from cft.config.hydra import register_resolvers
 
 register_resolvers()
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg) -> None:
-    from cft.recipe import evaluate_checkpoint
+    from cft.recipes.train import evaluate_checkpoint
 
     runtime = HydraConfig.get().runtime
     guarded(evaluate_checkpoint, cfg, out_dir=runtime.output_dir, suite=runtime.choices.get("eval", "eval"))

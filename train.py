@@ -7,15 +7,15 @@
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from cft.cli import guarded
-from cft.hydra_callbacks import register_resolvers
+from cft.config.cli import guarded
+from cft.config.hydra import register_resolvers
 
 register_resolvers()
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg) -> None:
-    from cft.recipe import train_cell
+    from cft.recipes.train import train_cell
 
     runtime = HydraConfig.get().runtime
     guarded(train_cell, cfg, run_dir=runtime.output_dir, choices=dict(runtime.choices))

@@ -7,7 +7,7 @@ and the share of a training run's time that goes to evaluation.
 Part 1 runs the real `evaluate.py checkpoint=<demo-shape model> eval=quick eval.data_dir=<data>`
 in a subprocess; tasks whose local data is missing from --data-dir are left out (the ones left
 out are listed) rather than failing the measurement. Part 2 runs the real `train.py` in a child
-process in which cft.recipe's `evaluate` and `fit` are wrapped with timers: evaluation (Phase-1
+process in which cft.recipes.train's `evaluate` and `fit` are wrapped with timers: evaluation (Phase-1
 evaluation, cached, and Phase-2 evaluation), training (Phase 1 and Phase 2) and the rest
 (loading, DES, saving) as shares of the run's wall time, also without the one-time build of
 the base model (the demo base is pre-trained once per cache).
@@ -37,10 +37,10 @@ SMOKE_RUN = ["model=tiny", "phase1_data.demo.per_task_language=16", "phase2_data
              "phase2_data.languages=[es,de]", "train.max_steps=3", "train.global_batch_size=8", "train.micro_batch_size=8",
              "eval.tasks.demo.per_task_language=2", "eval.tasks.demo.languages=[en,es,de]", "eval.tasks.demo.max_new_tokens=4"]
 
-# Runs train.py with cft.recipe.evaluate / fit timed; the timings go to $CFT_BENCH_TIMINGS at exit.
+# Runs train.py with cft.recipes.train.evaluate / fit timed; the timings go to $CFT_BENCH_TIMINGS at exit.
 DRIVER = r"""
 import atexit, json, os, runpy, sys, time
-import cft.recipe as recipe
+import cft.recipes.train as recipe
 spent = {"evaluate": 0.0, "fit": 0.0, "base_reference": 0.0, "evaluate_calls": 0, "fit_calls": 0, "base_reference_calls": 0}
 def timed(name, fn):
     def wrapper(*a, **k):

@@ -1,5 +1,5 @@
 """Generation for generative replay: tokens/s of cft's batched generator (length-sorted batches,
-left padding, KV cache; cft.generate.generate) against generating one prompt at a time.
+left padding, KV cache; cft.models.generate.generate) against generating one prompt at a time.
 
     python bench/generation.py            # demo shape, 64 Alpaca prompts, 3 interleaved rounds
     python bench/generation.py --smoke
@@ -28,7 +28,7 @@ def fixed_length_generation(model, tokenizer, counter: dict) -> None:
 
     A randomly initialised model stops at a random step (often the first: EOS or pad wins the
     argmax), which would make the workload a lottery. Suppressing EOS and pad in the model's own
-    generate() gives both methods the same fixed amount of decoding; cft.generate is unchanged."""
+    generate() gives both methods the same fixed amount of decoding; cft.models.generate is unchanged."""
     inner = model.generate
     banned = [tokenizer.eos_token_id, tokenizer.pad_token_id]
 
@@ -62,7 +62,7 @@ def main() -> None:
     import torch
 
     from cft.data.format import render_prompt
-    from cft.generate import generate
+    from cft.models.generate import generate
     from cft.models import build_model, build_tokenizer
 
     tokenizer = build_tokenizer()

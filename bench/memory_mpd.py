@@ -1,5 +1,5 @@
 """Memory of MPD / layer-change computation on two checkpoints: cft's streaming readers
-(cft.similarity.mpd and cft.layers.layer_changes, one pair of tensors at a time) against the
+(cft.measures.similarity.mpd and cft.measures.layers.layer_changes, one pair of tensors at a time) against the
 obvious way, loading both models with from_pretrained and comparing their state dicts.
 
     python bench/memory_mpd.py            # two ~100M-parameter checkpoints built from config
@@ -71,8 +71,8 @@ def _reset_peak_rss() -> bool:
 
 
 def child(method: str, a: str, b: str, warm_a: str, warm_b: str) -> None:
-    from cft.layers import layer_changes
-    from cft.similarity import mpd
+    from cft.measures.layers import layer_changes
+    from cft.measures.similarity import mpd
 
     # A first pass on two tiny checkpoints loads every lazy import and library the method uses,
     # so the figures above this baseline are the checkpoints' cost alone.

@@ -4,7 +4,7 @@ and with model size (3 shapes, one dataset), as a small table.
     python bench/scaling.py            # sizes 64/128/256 examples on the demo shape; demo/small/medium shapes
     python bench/scaling.py --smoke
 
-Each setting trains one epoch with cft.loop.fit (padded micro-batches, fp32, CPU by default) from
+Each setting trains one epoch with cft.training.loop.fit (padded micro-batches, fp32, CPU by default) from
 a fresh model; the time is the loop's own (TrainStats.seconds). Settings run interleaved for
 --rounds rounds and each time is the median. Linear cost shows as a `time_ratio` close to the
 `size_ratio` (data) or the `flops_ratio` (model: parameters x tokens, relative to the smallest).
@@ -24,7 +24,7 @@ log = common.setup_logging()
 
 
 def train_once(shape_name, examples, args, tokenizer) -> dict:
-    from cft.loop import TrainSettings, fit
+    from cft.training.loop import TrainSettings, fit
     from cft.models import build_model, count_parameters
 
     model = build_model(common.shape(shape_name, max(args.max_length, 256)), tokenizer, seed=0).to(args.device)

@@ -5,7 +5,7 @@ against a naive sweep that rebuilds every artifact per cell (a fresh cache folde
     python bench/sweep_cost.py --smoke   # tiny model, strategies full and er10
 
 Both sweeps are the real `train.py -m` in a subprocess. Builds are counted twice: from the log
-lines of cft.artifacts ("Building <kind> artifact", "Reusing <kind> artifact") and from the
+lines of cft.run.artifacts ("Building <kind> artifact", "Reusing <kind> artifact") and from the
 finished artifact folders (with DONE) in the cache. Kinds: phase1 (Phase-1 training), eval
 (Phase-1 evaluation), generative_replay (replay generation; gr5 and gr10 ask for different
 sizes, so two sets), layer_changes (lf_h2's base -> Phase-1 change table), base (the model

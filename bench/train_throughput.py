@@ -60,7 +60,7 @@ def build(arch, tokenizer, dtype, device, attn="sdpa"):
 
 
 def run_cft(model, tokenizer, examples, tokenized, *, packing, args, steps, micro):
-    from cft.loop import TrainSettings, fit
+    from cft.training.loop import TrainSettings, fit
 
     settings = TrainSettings(lr=args.lr, max_steps=steps, global_batch_size=micro, micro_batch_size=micro,
                              warmup_steps=0, scheduler="constant", max_grad_norm=1.0,
@@ -75,7 +75,7 @@ def run_cft(model, tokenizer, examples, tokenized, *, packing, args, steps, micr
 def _padding(model, tokenized, micro, steps, packing) -> float:
     """Padding share of the micro-batches the loop trained on (its epoch-0 order, one per step)."""
     from cft.data.packing import padding_fraction, uses_varlen_attention
-    from cft.loop import _epoch_batches
+    from cft.training.loop import _epoch_batches
 
     batches = _epoch_batches(len(tokenized), micro, 1, 0, 0)[:steps]
     return padding_fraction([len(t["input_ids"]) for t in tokenized], batches, packed=packing,
@@ -106,7 +106,7 @@ def run_hf(model, tokenizer, tokenized, *, args, steps, micro):
             window["end"] = time.perf_counter()
 
     # The same micro-batches as the cft loop (its epoch-0 order), read sequentially.
-    from cft.loop import _epoch_batches
+    from cft.training.loop import _epoch_batches
 
     ordered = [tokenized[i] for b in _epoch_batches(len(tokenized), micro, 1, 0, 0) for i in b]
     with tempfile.TemporaryDirectory() as out:

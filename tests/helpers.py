@@ -41,7 +41,7 @@ def compose(overrides: list[str], config_name: str = "config"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from cft.hydra_callbacks import register_resolvers
+    from cft.config.hydra import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

@@ -207,13 +207,13 @@ def test_des_matrix_command(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "es.jsonl").write_text("".join(json.dumps({"instruction": f"Traduce la frase {i}", "output": "hola"}) + "\n" for i in range(20)))
     result = des_report({"a": tmp_path / "a.jsonl", "b": tmp_path / "b", "demo": None},
-                        embedder={"_target_": "cft.similarity.HashingEmbedder"}, n=10, out_dir=tmp_path / "out",
+                        embedder={"_target_": "cft.measures.similarity.HashingEmbedder"}, n=10, out_dir=tmp_path / "out",
                         conf_dir=REPO / "conf", tracking_mode="disabled", echo=False)
     md = (result.out_dir / "des.md").read_text()
     assert "| dataset | a | b | demo |" in md and "| a | 1.000 |" in md
     assert (result.out_dir / "des.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(CftError, match="'nosuch' is not an option of conf/phase1_data or conf/phase2_data"):
-        des_report(["nosuch"], embedder={"_target_": "cft.similarity.HashingEmbedder"}, conf_dir=REPO / "conf",
+        des_report(["nosuch"], embedder={"_target_": "cft.measures.similarity.HashingEmbedder"}, conf_dir=REPO / "conf",
                    out_dir=tmp_path / "x", tracking_mode="disabled")
 
 

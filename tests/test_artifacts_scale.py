@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cft import artifacts
+from cft.run import artifacts
 from helpers import SMALL, run_folders
 
 REPO = Path(__file__).resolve().parent.parent

@@ -81,12 +81,12 @@ def test_synthetic_data_has_alpacas_length_spread():
 
 
 def test_build_counter_reads_the_artifact_log(tmp_path, caplog):
-    """sweep_cost counts builds from cft.artifacts' own log lines; a reworded line must fail here."""
+    """sweep_cost counts builds from cft.run.artifacts' own log lines; a reworded line must fail here."""
     import sweep_cost
 
-    from cft import artifacts
+    from cft.run import artifacts
 
-    with caplog.at_level(logging.INFO, logger="cft.artifacts"):
+    with caplog.at_level(logging.INFO, logger="cft.run.artifacts"):
         artifacts.cached(tmp_path, "phase1", {"a": 1}, lambda tmp: (tmp / "x").write_text("1"))
         artifacts.cached(tmp_path, "phase1", {"a": 1}, lambda tmp: None)
         artifacts.cached(tmp_path, "eval", {"a": 1}, lambda tmp: None)

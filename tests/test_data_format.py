@@ -132,7 +132,7 @@ def test_packing_into_rows_as_wide_as_the_longest_example(tok, tiny_arch):
 def test_fit_with_packing_trains_like_padding_and_reports_padding(tok, tiny_arch):
     """Same batches, same mean loss: two packed steps give the weights of two padded steps
     (attention across examples, or a loss on the next example's first token, would not)."""
-    from cft.loop import TrainSettings, fit
+    from cft.training.loop import TrainSettings, fit
 
     examples = [Example(instruction=f"Say {i}", output="x" * (1 + 9 * (i % 4))) for i in range(16)]
     settings = TrainSettings(lr=1e-3, max_steps=2, global_batch_size=8, micro_batch_size=4, warmup_steps=0)
@@ -157,7 +157,7 @@ def test_attention_kernel_choice_and_row_policy(tok, tiny_arch):
 
     from cft.data.packing import uses_varlen_attention
     from cft.errors import ConfigError
-    from cft.loop import TrainSettings, fit
+    from cft.training.loop import TrainSettings, fit
 
     def kind(impl):
         return uses_varlen_attention(SimpleNamespace(config=SimpleNamespace(_attn_implementation=impl)))

@@ -66,7 +66,7 @@ def test_two_training_steps_on_alpaca_and_multialpaca(shared_data, tmp_path):
 
 
 def test_two_training_steps_on_the_openorca_sample(shared_data):
-    from cft.loop import TrainSettings, fit
+    from cft.training.loop import TrainSettings, fit
     from cft.models import build_model, build_tokenizer
     from conftest import TINY_ARCH
 

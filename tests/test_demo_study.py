@@ -13,7 +13,7 @@ from helpers import compose, run_folders, run_script
 
 
 def test_pack_cuts_fixed_length_sequences_and_drops_the_tail():
-    from cft.pretrain import pack
+    from cft.models.pretrain import pack
 
     seqs = pack(list(range(10)), 4)
     assert [s["input_ids"] for s in seqs] == [[0, 1, 2, 3], [4, 5, 6, 7]]
@@ -81,7 +81,7 @@ def test_study_configs_pin_the_issue_grid():
 def test_pretrained_base_is_a_cached_artifact(tmp_path, tiny_arch):
     from omegaconf import OmegaConf
 
-    from cft.recipe import base_reference
+    from cft.recipes.train import base_reference
 
     pretrain = {"source": "demo", "tasks": ["repeat"], "languages": ["en", "es"], "per_task_language": 40,
                 "data_seed": 0, "seq_len": 32, "batch_size": 4, "steps": 3, "lr": 1e-3, "warmup_steps": 0}

@@ -35,7 +35,7 @@ def gguf_dir() -> Path:
 @pytest.mark.slow
 def test_gguf_checkpoint_loads_trains_and_saves(gguf_dir, tmp_path):
     from cft.data.records import Example
-    from cft.loop import TrainSettings, fit
+    from cft.training.loop import TrainSettings, fit
     from cft.models import load_model
 
     model, tokenizer = load_model(str(gguf_dir), gguf_file=GGUF, dtype="fp32")

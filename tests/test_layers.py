@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cft.errors import CftError
-from cft.layers import checkpoint_index, layer_changes, parse_name, rank_layers, top_k_layers, transition_changes
+from cft.measures.layers import checkpoint_index, layer_changes, parse_name, rank_layers, top_k_layers, transition_changes
 
 
 def _edited(src, dst, edits):

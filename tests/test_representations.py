@@ -10,7 +10,7 @@ import torch
 
 from cft.analysis import representations_report
 from cft.errors import CftError
-from cft.representations import (covariance_difference, cross_lingual_similarity, mean_activations, read_parallel,
+from cft.measures.representations import (covariance_difference, cross_lingual_similarity, mean_activations, read_parallel,
                                  read_prompts, tsne_points)
 
 PROMPTS = [f"Question {i}: what is {i} plus {i * 3}?" for i in range(12)]

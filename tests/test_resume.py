@@ -97,7 +97,7 @@ def _data(n=16):
 
 def _train(tiny_model_dir, ckpt_dir, hooks=None, **kw):
     from cft.data.format import PadCollator
-    from cft.loop import TrainSettings, train_phase
+    from cft.training.loop import TrainSettings, train_phase
     from cft.models import load_model
 
     model, tok = load_model(str(tiny_model_dir))
@@ -110,7 +110,7 @@ def _train(tiny_model_dir, ckpt_dir, hooks=None, **kw):
 def test_full_disk_while_saving_keeps_previous_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
     from accelerate import Accelerator
 
-    from cft.loop import TrainingError
+    from cft.training.loop import TrainingError
 
     real_save = Accelerator.save_state
     calls = []
@@ -162,7 +162,7 @@ def test_resume_restores_optimizer_scheduler_and_data_order(tmp_path, tiny_model
 def test_sigterm_saves_a_checkpoint_at_the_step_and_resume_matches(tmp_path, tiny_model_dir):
     """SIGTERM during step 2 (no periodic checkpoints): the loop finishes that step, writes step-2,
     raises Interrupted (exit 143), and the rerun ends with the uninterrupted weights."""
-    from cft.loop import Interrupted
+    from cft.training.loop import Interrupted
 
     ref, _ = _train(tiny_model_dir, tmp_path / "a", checkpoint_every=0, warmup_steps=1)
 
@@ -227,7 +227,7 @@ def test_sigterm_to_train_py_exits_143_with_a_checkpoint_then_resumes(tmp_path):
 
 
 def test_nan_loss_stops_with_phase_and_step(tmp_path, tiny_model_dir):
-    from cft.loop import TrainingError
+    from cft.training.loop import TrainingError
 
     class NanAtThird:
         n = 0
@@ -246,7 +246,7 @@ def test_nan_loss_stops_with_phase_and_step(tmp_path, tiny_model_dir):
 def test_wandb_online_unreachable_falls_back_to_offline(tmp_path, monkeypatch, caplog):
     import wandb
 
-    from cft.tracking import Tracker
+    from cft.run.tracking import Tracker
 
     real_init = wandb.init
     modes = []

@@ -27,9 +27,9 @@ ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num
 WORKER = textwrap.dedent('''
     import json, sys
     import torch
-    from cft import distributed
+    from cft.training import distributed
     from cft.data.format import PadCollator
-    from cft.loop import TrainSettings, train_phase, zero3_init
+    from cft.training.loop import TrainSettings, train_phase, zero3_init
     from cft.models import load_model
 
     model_dir, out_dir, variants = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
@@ -99,7 +99,7 @@ WORKER = textwrap.dedent('''
                 model, tok = load_model(model_dir)
         if freeze == "term":  # SIGTERM reaches rank 0 alone during step 2: both ranks stop after it, with a checkpoint
             import os, signal
-            from cft.loop import Interrupted
+            from cft.training.loop import Interrupted
 
             class TermRank0At2:
                 n = 0
@@ -153,7 +153,7 @@ def torchrun(args: list[str], cwd: Path, env: dict | None = None, timeout: int =
 def single_process(model_dir: Path, freeze: bool) -> dict:
     """The reference: the same training in this process, one rank, plain torch (no DeepSpeed)."""
     from cft.data.format import PadCollator
-    from cft.loop import TrainSettings, train_phase
+    from cft.training.loop import TrainSettings, train_phase
     from cft.models import load_model
 
     g = torch.Generator().manual_seed(0)

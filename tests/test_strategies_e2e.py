@@ -30,8 +30,8 @@ if not dist.is_initialized():  # one process: DeepSpeed joins a process group of
     dist.init_process_group("gloo", rank=0, world_size=1)
 tok = load_model(str(base_dir))[1]
 phase1 = perturbed_checkpoint(base_dir, tmp / "phase1", {("q_proj", 0, 1): 0.9, ("q_proj", 3, 2): 0.8})
-from cft.gradients import full_value, numel
-from cft.loop import TrainSettings, zero3_init
+from cft.training.gradients import full_value, numel
+from cft.training.loop import TrainSettings, zero3_init
 ds = {"zero_optimization": {"stage": stage}}
 strategy = Compose({"lf": RandomLayerFreeze(k=1), "heads": ChangeRankedFreeze(k=2, modules=["q_proj"], granularity="head")})
 with zero3_init(TrainSettings(lr=1e-2, global_batch_size=4, micro_batch_size=2, deepspeed=ds)):

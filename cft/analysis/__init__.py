@@ -35,7 +35,7 @@ class AnalysisResult:
 
 
 def _tracker(mode: str, *, project: str, entity: str | None, out_dir: Path, name: str, group: str | None, config: Mapping):
-    from cft.tracking import Tracker
+    from cft.run.tracking import Tracker
 
     return Tracker(mode=mode, project=project, entity=entity, run_dir=out_dir, name=name, group=group, job_type="analyze",
                    config=dict(config))
@@ -62,7 +62,7 @@ def _latest_sweep(output_root: str | Path) -> str | None:
     """The sweep of the most recently finished run under output_root (what a bare analyze.py reads)."""
     import json
 
-    from cft.rundir import latest_run
+    from cft.run.folder import latest_run
 
     run = latest_run(output_root)
     if run is None:
@@ -160,7 +160,7 @@ def analyze_sweep(sweep_id: str, *, source: str = "local", output_root: str | Pa
 def _dataset_texts(name: str, spec: Any, conf_dir: Path | None) -> list[str]:
     """Texts of one dataset: `spec` is a local file/folder path, or None to use the option `name` of
     conf/phase1_data or conf/phase2_data (its path or hub source)."""
-    from cft.similarity import read_texts
+    from cft.measures.similarity import read_texts
 
     if spec:
         path = Path(str(spec)).expanduser()
@@ -187,7 +187,7 @@ def _dataset_texts(name: str, spec: Any, conf_dir: Path | None) -> list[str]:
     from cft.data.sources import load_sft
 
     keys = ("name", "source", "path", "languages", "max_examples", "max_per_language", "seed", "split", "fields", "on_bad_record", "demo")
-    from cft.similarity import example_texts
+    from cft.measures.similarity import example_texts
 
     return example_texts(load_sft(**{k: v for k, v in node.items() if k in keys}).examples)
 
@@ -203,7 +203,7 @@ def des_report(datasets: Mapping[str, Any] | Sequence[str], *, embedder: Any, n:
     from cft.analysis import figures as F
     from cft.analysis.report import write_report
     from cft.analysis.tables import Stat, Table
-    from cft.similarity import build_embedder, des_matrix
+    from cft.measures.similarity import build_embedder, des_matrix
 
     if isinstance(datasets, str):
         datasets = [datasets]
@@ -220,7 +220,7 @@ def des_report(datasets: Mapping[str, Any] | Sequence[str], *, embedder: Any, n:
     table.write(out_dir)
     matrix.to_csv(out_dir / "des_matrix.csv")
     figs = [F.des_heatmap(matrix, out_dir)]
-    from cft.similarity import embedder_id
+    from cft.measures.similarity import embedder_id
 
     report = write_report(out_dir / "report.md", title="Dataset embedding similarity", sweep=None, problems=[], tables=[table],
                           figures=figs, extra=[f"Embedder: `{embedder_id(emb)}`; {n} samples per dataset, seed {seed}.", ""])
@@ -260,7 +260,7 @@ def representations_report(models: Mapping[str, str], *, reference: str | None =
     from cft.analysis import figures as F
     from cft.analysis.report import write_report
     from cft.models import load_model
-    from cft.representations import (covariance_difference, cross_lingual_similarity, mean_activations, mt_bench_prompts,
+    from cft.measures.representations import (covariance_difference, cross_lingual_similarity, mean_activations, mt_bench_prompts,
                                       read_parallel, read_prompts, save_activations, tsne_points)
 
     if not models:
@@ -354,7 +354,7 @@ def layers_report(base: str, phase1: str, phase2: str | None = None, *, out_dir:
     from cft.analysis import figures as F
     from cft.analysis.report import write_report
     from cft.analysis.tables import layer_rank_table
-    from cft.layers import transition_changes
+    from cft.measures.layers import transition_changes
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

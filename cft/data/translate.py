@@ -294,7 +294,7 @@ def main(cfg) -> None:
 if __name__ == "__main__":
     import hydra
 
-    from cft.cli import guarded
+    from cft.config.cli import guarded
 
     @hydra.main(config_path="../../conf", config_name="translate", version_base="1.3")
     def _entry(cfg) -> None:

@@ -28,7 +28,7 @@ from cft.data.format import render_prompt
 from cft.data.records import Example
 from cft.errors import ConfigError, DataError
 from cft.evaluation import TaskScores
-from cft.generate import generate
+from cft.models.generate import generate
 
 log = logging.getLogger(__name__)
 

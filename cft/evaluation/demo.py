@@ -14,7 +14,7 @@ from typing import Sequence
 from cft.data.demo import make_examples
 from cft.data.format import render_prompt
 from cft.evaluation import TaskScores
-from cft.generate import generate
+from cft.models.generate import generate
 
 
 class DemoExactMatch:

@@ -33,7 +33,7 @@ class StrategyContext:
     base_ref: str  # hub id or folder of the base checkpoint
     phase1_dir: Path  # folder of the Phase-1 checkpoint (model + tokenizer)
     tokenizer: Any
-    cache_dir: Path  # the artifact cache (cft.artifacts.cached)
+    cache_dir: Path  # the artifact cache (cft.run.artifacts.cached)
     run_dir: Path
     seed: int
     phase2_size: int = 0  # number of Phase-2 examples before any mixing
@@ -143,7 +143,7 @@ def freeze(model, should_freeze: Callable[[str], bool]) -> list[str]:
 
 
 def parameter_report(model) -> dict[str, Any]:
-    from cft.gradients import numel
+    from cft.training.gradients import numel
 
     total = sum(numel(p) for p in model.parameters())
     trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
@@ -164,7 +164,7 @@ def sample(items: list, n: int, seed: int, what: str) -> list:
 
 def write_csv(path: Path, columns: list[str], rows: list[list[Any]]) -> Path:
     """Write a table into the run folder (rank 0 alone writes run files)."""
-    from cft import distributed
+    from cft.training import distributed
 
     if not distributed.is_main():
         return path

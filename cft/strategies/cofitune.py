@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from cft import artifacts
+from cft.run import artifacts
 from cft.data.records import Example
 from cft.errors import ConfigError
-from cft.gradients import full_shape, scale_grad
+from cft.training.gradients import full_shape, scale_grad
 from cft.strategies.base import (Strategy, StrategyContext, check_modules, freeze, layers_text, param_layer_module,
                                  parameter_report, write_csv)
 

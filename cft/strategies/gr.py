@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from cft import artifacts
+from cft.run import artifacts
 from cft.data.format import render_prompt
 from cft.data.records import Example
 from cft.errors import ConfigError
@@ -52,7 +52,7 @@ class GenerativeReplay(Strategy):
                 "seed": seed, "generation": self.generation}
 
         def build(tmp: Path) -> None:
-            from cft.generate import generate
+            from cft.models.generate import generate
 
             prompts_from = counterpart_sample(ctx, n, seed, "generative replay (gr)")
             if ctx.load_phase1 is None:

@@ -3,7 +3,7 @@ key and value projections, the k layers (paper: k = 10) whose weights changed mo
 model to the Phase-1 model, since those hold what Phase 1 taught (task ability).
 
 The change of a module in a layer is the relative Frobenius norm ||W_p1 - W_base|| / ||W_base||,
-computed by `cft.layers` streaming both checkpoints tensor by tensor (never two models in memory).
+computed by `cft.measures.layers` streaming both checkpoints tensor by tensor (never two models in memory).
 With `granularity: head` the unit is an attention head's slice of q/k/v (its rows); the k heads
 that changed most per module keep their Phase-1 values by having their gradient rows zeroed.
 """
@@ -17,9 +17,9 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from cft import artifacts
+from cft.run import artifacts
 from cft.errors import CftError, ConfigError
-from cft.gradients import full_shape, scale_grad
+from cft.training.gradients import full_shape, scale_grad
 from cft.strategies.base import (Strategy, StrategyContext, check_count, check_modules, freeze, layers_text,
                                  param_layer_module, parameter_report, write_csv)
 
@@ -44,7 +44,7 @@ def local_checkpoint(ref: str | Path, what: str) -> Path:
 
 def head_changes(ref_a: Path, ref_b: Path, modules: Sequence[str], head_dim: int) -> pd.DataFrame:
     """Relative change of each head's row slice of the given projections, streamed tensor by tensor."""
-    from cft.layers import checkpoint_index, iter_tensor_pairs, parse_name
+    from cft.measures.layers import checkpoint_index, iter_tensor_pairs, parse_name
 
     names = [n for n in checkpoint_index(ref_a) if n.endswith(".weight") and parse_name(n)[1] is not None
              and parse_name(n)[0] in modules]
@@ -99,7 +99,7 @@ class ChangeRankedFreeze(Strategy):
 
         def build(tmp: Path) -> None:
             if self.granularity == "layer":
-                from cft.layers import layer_changes, rank_layers
+                from cft.measures.layers import layer_changes, rank_layers
 
                 frame = rank_layers(layer_changes(base, phase1))[["module", "layer", "change", "rank"]]
             else:
@@ -116,7 +116,7 @@ class ChangeRankedFreeze(Strategy):
         frame["frozen"] = False
         for module in self.modules:
             if self.granularity == "layer":
-                from cft.layers import top_k_layers
+                from cft.measures.layers import top_k_layers
 
                 self.selected[module] = top_k_layers(frame, module, self.k)
                 frame.loc[(frame["module"] == module) & frame["layer"].isin(self.selected[module]), "frozen"] = True

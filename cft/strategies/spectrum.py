@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from cft.gradients import full_shape, full_value
+from cft.training.gradients import full_shape, full_value
 from cft.strategies.base import (Strategy, StrategyContext, check_modules, check_ratio, freeze, layers_text,
                                  param_layer_module, parameter_report, write_csv)
 

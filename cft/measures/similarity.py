@@ -15,7 +15,7 @@ MPD (Definition 2): the L2 distance between the parameters of two models fine-tu
 same base, ||theta_A - theta_B||_2, overall and per decoder layer. The base model cancels out of
 the difference of the two task vectors, so it is not needed. Values are compared after dividing
 by the largest value of the compared set (`normalize_by_max`). Checkpoints are streamed tensor by
-tensor (`cft.layers.iter_tensor_pairs`), so two 7B checkpoints never sit in memory together.
+tensor (`cft.measures.layers.iter_tensor_pairs`), so two 7B checkpoints never sit in memory together.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def cached_mean_embedding(embedder: Any, texts: Sequence[str], cache_dir: str | 
     of the texts (so a changed sample or embedder never reuses a stale mean)."""
     if cache_dir is None:
         return mean_embedding(embedder, texts, what=what)
-    from cft.artifacts import cached
+    from cft.run.artifacts import cached
 
     digest = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
     spec = {"embedder": embedder_id(embedder), "texts_sha256": digest, "n": len(texts)}
@@ -335,7 +335,7 @@ def mpd(model_a: str | Path, model_b: str | Path) -> MPD:
     """
     from tqdm.auto import tqdm
 
-    from cft.layers import checkpoint_index, iter_tensor_pairs, per_layer_sq_norms
+    from cft.measures.layers import checkpoint_index, iter_tensor_pairs, per_layer_sq_norms
 
     total_tensors = len(checkpoint_index(model_a))
     pairs = tqdm(iter_tensor_pairs(model_a, model_b), total=total_tensors, desc="MPD", disable=total_tensors < 50)

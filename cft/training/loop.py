@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from cft import distributed
+from cft.training import distributed
 from cft.errors import ConfigError, CftError
 
 log = logging.getLogger(__name__)

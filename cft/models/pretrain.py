@@ -48,7 +48,7 @@ def pretrain(model, tokenizer, documents: Sequence[str], *, seq_len: int, steps:
              warmup_steps: int = 0, seed: int = 0, log_fn=None):
     """Train `model` as a causal LM on `documents` (shuffled, joined with EOS, packed). Returns (model, TrainStats)."""
     from cft.data.format import PadCollator
-    from cft.loop import TrainSettings, train_phase
+    from cft.training.loop import TrainSettings, train_phase
 
     docs = list(documents)
     random.Random(seed).shuffle(docs)

@@ -19,15 +19,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cft import artifacts, distributed
+from cft.run import artifacts
+from cft.training import distributed
 from cft.data.sources import SFTData, load_sft
 from cft.errors import CftError, ConfigError
 from cft.evaluation import evaluate
-from cft.loop import TrainSettings, fit, zero3_init
+from cft.training.loop import TrainSettings, fit, zero3_init
 from cft.models import load_model, save_built_model
-from cft.rundir import RunDir, comparable
+from cft.run.folder import RunDir, comparable
 from cft.strategies.base import StrategyContext
-from cft.tracking import Tracker
+from cft.run.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,8 @@ def base_reference(model_cfg, cache_dir: Path) -> str:
     pretrain = _plain(model_cfg.get("pretrain"))
     if pretrain:
         # Phase 0: a short pre-training on raw text, so the base knows the languages and skills
-        # (cft.pretrain); cached like any artifact, keyed by the build and the pretrain spec.
-        from cft.pretrain import save_pretrained_base
+        # (cft.models.pretrain); cached like any artifact, keyed by the build and the pretrain spec.
+        from cft.models.pretrain import save_pretrained_base
 
         spec = {"build": build, "seed": seed, "tokenizer": "bytes-v1", "pretrain": pretrain}
         path = artifacts.cached(cache_dir, "base", spec, lambda tmp: save_pretrained_base(tmp / "model", build, pretrain, seed=seed))
@@ -189,7 +190,7 @@ def finetune_base(kind: str, cfg: DictConfig, base_ref: str, data_cfg, data: SFT
 def dataset_similarity(embedder_cfg, data1: SFTData, data2: SFTData, *, n: int, seed: int, cache_dir: Path) -> dict[str, float]:
     """DES (the paper's Definition 1) between the Phase-1 and Phase-2 data. An embedder that cannot
     load (e.g. LaBSE offline) leaves DES out with a warning rather than stopping the run."""
-    from cft.similarity import build_embedder, dataset_des, example_texts
+    from cft.measures.similarity import build_embedder, dataset_des, example_texts
 
     try:
         embedder = build_embedder(embedder_cfg)
@@ -278,7 +279,7 @@ def _run_phases(cfg, rd: RunDir, strategy, data1, data2, eval_tasks, base_ref, c
     p1 = phase1(cfg, base_ref, data1, cache_dir, tracker.log)
     rd.update_meta(base_ref=base_ref, phase1_ref=p1.ref, phase1_key=p1.key)
     if cfg.similarity.mpd:
-        from cft.similarity import mpd
+        from cft.measures.similarity import mpd
 
         alone, _, _ = finetune_base("phase2_alone", cfg, base_ref, cfg.phase2_data, data2, cache_dir, tracker.log)
         metrics.update(mpd(p1.ref, alone).metrics("mpd"))
@@ -349,7 +350,7 @@ def local_checkpoint(ref: str) -> str:
 def record_layer_changes(base_ref: str, phase1_ref: str, phase2_dir: Path, out_csv: Path, tracker) -> None:
     """Per-module, per-layer relative change and its rank, base -> Phase 1 and Phase 1 -> Phase 2,
     streamed tensor by tensor; written as CSV and logged to W&B as a table."""
-    from cft.layers import transition_changes
+    from cft.measures.layers import transition_changes
 
     try:
         frame = transition_changes(local_checkpoint(base_ref), local_checkpoint(phase1_ref), phase2_dir)

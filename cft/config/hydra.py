@@ -46,7 +46,7 @@ def evaluation_dir(run_dir: str | None, checkpoint: str | None, output_root: str
     """Where evaluate.py writes: inside the run folder it re-evaluates (given, or with neither
     run_dir nor checkpoint the latest finished run), else under output_root."""
     if not run_dir and not checkpoint:
-        from cft.rundir import latest_run
+        from cft.run.folder import latest_run
 
         run_dir = str(latest_run(output_root) or "")
     if run_dir:

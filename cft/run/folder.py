@@ -68,7 +68,7 @@ def versions() -> dict[str, str]:
 
 
 def _main() -> bool:
-    from cft import distributed
+    from cft.training import distributed
 
     return distributed.is_main()
 
@@ -111,7 +111,7 @@ class RunDir:
             # An unfinished run of another config: its checkpoints must not be resumed.
             import shutil
 
-            from cft import distributed
+            from cft.training import distributed
 
             if distributed.is_main():
                 shutil.rmtree(self.path / "checkpoints", ignore_errors=True)

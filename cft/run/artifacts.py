@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
-from cft import distributed
+from cft.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def cached(cache_dir: str | Path, kind: str, spec: Any, build: Callable[[Path], 
 
     `build` writes everything into the folder it is given; it must not write `DONE`.
 
-    With several ranks (cft.distributed), rank 0 alone takes the lock and decides. By default it
+    With several ranks (cft.training.distributed), rank 0 alone takes the lock and decides. By default it
     alone builds and the other ranks wait for `DONE`. With `collective=True` (e.g. training a model
     with every rank) all ranks call `build(tmp_dir)` with the same folder, and only rank 0 may
     write into it.
