@@ -1,7 +1,7 @@
 """Train one cell of the study (or a sweep of cells with -m): Phase 1, Phase 2, evaluation, record.
 
-    python train.py                                   # the built-in demo, on the CPU, in minutes
-    python train.py -m strategy=full,lf_h2 seed=0,1   # a sweep; prints its sweep_id
+python train.py                                   # the built-in demo, on the CPU, in minutes
+python train.py -m strategy=full,lf_h2 seed=0,1   # a sweep; prints its sweep_id
 """
 
 import hydra

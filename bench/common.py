@@ -19,8 +19,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 # Real data lives next to the repo (never copied into it); bench/ and tests/ may read it.
@@ -50,6 +51,8 @@ def claim_stdout() -> None:
         sys.stdout.flush()
         _JSON_OUT = os.fdopen(os.dup(1), "w")
         os.dup2(2, 1)
+
+
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -75,9 +78,13 @@ def setup_logging() -> logging.Logger:
 
 
 def add_threads_arg(parser) -> None:
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch/OpenMP threads per process, children included (default 1: on a shared CPU, "
-                             "threads that wait for a busy core spin, which made 2 threads 3x slower than 1 here)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch/OpenMP threads per process, children included (default 1: on a shared CPU, "
+        "threads that wait for a busy core spin, which made 2 threads 3x slower than 1 here)",
+    )
 
 
 def apply_threads(n: int | None) -> None:
@@ -160,8 +167,10 @@ def synthetic_alpaca(n: int, seed: int = 0) -> list[dict[str, str]]:
     """Instruction records whose byte lengths follow Alpaca's spread (log-normal fitted to
     alpaca_5000.json: median ~285 bytes, 10th percentile ~100, 90th ~700), a third of them with an input."""
     rng = random.Random(seed)
-    words = ("the model data task answer question write list explain describe give three example short "
-             "reason because people water energy city history science color number simple").split()
+    words = (
+        "the model data task answer question write list explain describe give three example short "
+        "reason because people water energy city history science color number simple"
+    ).split()
 
     def text(nbytes: int) -> str:
         out = []
@@ -175,7 +184,9 @@ def synthetic_alpaca(n: int, seed: int = 0) -> list[dict[str, str]]:
         instr = max(15, int(total * rng.uniform(0.15, 0.35)))
         has_input = rng.random() < 0.39
         inp = int(total * rng.uniform(0.1, 0.3)) if has_input else 0
-        records.append({"instruction": text(instr), "input": text(inp) if inp else "", "output": text(max(5, total - instr - inp))})
+        records.append(
+            {"instruction": text(instr), "input": text(inp) if inp else "", "output": text(max(5, total - instr - inp))}
+        )
     return records
 
 
@@ -204,8 +215,14 @@ def instruction_examples(n: int, *, seed: int = 0, source: str = "auto"):
 
 def run_json(args: list[str], *, env: dict | None = None, cwd: Path | None = None, timeout: int = 1800) -> dict:
     """Run a python child that prints one JSON object on one line (emit(..., indent=None)) as its last stdout line."""
-    proc = subprocess.run([sys.executable, *args], env={**os.environ, **OFFLINE_ENV, **(env or {})}, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, *args],
+        env={**os.environ, **OFFLINE_ENV, **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -33,9 +33,18 @@ log = common.setup_logging()
 MISSING_RE = re.compile(r"eval task (\S+): eval\.data_dir=.* lacks")
 
 DEMO_RUN = ["model=demo", "model.pretrain.steps=20", "train.max_steps=40", "eval.tasks.demo.per_task_language=10"]
-SMOKE_RUN = ["model=tiny", "phase1_data.demo.per_task_language=16", "phase2_data.demo.per_task_language=4",
-             "phase2_data.languages=[es,de]", "train.max_steps=3", "train.global_batch_size=8", "train.micro_batch_size=8",
-             "eval.tasks.demo.per_task_language=2", "eval.tasks.demo.languages=[en,es,de]", "eval.tasks.demo.max_new_tokens=4"]
+SMOKE_RUN = [
+    "model=tiny",
+    "phase1_data.demo.per_task_language=16",
+    "phase2_data.demo.per_task_language=4",
+    "phase2_data.languages=[es,de]",
+    "train.max_steps=3",
+    "train.global_batch_size=8",
+    "train.micro_batch_size=8",
+    "eval.tasks.demo.per_task_language=2",
+    "eval.tasks.demo.languages=[en,es,de]",
+    "eval.tasks.demo.max_new_tokens=4",
+]
 
 # Runs train.py with cft.recipes.train.evaluate / fit timed; the timings go to $CFT_BENCH_TIMINGS at exit.
 DRIVER = r"""
@@ -73,8 +82,14 @@ def eval_suite(root: Path, checkpoint: Path, suite: str, overrides: list[str]) -
     for _ in range(12):
         args = [f"checkpoint={checkpoint}", f"eval={suite}", "tracking=none", *overrides, *[f"~eval.tasks.{t}" for t in left_out]]
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(common.REPO / "evaluate.py"), *args], cwd=root, env=_env(root),
-                              capture_output=True, text=True, timeout=3600)
+        proc = subprocess.run(
+            [sys.executable, str(common.REPO / "evaluate.py"), *args],
+            cwd=root,
+            env=_env(root),
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         seconds = time.perf_counter() - start
         text = proc.stdout + proc.stderr
         if proc.returncode == 0:
@@ -93,8 +108,14 @@ def run_share(root: Path, overrides: list[str]) -> dict:
     timings = root / "timings.json"
     env = {**_env(root), "CFT_BENCH_TIMINGS": str(timings)}
     args = ["tracking=none", *overrides]
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(common.REPO / "train.py"), *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(common.REPO / "train.py"), *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if proc.returncode != 0 or not timings.exists():
         raise RuntimeError(f"train.py {' '.join(args)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-5000:]}")
     t = json.loads(timings.read_text())
@@ -131,7 +152,11 @@ def main() -> None:
     run_overrides = DEMO_RUN
     if args.smoke:
         args.suite, args.shape, run_overrides = "demo", "tiny", SMOKE_RUN
-        suite_overrides = ["eval.tasks.demo.per_task_language=2", "eval.tasks.demo.languages=[en,es]", "eval.tasks.demo.max_new_tokens=4"]
+        suite_overrides = [
+            "eval.tasks.demo.per_task_language=2",
+            "eval.tasks.demo.languages=[en,es]",
+            "eval.tasks.demo.max_new_tokens=4",
+        ]
 
     from cft.models import save_built_model
 
@@ -149,7 +174,12 @@ def main() -> None:
                 log.info("eval=%s: %.1fs (left out: %s)", args.suite, res["seconds"], res["left_out_no_data"])
         (tmp / "run").mkdir()
         share = run_share(tmp / "run", run_overrides)
-        log.info("run: %.1fs, evaluation %.0f%%, training %.0f%%", share["run_seconds"], 100 * share["share_evaluation"], 100 * share["share_training"])
+        log.info(
+            "run: %.1fs, evaluation %.0f%%, training %.0f%%",
+            share["run_seconds"],
+            100 * share["share_evaluation"],
+            100 * share["share_training"],
+        )
     figures["run"] = {"overrides": run_overrides, **share}
     figures["environment"] = common.environment()
     common.emit(figures)

@@ -34,7 +34,7 @@ def fixed_length_generation(model, tokenizer, counter: dict) -> None:
 
     def generate(*a, **k):
         out = inner(*a, **k, suppress_tokens=banned)
-        counter["new_tokens"] += int(out[:, k["input_ids"].shape[1]:].numel())
+        counter["new_tokens"] += int(out[:, k["input_ids"].shape[1] :].numel())
         return out
 
     model.generate = generate
@@ -62,8 +62,8 @@ def main() -> None:
     import torch
 
     from cft.data.format import render_prompt
-    from cft.models.generate import generate
     from cft.models import build_model, build_tokenizer
+    from cft.models.generate import generate
 
     tokenizer = build_tokenizer()
     model = build_model(common.shape(args.shape, 1024), tokenizer, seed=0).to(args.device)
@@ -77,8 +77,12 @@ def main() -> None:
     counter = {"new_tokens": 0}
     fixed_length_generation(model, tokenizer, counter)
     methods = {
-        "batched": lambda: generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=False),
-        "one_at_a_time": lambda: generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=1, progress=False),
+        "batched": lambda: generate(
+            model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=False
+        ),
+        "one_at_a_time": lambda: generate(
+            model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=1, progress=False
+        ),
     }
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     with contextlib.redirect_stdout(sys.stderr):

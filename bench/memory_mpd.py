@@ -85,12 +85,20 @@ def child(method: str, a: str, b: str, warm_a: str, warm_b: str) -> None:
         value, changes = run(a, b)
     seconds = time.perf_counter() - start
     peak_rss = (_status_kb("VmHWM") if peak_resettable else anon.peak_rss) / 1024
-    common.emit({
-        "method": method, "mpd": value, "tensors_compared": int(len(changes)), "seconds": seconds,
-        "rss_after_imports_mb": base_rss, "peak_rss_mb": peak_rss,
-        "peak_rss_above_imports_mb": peak_rss - base_rss, "peak_from": "VmHWM" if peak_resettable else "sampled VmRSS",
-        "peak_anon_above_imports_mb": anon.peak / 1024 - base_anon,
-    }, indent=None)
+    common.emit(
+        {
+            "method": method,
+            "mpd": value,
+            "tensors_compared": int(len(changes)),
+            "seconds": seconds,
+            "rss_after_imports_mb": base_rss,
+            "peak_rss_mb": peak_rss,
+            "peak_rss_above_imports_mb": peak_rss - base_rss,
+            "peak_from": "VmHWM" if peak_resettable else "sampled VmRSS",
+            "peak_anon_above_imports_mb": anon.peak / 1024 - base_anon,
+        },
+        indent=None,
+    )
 
 
 def _load_both(a: str, b: str):
@@ -116,8 +124,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--shape", default="100m")
-    p.add_argument("--checkpoint-dtype", default="bf16", choices=["bf16", "fp32"],
-                   help="dtype the checkpoints are saved in (released LLM checkpoints are bf16); MPD is computed in fp32")
+    p.add_argument(
+        "--checkpoint-dtype",
+        default="bf16",
+        choices=["bf16", "fp32"],
+        help="dtype the checkpoints are saved in (released LLM checkpoints are bf16); MPD is computed in fp32",
+    )
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions per method (median)")
     p.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     p.add_argument("--a", help=argparse.SUPPRESS)
@@ -159,25 +171,42 @@ def main() -> None:
             for method in METHODS if r % 2 == 0 else tuple(reversed(METHODS)):
                 res = common.run_json([os.path.abspath(__file__), "--child", method, "--a", a, "--b", b, "--warm", *warm])
                 runs[method].append(res)
-                log.info("round %d %s: peak RSS +%.0f MB (anon +%.0f MB), %.1fs", r, method,
-                         res["peak_rss_above_imports_mb"], res["peak_anon_above_imports_mb"], res["seconds"])
-    med = {m: {k: common.median(x[k] for x in runs[m]) for k in ("peak_rss_above_imports_mb", "peak_anon_above_imports_mb", "peak_rss_mb", "seconds")}
-           for m in METHODS}
+                log.info(
+                    "round %d %s: peak RSS +%.0f MB (anon +%.0f MB), %.1fs",
+                    r,
+                    method,
+                    res["peak_rss_above_imports_mb"],
+                    res["peak_anon_above_imports_mb"],
+                    res["seconds"],
+                )
+    med = {
+        m: {
+            k: common.median(x[k] for x in runs[m])
+            for k in ("peak_rss_above_imports_mb", "peak_anon_above_imports_mb", "peak_rss_mb", "seconds")
+        }
+        for m in METHODS
+    }
     agree = abs(runs["streaming"][0]["mpd"] - runs["load_both"][0]["mpd"]) <= 1e-4 * max(1.0, runs["load_both"][0]["mpd"])
-    common.emit({
-        "benchmark": "memory_mpd",
-        "shape": args.shape,
-        "parameters": n_params,
-        "checkpoint_mb": size_mb,
-        "checkpoint_dtype": args.checkpoint_dtype,
-        "rounds": args.rounds,
-        "methods": med,
-        "mpd_agrees": agree,
-        "ratio_peak_rss_load_both_vs_streaming": common.ratio(med["load_both"]["peak_rss_above_imports_mb"], med["streaming"]["peak_rss_above_imports_mb"]),
-        "ratio_peak_anon_load_both_vs_streaming": common.ratio(med["load_both"]["peak_anon_above_imports_mb"], med["streaming"]["peak_anon_above_imports_mb"]),
-        "ratio_seconds_load_both_vs_streaming": common.ratio(med["load_both"]["seconds"], med["streaming"]["seconds"]),
-        "environment": common.environment(),
-    })
+    common.emit(
+        {
+            "benchmark": "memory_mpd",
+            "shape": args.shape,
+            "parameters": n_params,
+            "checkpoint_mb": size_mb,
+            "checkpoint_dtype": args.checkpoint_dtype,
+            "rounds": args.rounds,
+            "methods": med,
+            "mpd_agrees": agree,
+            "ratio_peak_rss_load_both_vs_streaming": common.ratio(
+                med["load_both"]["peak_rss_above_imports_mb"], med["streaming"]["peak_rss_above_imports_mb"]
+            ),
+            "ratio_peak_anon_load_both_vs_streaming": common.ratio(
+                med["load_both"]["peak_anon_above_imports_mb"], med["streaming"]["peak_anon_above_imports_mb"]
+            ),
+            "ratio_seconds_load_both_vs_streaming": common.ratio(med["load_both"]["seconds"], med["streaming"]["seconds"]),
+            "environment": common.environment(),
+        }
+    )
 
 
 if __name__ == "__main__":

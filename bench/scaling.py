@@ -24,14 +24,26 @@ log = common.setup_logging()
 
 
 def train_once(shape_name, examples, args, tokenizer) -> dict:
-    from cft.training.loop import TrainSettings, fit
     from cft.models import build_model, count_parameters
+    from cft.training.loop import TrainSettings, fit
 
     model = build_model(common.shape(shape_name, max(args.max_length, 256)), tokenizer, seed=0).to(args.device)
-    settings = TrainSettings(lr=1e-4, epochs=1, global_batch_size=args.batch_size, micro_batch_size=args.batch_size,
-                             scheduler="constant", log_every=10**9, seed=0)
+    settings = TrainSettings(
+        lr=1e-4,
+        epochs=1,
+        global_batch_size=args.batch_size,
+        micro_batch_size=args.batch_size,
+        scheduler="constant",
+        log_every=10**9,
+        seed=0,
+    )
     _, stats, _ = fit(model, tokenizer, examples, settings=settings, max_length=args.max_length, phase="scaling")
-    return {"seconds": stats.seconds, "tokens": stats.tokens, "steps": stats.steps, "parameters": count_parameters(model)["total"]}
+    return {
+        "seconds": stats.seconds,
+        "tokens": stats.tokens,
+        "steps": stats.steps,
+        "parameters": count_parameters(model)["total"],
+    }
 
 
 def main() -> None:
@@ -51,8 +63,15 @@ def main() -> None:
     args = p.parse_args()
     common.apply_threads(args.threads)
     if args.smoke:
-        args.sizes, args.data_shape, args.shapes, args.model_examples, args.max_length, args.batch_size, args.rounds = \
-            "16,32,64", "tiny", "tiny,demo", 16, 128, 8, 1
+        args.sizes, args.data_shape, args.shapes, args.model_examples, args.max_length, args.batch_size, args.rounds = (
+            "16,32,64",
+            "tiny",
+            "tiny,demo",
+            16,
+            128,
+            8,
+            1,
+        )
 
     import transformers
 
@@ -77,8 +96,14 @@ def main() -> None:
 
     def row(setting):
         xs = runs[setting]
-        return {"examples": setting[1], "shape": setting[2], "parameters": xs[0]["parameters"], "tokens": xs[0]["tokens"],
-                "steps": xs[0]["steps"], "seconds": common.median(x["seconds"] for x in xs)}
+        return {
+            "examples": setting[1],
+            "shape": setting[2],
+            "parameters": xs[0]["parameters"],
+            "tokens": xs[0]["tokens"],
+            "steps": xs[0]["steps"],
+            "seconds": common.median(x["seconds"] for x in xs),
+        }
 
     data_rows = [row(s) for s in settings if s[0] == "data"]
     model_rows = [row(s) for s in settings if s[0] == "model"]
@@ -87,16 +112,18 @@ def main() -> None:
         for r in rows:
             r["time_ratio"] = common.ratio(r["seconds"], first["seconds"])
             r["size_ratio" if rows is data_rows else "flops_ratio"] = common.ratio(work(r), work(first))
-    common.emit({
-        "benchmark": "scaling",
-        "data": source,
-        "max_length": args.max_length,
-        "batch_size": args.batch_size,
-        "rounds": args.rounds,
-        "dataset_size": data_rows,
-        "model_size": model_rows,
-        "environment": common.environment(args.device),
-    })
+    common.emit(
+        {
+            "benchmark": "scaling",
+            "data": source,
+            "max_length": args.max_length,
+            "batch_size": args.batch_size,
+            "rounds": args.rounds,
+            "dataset_size": data_rows,
+            "model_size": model_rows,
+            "environment": common.environment(args.device),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -33,16 +33,29 @@ STRATEGIES = "full,lf_h2,gr5,gr10,er10"
 # The demo pipeline, shortened so that ten cells run in minutes on a CPU: 5 steps per phase and
 # 20 steps of the demo base's Phase-0 pre-training (300 by default). lf_h2 freezes lf_k=1 layer.
 DEMO = [
-    "model=demo", "model.pretrain.steps=20", "++model.lf_k=1",
-    "phase1_data.demo.per_task_language=40", "phase2_data.demo.per_task_language=10", "phase2_data.languages=[es,de]",
-    "train.max_steps=5", "eval.tasks.demo.per_task_language=2", "eval.tasks.demo.languages=[en,es,de]",
+    "model=demo",
+    "model.pretrain.steps=20",
+    "++model.lf_k=1",
+    "phase1_data.demo.per_task_language=40",
+    "phase2_data.demo.per_task_language=10",
+    "phase2_data.languages=[es,de]",
+    "train.max_steps=5",
+    "eval.tasks.demo.per_task_language=2",
+    "eval.tasks.demo.languages=[en,es,de]",
     "eval.tasks.demo.max_new_tokens=8",
 ]
 SMOKE = [
-    "model=tiny", "++model.lf_k=1",
-    "phase1_data.demo.per_task_language=16", "phase2_data.demo.per_task_language=4", "phase2_data.languages=[es,de]",
-    "train.max_steps=2", "train.global_batch_size=8", "train.micro_batch_size=8",
-    "eval.tasks.demo.per_task_language=2", "eval.tasks.demo.languages=[en,es]", "eval.tasks.demo.max_new_tokens=4",
+    "model=tiny",
+    "++model.lf_k=1",
+    "phase1_data.demo.per_task_language=16",
+    "phase2_data.demo.per_task_language=4",
+    "phase2_data.languages=[es,de]",
+    "train.max_steps=2",
+    "train.global_batch_size=8",
+    "train.micro_batch_size=8",
+    "eval.tasks.demo.per_task_language=2",
+    "eval.tasks.demo.languages=[en,es]",
+    "eval.tasks.demo.max_new_tokens=4",
 ]
 BUILD_RE = re.compile(r"Building (\S+) artifact")
 REUSE_RE = re.compile(r"Reusing (\S+) artifact")
@@ -57,8 +70,9 @@ def run_sweep(root: Path, overrides: list[str], strategies: str, naive: bool) ->
     env = {**os.environ, **common.OFFLINE_ENV, "CFT_OUTPUT_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
     env.pop("CFT_SWEEP_ID", None)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(common.REPO / "train.py"), *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(
+        [sys.executable, str(common.REPO / "train.py"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=3600
+    )
     seconds = time.perf_counter() - start
     text = proc.stdout + "\n" + proc.stderr
     if proc.returncode != 0:
@@ -73,8 +87,14 @@ def run_sweep(root: Path, overrides: list[str], strategies: str, naive: bool) ->
                 folders[kind_dir.name] += sum(1 for a in kind_dir.iterdir() if (a / "DONE").exists())
     cells = sum(1 for _ in root.rglob("run_meta.json"))
     done = sum(1 for p in root.rglob("run_meta.json") if (p.parent / "DONE").exists())
-    return {"seconds": seconds, "cells": cells, "cells_done": done, "built": dict(built), "reused": dict(reused),
-            "artifact_folders": dict(folders)}
+    return {
+        "seconds": seconds,
+        "cells": cells,
+        "cells_done": done,
+        "built": dict(built),
+        "reused": dict(reused),
+        "artifact_folders": dict(folders),
+    }
 
 
 def main() -> None:
@@ -104,26 +124,32 @@ def main() -> None:
     cft, naive = runs["cft"][-1], runs["naive"][-1]
     n_cells = len(args.strategies.split(","))
     wall = {m: common.median(x["seconds"] for x in runs[m]) for m in runs}
-    each_once = all(cft["built"].get(k, 0) == 1 for k in ("phase1", "eval")) and \
-        cft["built"].get("generative_replay", 0) == len({s for s in args.strategies.split(",") if s.startswith("gr")})
-    common.emit({
-        "benchmark": "sweep_cost",
-        "setting": "smoke (tiny)" if args.smoke else "demo (shortened)",
-        "strategies": args.strategies.split(","),
-        "overrides": overrides,
-        "rounds": args.rounds,
-        "cells": n_cells,
-        "cft": {k: cft[k] for k in ("cells_done", "built", "reused", "artifact_folders")},
-        "naive": {k: naive[k] for k in ("cells_done", "built", "reused", "artifact_folders")},
-        "phase1_trainings": {"cft": cft["built"].get("phase1", 0), "naive": naive["built"].get("phase1", 0)},
-        "phase1_evaluations": {"cft": cft["built"].get("eval", 0), "naive": naive["built"].get("eval", 0)},
-        "replay_generations": {"cft": cft["built"].get("generative_replay", 0), "naive": naive["built"].get("generative_replay", 0)},
-        "each_built_once": each_once,
-        "wall_seconds": wall,
-        "wall_seconds_all_rounds": {m: [x["seconds"] for x in runs[m]] for m in runs},
-        "ratio_wall_naive_vs_cft": common.ratio(wall["naive"], wall["cft"]),
-        "environment": common.environment(),
-    })
+    each_once = all(cft["built"].get(k, 0) == 1 for k in ("phase1", "eval")) and cft["built"].get("generative_replay", 0) == len(
+        {s for s in args.strategies.split(",") if s.startswith("gr")}
+    )
+    common.emit(
+        {
+            "benchmark": "sweep_cost",
+            "setting": "smoke (tiny)" if args.smoke else "demo (shortened)",
+            "strategies": args.strategies.split(","),
+            "overrides": overrides,
+            "rounds": args.rounds,
+            "cells": n_cells,
+            "cft": {k: cft[k] for k in ("cells_done", "built", "reused", "artifact_folders")},
+            "naive": {k: naive[k] for k in ("cells_done", "built", "reused", "artifact_folders")},
+            "phase1_trainings": {"cft": cft["built"].get("phase1", 0), "naive": naive["built"].get("phase1", 0)},
+            "phase1_evaluations": {"cft": cft["built"].get("eval", 0), "naive": naive["built"].get("eval", 0)},
+            "replay_generations": {
+                "cft": cft["built"].get("generative_replay", 0),
+                "naive": naive["built"].get("generative_replay", 0),
+            },
+            "each_built_once": each_once,
+            "wall_seconds": wall,
+            "wall_seconds_all_rounds": {m: [x["seconds"] for x in runs[m]] for m in runs},
+            "ratio_wall_naive_vs_cft": common.ratio(wall["naive"], wall["cft"]),
+            "environment": common.environment(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -38,13 +38,16 @@ def model_flops_per_token(arch: dict, n_params: int, mean_context: float) -> flo
     return 6 * n_params + 12 * arch["num_hidden_layers"] * arch["hidden_size"] * mean_context
 
 
-def utilization(arch: dict, n_params: int, lengths: list[int], tokens_per_s: dict[str, float],
-                peak_tflops: float | None) -> dict:
+def utilization(arch: dict, n_params: int, lengths: list[int], tokens_per_s: dict[str, float], peak_tflops: float | None) -> dict:
     """Model FLOPs utilization of each variant: useful FLOPs per second (real tokens x FLOPs per
     token at each example's own length, so padding earns nothing) over the accelerator's peak."""
     fpt = model_flops_per_token(arch, n_params, sum(lengths) / len(lengths))
-    return {"flops_per_token": fpt, "tokens_per_s_per_device": dict(tokens_per_s), "peak_tflops_assumed": peak_tflops,
-            "mfu": {v: (t * fpt / (peak_tflops * 1e12) if peak_tflops else None) for v, t in tokens_per_s.items()}}
+    return {
+        "flops_per_token": fpt,
+        "tokens_per_s_per_device": dict(tokens_per_s),
+        "peak_tflops_assumed": peak_tflops,
+        "mfu": {v: (t * fpt / (peak_tflops * 1e12) if peak_tflops else None) for v, t in tokens_per_s.items()},
+    }
 
 
 def build(arch, tokenizer, dtype, device, attn="sdpa"):
@@ -62,14 +65,27 @@ def build(arch, tokenizer, dtype, device, attn="sdpa"):
 def run_cft(model, tokenizer, examples, tokenized, *, packing, args, steps, micro):
     from cft.training.loop import TrainSettings, fit
 
-    settings = TrainSettings(lr=args.lr, max_steps=steps, global_batch_size=micro, micro_batch_size=micro,
-                             warmup_steps=0, scheduler="constant", max_grad_norm=1.0,
-                             precision="bf16" if (args.dtype == "bf16" and args.device != "cpu") else "no",
-                             log_every=10**9, seed=0)
-    _, stats, _ = fit(model, tokenizer, examples, settings=settings, max_length=args.max_length,
-                      phase="bench", packing=packing)
-    return {"tokens": stats.tokens, "seconds": stats.seconds, "examples": stats.examples, "steps": stats.steps,
-            "padding_fraction": _padding(model, tokenized, micro, steps, packing), "final_loss": stats.final_loss}
+    settings = TrainSettings(
+        lr=args.lr,
+        max_steps=steps,
+        global_batch_size=micro,
+        micro_batch_size=micro,
+        warmup_steps=0,
+        scheduler="constant",
+        max_grad_norm=1.0,
+        precision="bf16" if (args.dtype == "bf16" and args.device != "cpu") else "no",
+        log_every=10**9,
+        seed=0,
+    )
+    _, stats, _ = fit(model, tokenizer, examples, settings=settings, max_length=args.max_length, phase="bench", packing=packing)
+    return {
+        "tokens": stats.tokens,
+        "seconds": stats.seconds,
+        "examples": stats.examples,
+        "steps": stats.steps,
+        "padding_fraction": _padding(model, tokenized, micro, steps, packing),
+        "final_loss": stats.final_loss,
+    }
 
 
 def _padding(model, tokenized, micro, steps, packing) -> float:
@@ -78,8 +94,9 @@ def _padding(model, tokenized, micro, steps, packing) -> float:
     from cft.training.loop import _epoch_batches
 
     batches = _epoch_batches(len(tokenized), micro, 1, 0, 0)[:steps]
-    return padding_fraction([len(t["input_ids"]) for t in tokenized], batches, packed=packing,
-                            single_row=uses_varlen_attention(model))
+    return padding_fraction(
+        [len(t["input_ids"]) for t in tokenized], batches, packed=packing, single_row=uses_varlen_attention(model)
+    )
 
 
 def run_hf(model, tokenizer, tokenized, *, args, steps, micro):
@@ -111,18 +128,41 @@ def run_hf(model, tokenizer, tokenized, *, args, steps, micro):
     ordered = [tokenized[i] for b in _epoch_batches(len(tokenized), micro, 1, 0, 0) for i in b]
     with tempfile.TemporaryDirectory() as out:
         targs = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=micro, gradient_accumulation_steps=1, max_steps=steps,
-            learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-            adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0, optim="adamw_torch",
-            logging_strategy="no", save_strategy="no", report_to=[], disable_tqdm=True, seed=0,
-            dataloader_num_workers=0, remove_unused_columns=False, train_sampling_strategy="sequential", use_cpu=args.device == "cpu",
+            output_dir=out,
+            per_device_train_batch_size=micro,
+            gradient_accumulation_steps=1,
+            max_steps=steps,
+            learning_rate=args.lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            adam_beta1=0.9,
+            adam_beta2=0.999,
+            adam_epsilon=1e-8,
+            max_grad_norm=1.0,
+            optim="adamw_torch",
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            seed=0,
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            train_sampling_strategy="sequential",
+            use_cpu=args.device == "cpu",
             bf16=args.dtype == "bf16" and args.device != "cpu",
         )
         trainer = Trainer(model=model, args=targs, train_dataset=ordered, data_collator=collate, callbacks=[Clock()])
         result = trainer.train()
     real, slots, examples = (sum(c[k] for c in collated[:steps]) for k in range(3))
-    return {"tokens": real, "seconds": window["end"] - window["start"], "examples": examples,
-            "steps": steps, "padding_fraction": 1 - real / slots, "final_loss": result.training_loss}
+    return {
+        "tokens": real,
+        "seconds": window["end"] - window["start"],
+        "examples": examples,
+        "steps": steps,
+        "padding_fraction": 1 - real / slots,
+        "final_loss": result.training_loss,
+    }
 
 
 def measure_shape(name: str, args, tokenizer, examples) -> dict:
@@ -143,15 +183,23 @@ def measure_shape(name: str, args, tokenizer, examples) -> dict:
         model = build(arch, tokenizer, args.dtype, args.device, args.attn_implementation)
         _one(variant, model, tokenizer, examples, tokenized, args, 1, micro)
     for r in range(rounds):
-        order = list(args.variants[r % len(args.variants):]) + list(args.variants[: r % len(args.variants)])
+        order = list(args.variants[r % len(args.variants) :]) + list(args.variants[: r % len(args.variants)])
         for variant in order:
             model = build(arch, tokenizer, args.dtype, args.device, args.attn_implementation)
             n_params = count_parameters(model)["total"]
             res = _one(variant, model, tokenizer, examples, tokenized, args, steps, micro)
             res["tokens_per_s"] = res["tokens"] / res["seconds"]
             runs[variant].append(res)
-            log.info("%s round %d %s: %.0f tokens/s (%d tokens, %.2fs, padding %.1f%%)", name, r, variant,
-                     res["tokens_per_s"], res["tokens"], res["seconds"], 100 * res["padding_fraction"])
+            log.info(
+                "%s round %d %s: %.0f tokens/s (%d tokens, %.2fs, padding %.1f%%)",
+                name,
+                r,
+                variant,
+                res["tokens_per_s"],
+                res["tokens"],
+                res["seconds"],
+                100 * res["padding_fraction"],
+            )
             del model
             gc.collect()
             if args.device.startswith("cuda"):
@@ -201,9 +249,13 @@ def main() -> None:
     p.add_argument("--shapes", default="demo,100m", help="comma-separated model shapes from bench/common.py SHAPES")
     p.add_argument("--data", default="auto", choices=["auto", "alpaca", "synthetic"])
     p.add_argument("--examples", type=int, default=2000)
-    p.add_argument("--max-length", type=int, default=1024,
-                   help="tokens (bytes with the byte-level tokenizer); 1024 truncates 2.7%% of Alpaca, 512 truncates "
-                        "24%% and so narrows its length spread")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=1024,
+        help="tokens (bytes with the byte-level tokenizer); 1024 truncates 2.7%% of Alpaca, 512 truncates "
+        "24%% and so narrows its length spread",
+    )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--micro-batch-size", type=int, default=8)
     p.add_argument("--large-steps", type=int, default=2, help="steps for the 100m/1b shapes on the CPU")
@@ -213,11 +265,19 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--attn-implementation", default="sdpa",
-                   help="sdpa (packed rows as wide as the longest example) or, on a GPU with flash-attn installed, "
-                        "flash_attention_2 (one row per micro-batch, variable-length kernel)")
+    p.add_argument(
+        "--attn-implementation",
+        default="sdpa",
+        help="sdpa (packed rows as wide as the longest example) or, on a GPU with flash-attn installed, "
+        "flash_attention_2 (one row per micro-batch, variable-length kernel)",
+    )
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--peak-tflops", type=float, default=None, help="the accelerator's peak for MFU (default: known GPUs; given on the CPU, MFU is reported there too)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the accelerator's peak for MFU (default: known GPUs; given on the CPU, MFU is reported there too)",
+    )
     common.add_threads_arg(p)
     args = p.parse_args()
     common.apply_threads(args.threads)

@@ -25,14 +25,19 @@ SMALL = [
 ]
 
 
-def run_script(script: str, args: list[str], output_root: Path, *, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, args: list[str], output_root: Path, *, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run train.py / evaluate.py / analyze.py as a user would, with outputs under output_root."""
     full_env = {**os.environ, "CFT_OUTPUT_ROOT": str(output_root), "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("CFT_SWEEP_ID", None)
-    proc = subprocess.run([sys.executable, str(REPO / script), *args], cwd=output_root, env=full_env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / script), *args], cwd=output_root, env=full_env, capture_output=True, text=True, timeout=900
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cft.analysis import analyze_sweep, des_report
-from cft.analysis.runs import Run, collect_local, collect_wandb
+from cft.analysis.runs import collect_local, collect_wandb
 from cft.analysis.tables import Stat, Table
 from cft.errors import CftError
 
@@ -38,9 +38,17 @@ def scores(ta1, ta2, la1, la2, **extra) -> dict:
     """Metrics of one run: one TA task (ifeval), one LA task (xquad: de, es = de + 0.1)."""
     out = {}
     for phase, ta, la in (("phase1", ta1, la1), ("phase2", ta2, la2)):
-        out.update({f"{phase}/ta/ifeval": ta, f"{phase}/ta/ifeval/inst_loose": ta, f"{phase}/ta_avg": ta,
-                    f"{phase}/la/xquad": la + 0.05, f"{phase}/la/xquad/de": la, f"{phase}/la/xquad/es": la + 0.1,
-                    f"{phase}/la_avg": la + 0.05})
+        out.update(
+            {
+                f"{phase}/ta/ifeval": ta,
+                f"{phase}/ta/ifeval/inst_loose": ta,
+                f"{phase}/ta_avg": ta,
+                f"{phase}/la/xquad": la + 0.05,
+                f"{phase}/la/xquad/de": la,
+                f"{phase}/la/xquad/es": la + 0.1,
+                f"{phase}/la_avg": la + 0.05,
+            }
+        )
     return {**out, **extra}
 
 
@@ -51,8 +59,12 @@ def sweep_root(tmp_path) -> Path:
     lf = write_run(tmp_path, "alpaca-multialpaca/tiny/lf_h2", 0, scores(0.5, 0.48, 0.2, 0.3, des=0.75, mpd=1.0))
     write_run(tmp_path, "alpaca-multialpaca/tiny/gr5", 0, {}, done=False)
     rows = ["transition,module,layer,change,rank"]
-    rows += [f"{t},{m},{layer},{0.1 * (layer + 1)},{2 - layer}" for t in ("base->phase1", "phase1->phase2")
-             for m in ("q_proj", "v_proj") for layer in range(2)]
+    rows += [
+        f"{t},{m},{layer},{0.1 * (layer + 1)},{2 - layer}"
+        for t in ("base->phase1", "phase1->phase2")
+        for m in ("q_proj", "v_proj")
+        for layer in range(2)
+    ]
     (lf / "layer_changes.csv").write_text("\n".join(rows) + "\n")
     return tmp_path
 
@@ -102,7 +114,10 @@ def test_sweep_tables_figures_and_report(sweep_root, capsys):
     assert (out / "la_xquad.md").read_text() == LANG_MD
     assert (out / "strategies.md").read_text() == STRATEGIES_MD
     assert (out / "mpd.md").read_text() == MPD_MD
-    assert "| Phase 1 data | Phase 2 data | Runs | DES |\n|---|---|---:|---:|\n| alpaca | multialpaca | 3 | 0.750 ± 0.000 |" in (out / "des.md").read_text()
+    assert (
+        "| Phase 1 data | Phase 2 data | Runs | DES |\n|---|---|---:|---:|\n| alpaca | multialpaca | 3 | 0.750 ± 0.000 |"
+        in (out / "des.md").read_text()
+    )
     assert "| phase1->phase2 | v_proj | 2 | 1 |" in (out / "layer_changes_alpaca-multialpaca_tiny_lf_h2.md").read_text()
     ta = (out / "ta.md").read_text()
     assert "| ifeval P1 | ifeval P2 | Avg P1 | Avg P2 |" in ta and "inst_loose" not in ta
@@ -141,14 +156,22 @@ def test_unknown_sweep_and_nothing_finished(tmp_path):
 def test_no_sweep_id_reads_the_sweep_of_the_latest_finished_run(sweep_root):
     later = write_run(sweep_root, "alpaca-multialpaca/tiny/full", 0, scores(0.5, 0.3, 0.2, 0.3), sweep_id="later")
     os.utime(later / "DONE", (time.time() + 60, time.time() + 60))
-    assert analyze_sweep(None, output_root=sweep_root, tracking_mode="disabled", echo=False).out_dir == sweep_root / "later" / "analysis"
+    assert (
+        analyze_sweep(None, output_root=sweep_root, tracking_mode="disabled", echo=False).out_dir
+        == sweep_root / "later" / "analysis"
+    )
     os.utime(later / "DONE", (time.time() - 3600, time.time() - 3600))
-    assert analyze_sweep(None, output_root=sweep_root, tracking_mode="disabled", echo=False).out_dir == sweep_root / "sw" / "analysis"
+    assert (
+        analyze_sweep(None, output_root=sweep_root, tracking_mode="disabled", echo=False).out_dir
+        == sweep_root / "sw" / "analysis"
+    )
 
 
 def test_cli_unknown_sweep_exits_with_message(tmp_path):
     env = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path), "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "analyze.py", "sweep_id=missing"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "analyze.py", "sweep_id=missing"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert "cft: error: unknown sweep_id='missing'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -164,7 +187,10 @@ def test_wandb_source_reads_runs_through_the_api():
     class FakeRun:
         def __init__(self, i, state, job_type="train"):
             self.id, self.name, self.state, self.job_type = f"id{i}", f"run{i}", state, job_type
-            self.config = {"seed": i, "run_meta": {"choices": {"model": "tiny", "phase1_data": "a", "phase2_data": "b", "strategy": "full"}}}
+            self.config = {
+                "seed": i,
+                "run_meta": {"choices": {"model": "tiny", "phase1_data": "a", "phase2_data": "b", "strategy": "full"}},
+            }
             self.summary = {"phase1/ta_avg": 0.5, "phase2/ta_avg": 0.4 + i / 10, "_step": 3, "note": "text"}
 
     class FakeApi:
@@ -173,7 +199,9 @@ def test_wandb_source_reads_runs_through_the_api():
             return [FakeRun(0, "finished"), FakeRun(1, "finished"), FakeRun(2, "crashed"), FakeRun(3, "finished", "analyze")]
 
     sweep = collect_wandb("ent", "proj", "sw", api=FakeApi())
-    assert [r.name for r in sweep.finished] == ["run0 (id0)", "run1 (id1)"] and [r.name for r in sweep.unfinished] == ["run2 (id2)"]
+    assert [r.name for r in sweep.finished] == ["run0 (id0)", "run1 (id1)"] and [r.name for r in sweep.unfinished] == [
+        "run2 (id2)"
+    ]
     assert sweep.finished[1].metrics == {"phase1/ta_avg": 0.5, "phase2/ta_avg": 0.5}
     assert sweep.finished[0].cell == ("a", "b", "tiny", "full")
 
@@ -197,24 +225,45 @@ def test_override_folders_are_separate_cells(tmp_path):
 
 
 def test_best_marks_and_missing_cells():
-    t = Table(name="t", title="T", index_cols=["model"], index=[{"model": "a"}, {"model": "b"}, {"model": "c"}],
-              columns=["x", "y"], cells=[[Stat(0.5, None, 1), None], [Stat(0.5004, None, 1), Stat(0.1, 0.02, 3)], [Stat(0.2, None, 1), None]])
+    t = Table(
+        name="t",
+        title="T",
+        index_cols=["model"],
+        index=[{"model": "a"}, {"model": "b"}, {"model": "c"}],
+        columns=["x", "y"],
+        cells=[[Stat(0.5, None, 1), None], [Stat(0.5004, None, 1), Stat(0.1, 0.02, 3)], [Stat(0.2, None, 1), None]],
+    )
     assert t.to_markdown().splitlines()[4:] == ["| a | **50.0** | — |", "| b | **50.0** | 10.0 ± 2.0 |", "| c | 20.0 | — |"]
 
 
 def test_des_matrix_command(tmp_path):
-    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"instruction": f"Add {i} and {i + 1}", "output": str(2 * i + 1)}) + "\n" for i in range(20)))
+    (tmp_path / "a.jsonl").write_text(
+        "".join(json.dumps({"instruction": f"Add {i} and {i + 1}", "output": str(2 * i + 1)}) + "\n" for i in range(20))
+    )
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "es.jsonl").write_text("".join(json.dumps({"instruction": f"Traduce la frase {i}", "output": "hola"}) + "\n" for i in range(20)))
-    result = des_report({"a": tmp_path / "a.jsonl", "b": tmp_path / "b", "demo": None},
-                        embedder={"_target_": "cft.measures.similarity.HashingEmbedder"}, n=10, out_dir=tmp_path / "out",
-                        conf_dir=REPO / "conf", tracking_mode="disabled", echo=False)
+    (tmp_path / "b" / "es.jsonl").write_text(
+        "".join(json.dumps({"instruction": f"Traduce la frase {i}", "output": "hola"}) + "\n" for i in range(20))
+    )
+    result = des_report(
+        {"a": tmp_path / "a.jsonl", "b": tmp_path / "b", "demo": None},
+        embedder={"_target_": "cft.measures.similarity.HashingEmbedder"},
+        n=10,
+        out_dir=tmp_path / "out",
+        conf_dir=REPO / "conf",
+        tracking_mode="disabled",
+        echo=False,
+    )
     md = (result.out_dir / "des.md").read_text()
     assert "| dataset | a | b | demo |" in md and "| a | 1.000 |" in md
     assert (result.out_dir / "des.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(CftError, match="'nosuch' is not an option of conf/phase1_data or conf/phase2_data"):
-        des_report(["nosuch"], embedder={"_target_": "cft.measures.similarity.HashingEmbedder"}, conf_dir=REPO / "conf",
-                   out_dir=tmp_path / "x", tracking_mode="disabled")
+        des_report(
+            ["nosuch"],
+            embedder={"_target_": "cft.measures.similarity.HashingEmbedder"},
+            conf_dir=REPO / "conf",
+            out_dir=tmp_path / "x",
+            tracking_mode="disabled",
+        )
 
 
 def _cli(args, tmp_path):
@@ -225,9 +274,18 @@ def _cli(args, tmp_path):
 def test_cli_similarity_and_layers(tmp_path, tiny_model_dir):
     from safetensors.torch import load_file, save_file
 
-    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"instruction": f"Sum {i} and 2", "output": "x"}) + "\n" for i in range(5)))
-    proc = _cli(["mode=similarity", f"datasets={{a: {tmp_path / 'a.jsonl'}, b: {tmp_path / 'a.jsonl'}}}", "embedder=hashing",
-                 "similarity.n=3"], tmp_path)
+    (tmp_path / "a.jsonl").write_text(
+        "".join(json.dumps({"instruction": f"Sum {i} and 2", "output": "x"}) + "\n" for i in range(5))
+    )
+    proc = _cli(
+        [
+            "mode=similarity",
+            f"datasets={{a: {tmp_path / 'a.jsonl'}, b: {tmp_path / 'a.jsonl'}}}",
+            "embedder=hashing",
+            "similarity.n=3",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| a | 1.000 | 1.000 |" in (tmp_path / "similarity" / "des.md").read_text()
 
@@ -236,7 +294,9 @@ def test_cli_similarity_and_layers(tmp_path, tiny_model_dir):
     for phase, factor in (("p1", 2.0), ("p2", 3.0)):
         (tmp_path / phase).mkdir()
         save_file({**tensors, name: tensors[name] * factor}, str(tmp_path / phase / "model.safetensors"))
-    proc = _cli([f"mode=layers", f"models={{base: {tiny_model_dir}, phase1: {tmp_path / 'p1'}, phase2: {tmp_path / 'p2'}}}"], tmp_path)
+    proc = _cli(
+        ["mode=layers", f"models={{base: {tiny_model_dir}, phase1: {tmp_path / 'p1'}, phase2: {tmp_path / 'p2'}}}"], tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     frame = __import__("pandas").read_csv(tmp_path / "layers" / "layer_changes.csv")
     k1 = frame[(frame.module == "k_proj") & (frame.layer == 1)].set_index("transition")["change"]

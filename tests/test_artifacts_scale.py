@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import SMALL, run_folders
 
 from cft.run import artifacts
-from helpers import SMALL, run_folders
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,9 +23,17 @@ def test_two_jobs_started_together_build_phase1_once(tmp_path):
     small = [o for o in SMALL if not o.startswith("phase2_data.languages")]
     env = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     env.pop("CFT_SWEEP_ID", None)
-    procs = [subprocess.Popen([sys.executable, str(REPO / "train.py"), *small, f"phase2_data.languages=[{lang}]", "sweep_id=two"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for lang in ("es", "de")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *small, f"phase2_data.languages=[{lang}]", "sweep_id=two"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for lang in ("es", "de")
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
     both = "".join(outs)

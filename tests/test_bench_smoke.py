@@ -19,15 +19,31 @@ sys.path.insert(0, str(BENCH))
 
 # script -> keys its JSON must hold (nested keys as "a.b").
 EXPECTED = {
-    "train_throughput": ["data", "shapes.tiny.tokens_per_s.hf_padded", "shapes.tiny.tokens_per_s.cft_padded",
-                         "shapes.tiny.tokens_per_s.cft_packed", "shapes.tiny.padding_fraction.hf_padded",
-                         "shapes.tiny.ratios.cft_packed_vs_hf_padded", "environment.device"],
+    "train_throughput": [
+        "data",
+        "shapes.tiny.tokens_per_s.hf_padded",
+        "shapes.tiny.tokens_per_s.cft_padded",
+        "shapes.tiny.tokens_per_s.cft_packed",
+        "shapes.tiny.padding_fraction.hf_padded",
+        "shapes.tiny.ratios.cft_packed_vs_hf_padded",
+        "environment.device",
+    ],
     "generation": ["tokens_per_s.batched", "tokens_per_s.one_at_a_time", "ratio_batched_vs_one_at_a_time"],
-    "memory_mpd": ["methods.streaming.peak_rss_above_imports_mb", "methods.load_both.peak_rss_above_imports_mb",
-                   "ratio_peak_rss_load_both_vs_streaming", "mpd_agrees"],
+    "memory_mpd": [
+        "methods.streaming.peak_rss_above_imports_mb",
+        "methods.load_both.peak_rss_above_imports_mb",
+        "ratio_peak_rss_load_both_vs_streaming",
+        "mpd_agrees",
+    ],
     "scaling": ["dataset_size", "model_size"],
-    "sweep_cost": ["phase1_trainings.cft", "phase1_trainings.naive", "phase1_evaluations.cft", "replay_generations.cft",
-                   "each_built_once", "ratio_wall_naive_vs_cft"],
+    "sweep_cost": [
+        "phase1_trainings.cft",
+        "phase1_trainings.naive",
+        "phase1_evaluations.cft",
+        "replay_generations.cft",
+        "each_built_once",
+        "ratio_wall_naive_vs_cft",
+    ],
     "evaluation": ["suite.seconds", "run.share_evaluation", "run.share_training"],
 }
 
@@ -42,8 +58,9 @@ def _get(obj, dotted):
 def run_smoke(name: str) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("CFT_OUTPUT_ROOT", None)
-    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--smoke"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), "--smoke"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, f"{name} --smoke failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout)  # the whole of stdout is one JSON object
 

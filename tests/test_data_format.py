@@ -21,7 +21,9 @@ def test_loss_mask_token_by_token_with_chat_template(tok):
     item, truncated = tokenize_example(tok, ex, max_length=64)
     prompt = "<|system|>\nS<|end|>\n<|user|>\nHi\n\nx<|end|>\n<|assistant|>\n"
     assert render_prompt(tok, ex) == prompt and not truncated
-    expected_ids = tok(prompt, add_special_tokens=False)["input_ids"] + tok("ok", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    expected_ids = (
+        tok(prompt, add_special_tokens=False)["input_ids"] + tok("ok", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    )
     assert item["input_ids"] == expected_ids
     n_prompt = len(expected_ids) - 3  # "o", "k" (bytes) and <|end|>
     for i, (tid, label) in enumerate(zip(item["input_ids"], item["labels"])):
@@ -43,13 +45,19 @@ def test_alpaca_prompt_without_chat_template():
 
 def test_template_rejecting_system_turn_gets_it_in_the_user_turn():
     tok = build_tokenizer()
-    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}"
-                         "[INST] {{ m['content'] }} [/INST]{% endfor %}")
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}"
+        "[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    )
     assert render_prompt(tok, Example(instruction="Q", output="A", system="S")) == "[INST] S\n\nQ [/INST]"
 
 
 def test_truncation_and_dropping_are_counted(tok):
-    examples = [Example(instruction="a", output="b" * 10), Example(instruction="a", output="b" * 100), Example(instruction="a" * 100, output="b")]
+    examples = [
+        Example(instruction="a", output="b" * 10),
+        Example(instruction="a", output="b" * 100),
+        Example(instruction="a" * 100, output="b"),
+    ]
     items, stats = tokenize_examples(tok, examples, max_length=40)
     assert (stats.total, stats.truncated, stats.dropped) == (3, 1, 1)
     assert len(items) == 2 and len(items[1]["input_ids"]) == 40 and items[1]["labels"][-1] != IGNORE
@@ -71,8 +79,11 @@ def test_padding_fraction_by_hand():
 def test_packing_has_no_cross_example_attention(tok, tiny_arch):
     torch.manual_seed(0)
     model = build_model(tiny_arch, tok, seed=0).eval()
-    examples = [Example(instruction="Repeat: abc", output="abc abc"), Example(instruction="Hi", output="hello there, friend"),
-                Example(instruction="Reverse: xyz", input="now", output="zyx")]
+    examples = [
+        Example(instruction="Repeat: abc", output="abc abc"),
+        Example(instruction="Hi", output="hello there, friend"),
+        Example(instruction="Reverse: xyz", input="now", output="zyx"),
+    ]
     items, _ = tokenize_examples(tok, examples, max_length=128)
     packed = PackingCollator(single_row=True)(items)
     assert packed["input_ids"].shape == (1, sum(len(i["input_ids"]) for i in items)) and "attention_mask" not in packed
@@ -112,7 +123,7 @@ def test_packing_into_rows_as_wide_as_the_longest_example(tok, tiny_arch):
     rows, width = packed["input_ids"].shape
     assert width == max(lengths) and rows == len(pack_rows(lengths, max(lengths))) and 1 < rows < len(items)
     assert int((packed["input_ids"] != tok.pad_token_id).sum()) == sum(lengths)
-    assert int((packed["labels"] != IGNORE).sum()) == sum(sum(l != IGNORE for l in i["labels"][1:]) for i in items)
+    assert int((packed["labels"] != IGNORE).sum()) == sum(sum(t != IGNORE for t in i["labels"][1:]) for i in items)
     with torch.no_grad(), no_kv_cache(model):
         logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits
         seen = 0
@@ -138,7 +149,9 @@ def test_fit_with_packing_trains_like_padding_and_reports_padding(tok, tiny_arch
     settings = TrainSettings(lr=1e-3, max_steps=2, global_batch_size=8, micro_batch_size=4, warmup_steps=0)
     runs = {}
     for packing in (False, True):
-        model, stats, tok_stats = fit(build_model(tiny_arch, tok, seed=0), tok, examples, settings=settings, max_length=64, packing=packing)
+        model, stats, tok_stats = fit(
+            build_model(tiny_arch, tok, seed=0), tok, examples, settings=settings, max_length=64, packing=packing
+        )
         runs[packing] = (model.state_dict(), stats, tok_stats)
     (padded, s0, t0), (packed, s1, t1) = runs[False], runs[True]
     assert s1.steps == 2 and s1.final_loss == pytest.approx(s0.final_loss, rel=1e-4)
@@ -165,8 +178,9 @@ def test_attention_kernel_choice_and_row_policy(tok, tiny_arch):
     assert kind("flash_attention_2") and kind("flash_attention_3") and not kind("sdpa") and not kind("eager")
     examples = [Example(instruction=f"Say {i}", output="x" * (1 + 9 * (i % 4))) for i in range(8)]
     settings = TrainSettings(lr=1e-3, max_steps=1, global_batch_size=4, micro_batch_size=4)
-    model, _, stats = fit(build_model(tiny_arch, tok), tok, examples, settings=settings, max_length=64, packing=True,
-                          attn_implementation="eager")
+    model, _, stats = fit(
+        build_model(tiny_arch, tok), tok, examples, settings=settings, max_length=64, packing=True, attn_implementation="eager"
+    )
     assert model.config._attn_implementation == "eager" and stats.padding_fraction_packed > 0
     with pytest.raises(ConfigError, match="train.attn_implementation=no_such_kernel"):
         fit(build_model(tiny_arch, tok), tok, examples, settings=settings, max_length=64, attn_implementation="no_such_kernel")

@@ -16,13 +16,17 @@ pytestmark = pytest.mark.integration
 
 
 def _spec(node) -> dict:
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("counterpart", "use_instruct_checkpoint")}
+    return {
+        k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("counterpart", "use_instruct_checkpoint")
+    }
 
 
 def test_alpaca_5000(shared_data):
     cfg = compose(["phase1_data=alpaca", f"phase1_data.path={shared_data / 'alpaca' / 'alpaca_5000.json'}"])
     # Two records of the published file have an empty output: by default the run stops there.
-    with pytest.raises(DataError, match=r"alpaca_5000.json:1 \(record 2336\): field 'output' \(output\) is empty.*on_bad_record=skip"):
+    with pytest.raises(
+        DataError, match=r"alpaca_5000.json:1 \(record 2336\): field 'output' \(output\) is empty.*on_bad_record=skip"
+    ):
         load_sft(**_spec(cfg.phase1_data))
     data = load_sft(**{**_spec(cfg.phase1_data), "on_bad_record": "skip"})
     assert data.sizes == {"en": 4998} and data.skipped == 2
@@ -30,8 +34,14 @@ def test_alpaca_5000(shared_data):
 
 
 def test_multialpaca_es_ja_with_null_inputs(shared_data):
-    cfg = compose(["phase2_data=multialpaca", f"phase2_data.path={shared_data / 'multialpaca'}", "phase2_data.languages=[es,ja]",
-                   "phase2_data.on_bad_record=skip"])  # ja.jsonl:9554 has an empty output
+    cfg = compose(
+        [
+            "phase2_data=multialpaca",
+            f"phase2_data.path={shared_data / 'multialpaca'}",
+            "phase2_data.languages=[es,ja]",
+            "phase2_data.on_bad_record=skip",
+        ]
+    )  # ja.jsonl:9554 has an empty output
     data = load_sft(**_spec(cfg.phase2_data))
     assert data.sizes == {"es": 9958, "ja": 9958} and data.skipped == 1  # equal proportions: the smaller language's size (es)
     assert sum(e.input == "" for e in data.examples if e.lang == "es") == 6062  # null inputs read as empty
@@ -41,8 +51,14 @@ def test_multialpaca_es_ja_with_null_inputs(shared_data):
 
 def test_openorca_sample_system_question_preferred_output(shared_data):
     path = shared_data / "openorca" / "orca_dpo_pairs_validation.jsonl"
-    cfg = compose(["phase1_data=openorca", f"phase1_data.path={path}", "phase1_data.fields.messages=input.messages",
-                   "phase1_data.fields.output=preferred_output"])
+    cfg = compose(
+        [
+            "phase1_data=openorca",
+            f"phase1_data.path={path}",
+            "phase1_data.fields.messages=input.messages",
+            "phase1_data.fields.output=preferred_output",
+        ]
+    )
     data = load_sft(**_spec(cfg.phase1_data))
     assert len(data) == 284 and data.skipped == 0
     raw = json.loads(path.read_text().splitlines()[0])
@@ -52,12 +68,29 @@ def test_openorca_sample_system_question_preferred_output(shared_data):
 
 def test_two_training_steps_on_alpaca_and_multialpaca(shared_data, tmp_path):
     """alpaca -> multialpaca (es, ja) through train.py."""
-    run_script("train.py", [
-        "model=tiny", "phase1_data=alpaca", f"phase1_data.path={shared_data / 'alpaca' / 'alpaca_5000.json'}",
-        "phase1_data.max_examples=64", "phase1_data.on_bad_record=skip", "phase2_data=multialpaca", f"phase2_data.path={shared_data / 'multialpaca'}",
-        "phase2_data.languages=[es,ja]", "phase2_data.max_examples=64", "phase2_data.on_bad_record=skip", "train.max_steps=2", "train.global_batch_size=8",
-        "train.micro_batch_size=4", "eval.tasks.demo.per_task_language=1", "eval.tasks.demo.languages=[en,es]",
-        "eval.tasks.demo.max_new_tokens=2", "sweep_id=real"], tmp_path)
+    run_script(
+        "train.py",
+        [
+            "model=tiny",
+            "phase1_data=alpaca",
+            f"phase1_data.path={shared_data / 'alpaca' / 'alpaca_5000.json'}",
+            "phase1_data.max_examples=64",
+            "phase1_data.on_bad_record=skip",
+            "phase2_data=multialpaca",
+            f"phase2_data.path={shared_data / 'multialpaca'}",
+            "phase2_data.languages=[es,ja]",
+            "phase2_data.max_examples=64",
+            "phase2_data.on_bad_record=skip",
+            "train.max_steps=2",
+            "train.global_batch_size=8",
+            "train.micro_batch_size=4",
+            "eval.tasks.demo.per_task_language=1",
+            "eval.tasks.demo.languages=[en,es]",
+            "eval.tasks.demo.max_new_tokens=2",
+            "sweep_id=real",
+        ],
+        tmp_path,
+    )
     (folder,) = run_folders(tmp_path / "real")
     m = json.loads((folder / "metrics.json").read_text())
     assert (m["data/phase1/n/en"], m["data/phase2/n/es"], m["data/phase2/n/ja"]) == (64, 32, 32)
@@ -66,12 +99,20 @@ def test_two_training_steps_on_alpaca_and_multialpaca(shared_data, tmp_path):
 
 
 def test_two_training_steps_on_the_openorca_sample(shared_data):
-    from cft.training.loop import TrainSettings, fit
-    from cft.models import build_model, build_tokenizer
     from conftest import TINY_ARCH
 
-    cfg = compose(["phase1_data=openorca", f"phase1_data.path={shared_data / 'openorca' / 'orca_dpo_pairs_validation.jsonl'}",
-                   "phase1_data.fields.messages=input.messages", "phase1_data.fields.output=preferred_output", "phase1_data.max_examples=16"])
+    from cft.models import build_model, build_tokenizer
+    from cft.training.loop import TrainSettings, fit
+
+    cfg = compose(
+        [
+            "phase1_data=openorca",
+            f"phase1_data.path={shared_data / 'openorca' / 'orca_dpo_pairs_validation.jsonl'}",
+            "phase1_data.fields.messages=input.messages",
+            "phase1_data.fields.output=preferred_output",
+            "phase1_data.max_examples=16",
+        ]
+    )
     data = load_sft(**_spec(cfg.phase1_data))
     tok = build_tokenizer()
     settings = TrainSettings(lr=1e-3, max_steps=2, global_batch_size=8, micro_batch_size=4)

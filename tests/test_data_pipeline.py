@@ -20,15 +20,32 @@ RUN = [
 
 def test_local_alpaca_and_multialpaca_layouts_with_skip_and_packing(tmp_path):
     en = tmp_path / "alpaca.json"
-    records = [{"instruction": f"Say {i}", "input": "", "output": str(i)} for i in range(12)] + [{"instruction": "", "input": "", "output": "x"}]
+    records = [{"instruction": f"Say {i}", "input": "", "output": str(i)} for i in range(12)] + [
+        {"instruction": "", "input": "", "output": "x"}
+    ]
     en.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")  # record k on line k + 1
     for lang in ("es", "ja"):
-        write_jsonl(tmp_path / "multi" / f"{lang}.jsonl",
-                    [{"instruction": f"{lang} {i}", "input": None, "output": "r" * (1 + 3 * i)} for i in range(5 if lang == "ja" else 9)]
-                    + [{"instruction": "bad", "input": None, "output": 7}])
-    proc = run_script("train.py", [*RUN, "phase1_data=alpaca", f"phase1_data.path={en}", "phase1_data.on_bad_record=skip",
-                                   "phase2_data=multialpaca", f"phase2_data.path={tmp_path / 'multi'}", "phase2_data.languages=[es,ja]",
-                                   "phase2_data.on_bad_record=skip", "train.packing=true", "sweep_id=data"], tmp_path)
+        write_jsonl(
+            tmp_path / "multi" / f"{lang}.jsonl",
+            [{"instruction": f"{lang} {i}", "input": None, "output": "r" * (1 + 3 * i)} for i in range(5 if lang == "ja" else 9)]
+            + [{"instruction": "bad", "input": None, "output": 7}],
+        )
+    proc = run_script(
+        "train.py",
+        [
+            *RUN,
+            "phase1_data=alpaca",
+            f"phase1_data.path={en}",
+            "phase1_data.on_bad_record=skip",
+            "phase2_data=multialpaca",
+            f"phase2_data.path={tmp_path / 'multi'}",
+            "phase2_data.languages=[es,ja]",
+            "phase2_data.on_bad_record=skip",
+            "train.packing=true",
+            "sweep_id=data",
+        ],
+        tmp_path,
+    )
     (folder,) = run_folders(tmp_path / "data")
     m = json.loads((folder / "metrics.json").read_text())
     assert m["data/phase1/n/en"] == 12 and m["data/phase1/skipped"] == 1
@@ -39,9 +56,22 @@ def test_local_alpaca_and_multialpaca_layouts_with_skip_and_packing(tmp_path):
 
 
 def test_bad_record_stops_the_run_by_default(tmp_path):
-    write_jsonl(tmp_path / "multi" / "es.jsonl", [{"instruction": "a", "input": None, "output": "b"}, {"instruction": "a", "input": 3, "output": "b"}])
-    proc = run_script("train.py", [*RUN, "phase1_data=instruct", "phase2_data=multialpaca", f"phase2_data.path={tmp_path / 'multi'}",
-                                   "phase2_data.languages=[es]", "sweep_id=bad"], tmp_path, check=False)
+    write_jsonl(
+        tmp_path / "multi" / "es.jsonl",
+        [{"instruction": "a", "input": None, "output": "b"}, {"instruction": "a", "input": 3, "output": "b"}],
+    )
+    proc = run_script(
+        "train.py",
+        [
+            *RUN,
+            "phase1_data=instruct",
+            "phase2_data=multialpaca",
+            f"phase2_data.path={tmp_path / 'multi'}",
+            "phase2_data.languages=[es]",
+            "sweep_id=bad",
+        ],
+        tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2 and f"{tmp_path / 'multi' / 'es.jsonl'}:2: field 'input' must be a string or null" in proc.stderr
     assert "Traceback" not in proc.stderr
-

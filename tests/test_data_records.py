@@ -21,12 +21,17 @@ PREF_FIELDS = {"messages": "input.messages", "output": "preferred_output"}
 
 def test_alpaca_layout_with_missing_empty_and_null_input(tmp_path):
     path = tmp_path / "a.json"
-    path.write_text(json.dumps([
-        {"instruction": "Add", "input": "2 and 3", "output": "5"},
-        {"instruction": "Greet", "input": "", "output": "Hi"},
-        {"instruction": "Greet", "input": None, "output": "Hello"},
-        {"instruction": "Greet", "output": "Hey"},
-    ], indent=1))
+    path.write_text(
+        json.dumps(
+            [
+                {"instruction": "Add", "input": "2 and 3", "output": "5"},
+                {"instruction": "Greet", "input": "", "output": "Hi"},
+                {"instruction": "Greet", "input": None, "output": "Hello"},
+                {"instruction": "Greet", "output": "Hey"},
+            ],
+            indent=1,
+        )
+    )
     examples, skipped = read_examples(path, fields=ALPACA_FIELDS)
     assert skipped == 0
     assert examples[0] == Example(instruction="Add", input="2 and 3", output="5")
@@ -34,25 +39,46 @@ def test_alpaca_layout_with_missing_empty_and_null_input(tmp_path):
 
 
 def test_system_prompt_layout(tmp_path):
-    path = write_jsonl(tmp_path / "o.jsonl", [{"id": "x", "system_prompt": "Be brief.", "question": "Q?", "response": "A."},
-                                              {"id": "y", "system_prompt": "", "question": "Q2?", "response": "A2."}])
+    path = write_jsonl(
+        tmp_path / "o.jsonl",
+        [
+            {"id": "x", "system_prompt": "Be brief.", "question": "Q?", "response": "A."},
+            {"id": "y", "system_prompt": "", "question": "Q2?", "response": "A2."},
+        ],
+    )
     (a, b), _ = read_examples(path, fields=ORCA_FIELDS)
     assert (a.system, a.instruction, a.output, a.input) == ("Be brief.", "Q?", "A.", "")
     assert b.system == ""
 
 
 def test_chat_messages_layout(tmp_path):
-    path = write_jsonl(tmp_path / "c.jsonl", [{"messages": [
-        {"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]}])
+    path = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "S"},
+                    {"role": "user", "content": "U"},
+                    {"role": "assistant", "content": "A"},
+                ]
+            }
+        ],
+    )
     (ex,), _ = read_examples(path, fields=CHAT_FIELDS)
     assert (ex.system, ex.instruction, ex.output) == ("S", "U", "A")
 
 
 def test_preference_layout_nested_messages_and_output_list(tmp_path):
-    path = write_jsonl(tmp_path / "p.jsonl", [{
-        "input": {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]},
-        "preferred_output": [{"role": "assistant", "content": "good"}],
-        "non_preferred_output": [{"role": "assistant", "content": "bad"}]}])
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {
+                "input": {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]},
+                "preferred_output": [{"role": "assistant", "content": "good"}],
+                "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+            }
+        ],
+    )
     (ex,), _ = read_examples(path, fields=PREF_FIELDS)
     assert (ex.system, ex.instruction, ex.output) == ("S", "U", "good")
 
@@ -62,8 +88,12 @@ def test_parquet_file(tmp_path):
     import pyarrow.parquet as pq
 
     path = tmp_path / "d.parquet"
-    pq.write_table(pa.Table.from_pylist([{"instruction": "i1", "input": None, "output": "o1"},
-                                         {"instruction": "", "input": None, "output": "o2"}]), path)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{"instruction": "i1", "input": None, "output": "o1"}, {"instruction": "", "input": None, "output": "o2"}]
+        ),
+        path,
+    )
     with pytest.raises(DataError, match=r"d.parquet:row 2: field 'instruction' \(instruction\) is empty"):
         read_examples(path)
     examples, skipped = read_examples(path, on_bad_record="skip")
@@ -74,15 +104,27 @@ BAD = [
     ('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n', 2, "invalid JSON"),
     ('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n', 2, "missing field 'output' (output)"),
     ('{"instruction": "a", "output": "b"}\n{"output": "c"}\n', 2, "missing field 'instruction' (instruction)"),
-    ('{"instruction": "a", "output": "b"}\n{"instruction": "  ", "output": "c"}\n', 2, "field 'instruction' (instruction) is empty"),
+    (
+        '{"instruction": "a", "output": "b"}\n{"instruction": "  ", "output": "c"}\n',
+        2,
+        "field 'instruction' (instruction) is empty",
+    ),
     ('{"instruction": "a", "output": "b"}\n{"instruction": "x", "output": ""}\n', 2, "field 'output' (output) is empty"),
     ('{"instruction": "a", "output": "b"}\n{"instruction": "x", "output": 3}\n', 2, "field 'output' must be a string, got int"),
-    ('{"instruction": "a", "output": "b"}\n{"instruction": "x", "input": 4, "output": "y"}\n', 2, "field 'input' must be a string or null, got int"),
+    (
+        '{"instruction": "a", "output": "b"}\n{"instruction": "x", "input": 4, "output": "y"}\n',
+        2,
+        "field 'input' must be a string or null, got int",
+    ),
     ('{"instruction": "a", "output": "b"}\n["x", "y"]\n', 2, "record must be a JSON object, got list"),
 ]
 
 
-@pytest.mark.parametrize("text, line, message", BAD, ids=["json", "no-output", "no-instruction", "blank", "empty-output", "type", "input-type", "not-object"])
+@pytest.mark.parametrize(
+    "text, line, message",
+    BAD,
+    ids=["json", "no-output", "no-instruction", "blank", "empty-output", "type", "input-type", "not-object"],
+)
 def test_bad_record_is_reported_with_file_and_line_or_skipped(tmp_path, text, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(text + '{"instruction": "last", "output": "z"}\n')
@@ -95,7 +137,9 @@ def test_bad_record_is_reported_with_file_and_line_or_skipped(tmp_path, text, li
 
 def test_undecodable_text_is_reported_with_its_line_and_can_be_skipped(tmp_path):
     path = tmp_path / "bytes.jsonl"
-    path.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "c"}\n{"instruction": "d", "output": "e"}\n')
+    path.write_bytes(
+        b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "c"}\n{"instruction": "d", "output": "e"}\n'
+    )
     with pytest.raises(DataError, match=r"bytes.jsonl:2: field 'instruction' \(instruction\) is not valid UTF-8"):
         read_examples(path)
     examples, skipped = read_examples(path, on_bad_record="skip")
@@ -113,11 +157,20 @@ def test_bad_record_in_json_array_names_its_line(tmp_path):
 
 
 def test_chat_records_with_wrong_shape(tmp_path):
-    path = write_jsonl(tmp_path / "c.jsonl", [
-        {"messages": [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "U2"}]},
-        {"messages": "hello"},
-        {"messages": [{"role": "user", "content": 5}]},
-    ])
+    path = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "U1"},
+                    {"role": "assistant", "content": "A"},
+                    {"role": "user", "content": "U2"},
+                ]
+            },
+            {"messages": "hello"},
+            {"messages": [{"role": "user", "content": 5}]},
+        ],
+    )
     with pytest.raises(DataError, match=r"c.jsonl:1: field 'messages' has 2 user turns"):
         read_examples(path, fields=CHAT_FIELDS)
     _, skipped = read_examples(path, fields=CHAT_FIELDS, on_bad_record="skip")
@@ -131,7 +184,9 @@ def test_chat_records_with_wrong_shape(tmp_path):
 def multi_folder(tmp_path):
     folder = tmp_path / "multi"
     for lang, n in {"es": 30, "ja": 12, "fr": 20}.items():
-        write_jsonl(folder / f"{lang}.jsonl", [{"instruction": f"{lang} {i}", "input": None, "output": f"o{i}"} for i in range(n)])
+        write_jsonl(
+            folder / f"{lang}.jsonl", [{"instruction": f"{lang} {i}", "input": None, "output": f"o{i}"} for i in range(n)]
+        )
     return folder
 
 
@@ -149,7 +204,9 @@ def test_folder_of_languages_with_balance_caps_and_seed(multi_folder):
 
 
 def test_single_file_with_language_field(tmp_path):
-    path = write_jsonl(tmp_path / "mixed.jsonl", [{"instruction": "i", "output": "o", "lang": lang} for lang in ["fr", "fr", "ja", "de"]])
+    path = write_jsonl(
+        tmp_path / "mixed.jsonl", [{"instruction": "i", "output": "o", "lang": lang} for lang in ["fr", "fr", "ja", "de"]]
+    )
     assert load_sft(name="x", path=str(path), languages=["fr", "ja"]).sizes == {"fr": 2, "ja": 1}
     plain = write_jsonl(tmp_path / "plain.jsonl", [{"instruction": "i", "output": "o"}])
     with pytest.raises(DataError, match="cannot be split into languages"):
@@ -158,8 +215,13 @@ def test_single_file_with_language_field(tmp_path):
 
 def test_unknown_language_empty_dataset_and_missing_path(tmp_path, multi_folder):
     with pytest.raises(ConfigError, match=r"dataset 'multialpaca': unknown language code\(s\) \['jp'\]; it has: ar, de"):
-        load_sft(name="multialpaca", source="DAMO-NLP-MT/multialpaca", languages=["fr", "jp"],
-                 available_languages=["ar", "de", "es", "fr", "id", "ja", "ko", "pt", "ru", "th", "vi"], hub_files="{lang}.jsonl")
+        load_sft(
+            name="multialpaca",
+            source="DAMO-NLP-MT/multialpaca",
+            languages=["fr", "jp"],
+            available_languages=["ar", "de", "es", "fr", "id", "ja", "ko", "pt", "ru", "th", "vi"],
+            hub_files="{lang}.jsonl",
+        )
     with pytest.raises(DataError, match=r"no file for language\(s\) \['jp'\] \(found: es, fr, ja\)"):
         load_sft(name="m", path=str(multi_folder), languages=["jp"])
     with pytest.raises(DataError, match="nope.json: data file not found"):
@@ -184,14 +246,24 @@ def test_hub_offline_says_to_pass_a_local_path():
 def _spec(node) -> dict:
     from omegaconf import OmegaConf
 
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("counterpart", "use_instruct_checkpoint")}
+    return {
+        k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ("counterpart", "use_instruct_checkpoint")
+    }
 
 
 def test_paper_configs_compose_and_load_local_copies(tmp_path, multi_folder):
     alpaca = tmp_path / "alpaca.json"
     alpaca.write_text(json.dumps([{"instruction": f"i{i}", "input": "", "output": f"o{i}"} for i in range(10)]))
-    cfg = compose(["phase1_data=alpaca", "phase2_data=multialpaca", f"phase1_data.path={alpaca}",
-                   f"phase2_data.path={multi_folder}", "phase2_data.languages=[fr,ja]", f"phase2_data.counterpart.path={alpaca}"])
+    cfg = compose(
+        [
+            "phase1_data=alpaca",
+            "phase2_data=multialpaca",
+            f"phase1_data.path={alpaca}",
+            f"phase2_data.path={multi_folder}",
+            "phase2_data.languages=[fr,ja]",
+            f"phase2_data.counterpart.path={alpaca}",
+        ]
+    )
     assert load_sft(**_spec(cfg.phase1_data)).sizes == {"en": 10}
     assert load_sft(**_spec(cfg.phase2_data)).sizes == {"fr": 12, "ja": 12}  # equal proportions
     counterpart = load_sft(**_spec(cfg.phase2_data.counterpart))
@@ -199,7 +271,10 @@ def test_paper_configs_compose_and_load_local_copies(tmp_path, multi_folder):
 
 
 def test_openorca_config_subsamples_with_its_seed(tmp_path):
-    path = write_jsonl(tmp_path / "orca.jsonl", [{"id": str(i), "system_prompt": "S", "question": f"q{i}", "response": f"r{i}"} for i in range(40)])
+    path = write_jsonl(
+        tmp_path / "orca.jsonl",
+        [{"id": str(i), "system_prompt": "S", "question": f"q{i}", "response": f"r{i}"} for i in range(40)],
+    )
     cfg = compose(["phase1_data=openorca", f"phase1_data.path={path}", "phase1_data.max_examples=25"])
     a = load_sft(**_spec(cfg.phase1_data))
     assert len(a) == 25 and a.examples[0].system == "S" and len(set(e.instruction for e in a.examples)) == 25
@@ -226,10 +301,19 @@ def test_hub_paths_without_network(tmp_path, monkeypatch, multi_folder):
     import huggingface_hub
 
     asked = []
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
-                        lambda repo_id, filename, repo_type: asked.append((repo_id, filename, repo_type)) or str(multi_folder / filename))
-    data = load_sft(name="multialpaca", source="DAMO-NLP-MT/multialpaca", hub_files="{lang}.jsonl", languages=["fr", "ja"],
-                    available_languages=["es", "fr", "ja"], balance=True)
+    monkeypatch.setattr(
+        huggingface_hub,
+        "hf_hub_download",
+        lambda repo_id, filename, repo_type: asked.append((repo_id, filename, repo_type)) or str(multi_folder / filename),
+    )
+    data = load_sft(
+        name="multialpaca",
+        source="DAMO-NLP-MT/multialpaca",
+        hub_files="{lang}.jsonl",
+        languages=["fr", "ja"],
+        available_languages=["es", "fr", "ja"],
+        balance=True,
+    )
     assert asked == [("DAMO-NLP-MT/multialpaca", "fr.jsonl", "dataset"), ("DAMO-NLP-MT/multialpaca", "ja.jsonl", "dataset")]
     assert data.sizes == {"fr": 12, "ja": 12}
 

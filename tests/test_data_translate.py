@@ -29,10 +29,21 @@ def build_translation_model(seed: int = 0):
     tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
     tok.add_special_tokens({"additional_special_tokens": LANG_TOKENS})
     torch.manual_seed(seed)
-    config = M2M100Config(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                          decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=512,
-                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
-                          decoder_start_token_id=tok.eos_token_id)
+    config = M2M100Config(
+        vocab_size=len(tok),
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.eos_token_id,
+    )
     return M2M100ForConditionalGeneration(config).eval(), tok
 
 
@@ -48,7 +59,9 @@ def source_examples(n: int = 10) -> list[Example]:
         elif i % 3 == 1:
             out.append(Example(instruction=f"What is {i} plus {i}?", output=str(2 * i), system="You are helpful."))
         else:
-            out.append(Example(instruction=f"Tell me about item {i}.", input="A short note.", output="It is a thing. It is fine."))
+            out.append(
+                Example(instruction=f"Tell me about item {i}.", input="A short note.", output="It is a thing. It is fine.")
+            )
     return out
 
 
@@ -138,12 +151,28 @@ def test_hydra_entry_translates_a_dataset_config(tmp_path):
     model, tok = build_translation_model()
     model.save_pretrained(tmp_path / "mt")
     tok.save_pretrained(tmp_path / "mt")
-    src = write_jsonl(tmp_path / "orca.jsonl", [{"system_prompt": "S", "question": f"Question {i}?", "response": f"Answer {i}."} for i in range(6)])
+    src = write_jsonl(
+        tmp_path / "orca.jsonl",
+        [{"system_prompt": "S", "question": f"Question {i}?", "response": f"Answer {i}."} for i in range(6)],
+    )
     out = tmp_path / "out"
-    cfg = compose([f"source.path={src}", "source.max_examples=4", f"out_dir={out}", f"translation_model={tmp_path / 'mt'}",
-                   "languages=[fr]", "max_new_tokens=4", "batch_size=2"], config_name="translate")
+    cfg = compose(
+        [
+            f"source.path={src}",
+            "source.max_examples=4",
+            f"out_dir={out}",
+            f"translation_model={tmp_path / 'mt'}",
+            "languages=[fr]",
+            "max_new_tokens=4",
+            "batch_size=2",
+        ],
+        config_name="translate",
+    )
     main(cfg)
     assert len(_lines(out / "fr.jsonl")) == 4 and len(_lines(out / "en.jsonl")) == 4
-    bad = compose([f"source.path={src}", f"out_dir={tmp_path / 'o2'}", f"translation_model={tmp_path / 'mt'}", "languages=[ko]"], config_name="translate")
+    bad = compose(
+        [f"source.path={src}", f"out_dir={tmp_path / 'o2'}", f"translation_model={tmp_path / 'mt'}", "languages=[ko]"],
+        config_name="translate",
+    )
     with pytest.raises(ConfigError, match="no language token for 'ko'"):
         main(bad)

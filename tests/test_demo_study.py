@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import compose, run_folders, run_script
 
 from cft.data import demo
 from cft.errors import ConfigError
-from helpers import compose, run_folders, run_script
 
 
 def test_pack_cuts_fixed_length_sequences_and_drops_the_tail():
@@ -35,10 +35,15 @@ def test_raw_documents_are_plain_text_in_every_language_and_not_the_training_inp
     assert len(par) == 5
     for doc in par:
         pairs = [block.split("\n") for block in doc.split("\n\n")]
-        assert [p[0].split(":")[0] for p in pairs] == [demo.TEMPLATES["number"][lang].split(":")[0] for lang in ("en", "es", "ja")]
+        assert [p[0].split(":")[0] for p in pairs] == [
+            demo.TEMPLATES["number"][lang].split(":")[0] for lang in ("en", "es", "ja")
+        ]
         assert len({p[1] for p in pairs}) == 1
+
     # The pre-training inputs are a different random stream from the fine-tuning and test data.
-    words = lambda exs: {e.instruction.rsplit(" ", 1)[-1] for e in exs}
+    def words(exs):
+        return {e.instruction.rsplit(" ", 1)[-1] for e in exs}
+
     pre = words(demo.make_examples(["repeat"], ["en"], 200, 0, split="pretrain"))
     train = words(demo.make_examples(["repeat"], ["en"], 200, 0, split="train"))
     assert len(pre & train) < 20
@@ -62,7 +67,9 @@ def test_study_configs_pin_the_issue_grid():
     dis = compose(["experiment=demo_study", "phase2_data=demo_dissimilar"])
     assert list(dis.phase2_data.demo.tasks) == list(demo.FAMILIES["B"]) and list(dis.phase2_data.languages) == others
     # GR/ER draw on the English version of the Phase-2 instructions, as in the paper.
-    assert list(dis.phase2_data.counterpart.languages) == ["en"] and list(dis.phase2_data.counterpart.demo.tasks) == list(demo.FAMILIES["B"])
+    assert list(dis.phase2_data.counterpart.languages) == ["en"] and list(dis.phase2_data.counterpart.demo.tasks) == list(
+        demo.FAMILIES["B"]
+    )
     assert list(cfg.eval.tasks.demo.tasks) == list(demo.FAMILIES["A"]) and cfg.eval.tasks.demo.languages[0] == "en"
     from hydra.core.global_hydra import GlobalHydra
 
@@ -83,8 +90,18 @@ def test_pretrained_base_is_a_cached_artifact(tmp_path, tiny_arch):
 
     from cft.recipes.train import base_reference
 
-    pretrain = {"source": "demo", "tasks": ["repeat"], "languages": ["en", "es"], "per_task_language": 40,
-                "data_seed": 0, "seq_len": 32, "batch_size": 4, "steps": 3, "lr": 1e-3, "warmup_steps": 0}
+    pretrain = {
+        "source": "demo",
+        "tasks": ["repeat"],
+        "languages": ["en", "es"],
+        "per_task_language": 40,
+        "data_seed": 0,
+        "seq_len": 32,
+        "batch_size": 4,
+        "steps": 3,
+        "lr": 1e-3,
+        "warmup_steps": 0,
+    }
     model_cfg = OmegaConf.create({"name": "t", "base": None, "build": {**tiny_arch, "seed": 0}, "pretrain": pretrain})
     ref = base_reference(model_cfg, tmp_path)
     stats = json.loads((tmp_path / "base" / ref.split("/")[-2] / "model" / "pretrain_stats.json").read_text())

@@ -38,9 +38,23 @@ def write_benchmarks(root: Path) -> Path:
     """A tiny copy of every benchmark, in the layout of the shared data folder."""
     (root / "ifeval").mkdir(parents=True)
     with open(root / "ifeval" / "input_data.jsonl", "w") as f:
-        f.write(json.dumps({"key": 1, "prompt": "Write two sentences.", "instruction_id_list": ["length_constraints:number_sentences"],
-                            "kwargs": [{"relation": "at least", "num_sentences": 2}]}) + "\n")
-        f.write(json.dumps({"key": 2, "prompt": "Answer without commas.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "key": 1,
+                    "prompt": "Write two sentences.",
+                    "instruction_id_list": ["length_constraints:number_sentences"],
+                    "kwargs": [{"relation": "at least", "num_sentences": 2}],
+                }
+            )
+            + "\n"
+        )
+        f.write(
+            json.dumps(
+                {"key": 2, "prompt": "Answer without commas.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+            )
+            + "\n"
+        )
     for split, rows in (("test", MMLU_ROWS), ("dev", MMLU_ROWS[:2])):
         (root / "mmlu" / split).mkdir(parents=True)
         for subject in MMLU_SUBJECTS:
@@ -49,31 +63,79 @@ def write_benchmarks(root: Path) -> Path:
     (root / "hellaswag").mkdir()
     with open(root / "hellaswag" / "hellaswag_val.jsonl", "w") as f:
         for i in range(3):
-            f.write(json.dumps({"activity_label": "Cooking", "ctx_a": f"A man cuts onion {i}.", "ctx_b": "he",
-                                "endings": ["fries it.", "sings.", "flies away.", "sleeps [title] now."], "label": i}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "activity_label": "Cooking",
+                        "ctx_a": f"A man cuts onion {i}.",
+                        "ctx_b": "he",
+                        "endings": ["fries it.", "sings.", "flies away.", "sleeps [title] now."],
+                        "label": i,
+                    }
+                )
+                + "\n"
+            )
     (root / "xquad").mkdir()
     for lang in XQUAD_PROMPTS:
-        paragraphs = [{"context": c, "qas": [{"id": f"{lang}-{i}-{j}", "question": q, "answers": [{"text": a, "answer_start": c.find(a)}]}
-                                             for j, (q, a) in enumerate(qas)]} for i, (c, qas) in enumerate(XQUAD_QAS)]
-        (root / "xquad" / f"xquad.{lang}.json").write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}, ensure_ascii=False))
+        paragraphs = [
+            {
+                "context": c,
+                "qas": [
+                    {"id": f"{lang}-{i}-{j}", "question": q, "answers": [{"text": a, "answer_start": c.find(a)}]}
+                    for j, (q, a) in enumerate(qas)
+                ],
+            }
+            for i, (c, qas) in enumerate(XQUAD_QAS)
+        ]
+        (root / "xquad" / f"xquad.{lang}.json").write_text(
+            json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}, ensure_ascii=False)
+        )
     (root / "mlqa" / "test").mkdir(parents=True)  # MLQA's layout, German only
     (root / "mlqa" / "test" / "test-context-de-question-de.json").write_text((root / "xquad" / "xquad.de.json").read_text())
     (root / "xlsum").mkdir()
-    for lang, name, text, summary in (("zh", "chinese_simplified", "今天北京下雨了。很多人带了伞。", "北京下雨"),
-                                      ("ar", "arabic", "ذهب الولد إلى المدرسة صباحا.", "ذهب الولد إلى المدرسة")):
+    for _lang, name, text, summary in (
+        ("zh", "chinese_simplified", "今天北京下雨了。很多人带了伞。", "北京下雨"),
+        ("ar", "arabic", "ذهب الولد إلى المدرسة صباحا.", "ذهب الولد إلى المدرسة"),
+    ):
         with open(root / "xlsum" / f"{name}_test.jsonl", "w") as f:
             for i in range(2):
-                f.write(json.dumps({"id": str(i), "url": "u", "title": "t", "summary": summary, "text": text}, ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps({"id": str(i), "url": "u", "title": "t", "summary": summary, "text": text}, ensure_ascii=False)
+                    + "\n"
+                )
     for split in ("test", "dev"):
         (root / "global_mmlu_lite" / "de").mkdir(parents=True, exist_ok=True)
         with open(root / "global_mmlu_lite" / "de" / f"{split}.jsonl", "w") as f:
             for q, a, b, c, d, ans in MMLU_ROWS:
-                f.write(json.dumps({"question": q, "option_a": a, "option_b": b, "option_c": c, "option_d": d, "answer": ans,
-                                    "subject": "x", "subject_category": "STEM"}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "question": q,
+                            "option_a": a,
+                            "option_b": b,
+                            "option_c": c,
+                            "option_d": d,
+                            "answer": ans,
+                            "subject": "x",
+                            "subject_category": "STEM",
+                        }
+                    )
+                    + "\n"
+                )
     (root / "alpaca_eval").mkdir()
     with open(root / "alpaca_eval" / "alpaca_eval.jsonl", "w") as f:
         for i in range(3):
-            f.write(json.dumps({"instruction": f"Say hello {i}.", "output": f"Hello {i}!", "generator": "text_davinci_003", "dataset": "test"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "instruction": f"Say hello {i}.",
+                        "output": f"Hello {i}!",
+                        "generator": "text_davinci_003",
+                        "dataset": "test",
+                    }
+                )
+                + "\n"
+            )
     return root
 
 
@@ -101,8 +163,9 @@ def test_multiple_choice_task_in_process(tiny_model, bench_dir, tmp_path):
     # The chat template, one dev shot (the first dev row, with its answer) and the question.
     assert second.count("<|user|>") == 2 and "What is 2 + 2?" in second and "<|assistant|>\nB<|end|>" in second
     assert second.rstrip().endswith("Which is a colour?\nA. red\nB. run\nC. rain\nD. rock\nAnswer:<|end|>\n<|assistant|>")
-    assert [first["arguments"][f"gen_args_{i}"]["arg_1"] for i in range(4)] == [" A", " B", " C", " D"] or \
-        [first["arguments"][f"gen_args_{i}"]["arg_1"] for i in range(4)] == ["A", "B", "C", "D"]
+    assert [first["arguments"][f"gen_args_{i}"]["arg_1"] for i in range(4)] == [" A", " B", " C", " D"] or [
+        first["arguments"][f"gen_args_{i}"]["arg_1"] for i in range(4)
+    ] == ["A", "B", "C", "D"]
     # The group score is lm-eval's size-weighted mean of the per-document accuracies.
     accs = [s["acc"] for v in samples.values() for s in v]
     assert scores.score == pytest.approx(sum(accs) / len(accs))
@@ -138,7 +201,9 @@ def test_prompt_format_without_a_tokenizer_chat_template(mode, expected, tiny_mo
     model, tok = tiny_model
     tok = copy.deepcopy(tok)
     tok.chat_template = None
-    LMEvalTask("xquad", data_dir=bench_dir, languages=["de"], apply_chat_template=mode, **FAST).run(model, tok, limit=1, out_dir=tmp_path)
+    LMEvalTask("xquad", data_dir=bench_dir, languages=["de"], apply_chat_template=mode, **FAST).run(
+        model, tok, limit=1, out_dir=tmp_path
+    )
     prompt = read_samples(tmp_path / "samples" / "cft_xquad_de.jsonl")[0]["arguments"]["gen_args_0"]["arg_0"]
     assert prompt.startswith(expected if mode is False else "Below is an instruction") and expected in prompt
     assert "<|user|>" not in prompt
@@ -149,7 +214,9 @@ def test_project_tasks_xlsum_global_mmlu_lite_mlqa(tiny_model, bench_dir, tmp_pa
     from cft.evaluation.metrics import rouge_l
 
     model, tok = tiny_model
-    [xlsum] = LMEvalTask("xlsum", data_dir=bench_dir, languages=["zh", "ar"], **FAST).run(model, tok, limit=None, out_dir=tmp_path / "x")
+    [xlsum] = LMEvalTask("xlsum", data_dir=bench_dir, languages=["zh", "ar"], **FAST).run(
+        model, tok, limit=None, out_dir=tmp_path / "x"
+    )
     for lang in ("zh", "ar"):
         samples = read_samples(tmp_path / "x" / "samples" / f"cft_xlsum_{lang}.jsonl")
         assert len(samples) == 2
@@ -158,7 +225,8 @@ def test_project_tasks_xlsum_global_mmlu_lite_mlqa(tiny_model, bench_dir, tmp_pa
         assert xlsum.per_language[lang] == pytest.approx(sum(s["rougeL"] for s in samples) / 2)
     assert "Summarize the following Arabic article in one sentence, in Arabic." in samples[0]["arguments"]["gen_args_0"]["arg_0"]
     [gmmlu] = LMEvalTask("global_mmlu_lite", data_dir=bench_dir, languages=["de"], num_fewshot=1, **FAST).run(
-        model, tok, limit=None, out_dir=tmp_path / "g")
+        model, tok, limit=None, out_dir=tmp_path / "g"
+    )
     samples = read_samples(tmp_path / "g" / "samples" / "cft_global_mmlu_lite_de.jsonl")
     assert [s["target"] for s in samples] == ["1", "0", "3"]
     assert gmmlu.per_language["de"] == pytest.approx(sum(s["acc"] for s in samples) / 3)
@@ -184,10 +252,34 @@ def test_scores_equal_lm_eval_cli(tiny_model_dir, bench_dir, tmp_path):
         for f in (tmp_path / run / "lm_eval_tasks").glob("*.yaml"):
             (cli_tasks / f.name).write_text(f.read_text())
     lm_eval_bin = Path(sys.executable).with_name("lm-eval")
-    cmd = [str(lm_eval_bin), "run", "--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32",
-           "--tasks", "cft_mmlu,cft_xquad_de", "--include_path", str(cli_tasks), "--num_fewshot", "1",
-           "--limit", "3", "--batch_size", "4", "--device", "cpu", "--apply_chat_template",
-           "--gen_kwargs", "max_gen_toks=6", "--seed", "1234", "--log_samples", "--output_path", str(tmp_path / "cli_out")]
+    cmd = [
+        str(lm_eval_bin),
+        "run",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={tiny_model_dir},dtype=float32",
+        "--tasks",
+        "cft_mmlu,cft_xquad_de",
+        "--include_path",
+        str(cli_tasks),
+        "--num_fewshot",
+        "1",
+        "--limit",
+        "3",
+        "--batch_size",
+        "4",
+        "--device",
+        "cpu",
+        "--apply_chat_template",
+        "--gen_kwargs",
+        "max_gen_toks=6",
+        "--seed",
+        "1234",
+        "--log_samples",
+        "--output_path",
+        str(tmp_path / "cli_out"),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert out.returncode == 0, out.stderr[-4000:]
     [results_file] = list((tmp_path / "cli_out").rglob("results_*.json"))
@@ -254,7 +346,9 @@ def test_alpaca_eval_judged_win_rate(tiny_model, bench_dir, tmp_path, monkeypatc
     model, tok = tiny_model
     judge = tmp_path / "local_judge"  # a local annotator config folder
     judge.mkdir()
-    [scores] = AlpacaEvalTask(annotator=str(judge), data_dir=bench_dir, max_new_tokens=2).run(model, tok, limit=2, out_dir=tmp_path / "a")
+    [scores] = AlpacaEvalTask(annotator=str(judge), data_dir=bench_dir, max_new_tokens=2).run(
+        model, tok, limit=2, out_dir=tmp_path / "a"
+    )
     assert scores.not_computed is None and scores.score == 0.625
     assert scores.metrics == {"win_rate": 0.625, "length_controlled_winrate": 0.5}
     assert list(calls["reference_outputs"]["output"]) == ["Hello 0!", "Hello 1!"] and calls["annotators_config"] == str(judge)
@@ -262,7 +356,9 @@ def test_alpaca_eval_judged_win_rate(tiny_model, bench_dir, tmp_path, monkeypatc
 
     broken = tmp_path / "broken"
     broken.mkdir()
-    [failed] = AlpacaEvalTask(annotator=str(broken), data_dir=bench_dir, max_new_tokens=2).run(model, tok, limit=1, out_dir=tmp_path / "b")
+    [failed] = AlpacaEvalTask(annotator=str(broken), data_dir=bench_dir, max_new_tokens=2).run(
+        model, tok, limit=1, out_dir=tmp_path / "b"
+    )
     assert failed.not_computed and "judge crashed" in failed.not_computed
     assert (tmp_path / "b" / "model_outputs.json").is_file()  # the outputs survive a failing judge
 
@@ -280,9 +376,13 @@ def test_hub_mode_uses_lm_eval_built_ins_where_they_work(tmp_path):
     assert mlqa_de.name == "mlqa_de_de" and (builtin_dir / "mlqa" / "mlqa_de_de.yaml").is_file()
     # XQuAD, XLSUM, Global-MMLU-Lite and an MMLU subset are the project's tasks on the hub datasets.
     tasks, builtin_dirs = LMEvalTask("xquad", languages=["th"]).write_task_configs(tmp_path / "xquad")
-    assert not builtin_dirs and tasks[0].config["dataset_path"] == "google/xquad" and tasks[0].config["dataset_name"] == "xquad.th"
-    assert "dataset_name: \"chinese_simplified\"" in (LMEvalTask("xlsum", languages=["zh"]).write_task_configs(tmp_path / "x")[0] and
-                                                      (tmp_path / "x" / "cft_xlsum_zh.yaml").read_text())
+    assert (
+        not builtin_dirs and tasks[0].config["dataset_path"] == "google/xquad" and tasks[0].config["dataset_name"] == "xquad.th"
+    )
+    assert 'dataset_name: "chinese_simplified"' in (
+        LMEvalTask("xlsum", languages=["zh"]).write_task_configs(tmp_path / "x")[0]
+        and (tmp_path / "x" / "cft_xlsum_zh.yaml").read_text()
+    )
     [group, member] = LMEvalTask("mmlu", subjects=["virology"]).lm_tasks()
     assert group.group_of == ["cft_mmlu_virology"] and member.config["dataset_path"] == "cais/mmlu"
 
@@ -301,7 +401,10 @@ def test_bad_input_is_rejected_at_construction(bench_dir, tmp_path):
         LMEvalTask("xquad", metric="f2")
     with pytest.raises(DataError, match="does not exist"):
         LMEvalTask("ifeval", data_dir=tmp_path / "nowhere")
-    with pytest.raises(DataError, match=r"lacks mlqa/test/test-context-ar-question-ar\.json\. Add the files, or leave the task out.*~eval\.tasks\.mlqa\)$"):
+    with pytest.raises(
+        DataError,
+        match=r"lacks mlqa/test/test-context-ar-question-ar\.json\. Add the files, or leave the task out.*~eval\.tasks\.mlqa\)$",
+    ):
         LMEvalTask("mlqa", languages=["ar", "de"], data_dir=bench_dir)
     with pytest.raises(DataError, match=r"mlqa/dev/dev-context-de-question-de\.json"):  # shots need the dev split
         LMEvalTask("mlqa", languages=["de"], data_dir=bench_dir, num_fewshot=1)

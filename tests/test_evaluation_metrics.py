@@ -15,7 +15,6 @@ from cft.evaluation import TaskScores, flatten
 from cft.evaluation.lmeval import LMEvalTask
 from cft.evaluation.metrics import mean, qa_exact, qa_f1, qa_tokens, rouge_l, rouge_tokens
 
-
 # --- XLSUM ROUGE-L ----------------------------------------------------------------------------
 
 
@@ -106,8 +105,14 @@ def test_per_language_scores_and_averages():
 
     ifeval = LMEvalTask("ifeval", metric="inst_loose")
     ife = ifeval.scores(
-        {"ifeval": {"prompt_level_strict_acc,none": 0.2, "inst_level_strict_acc,none": 0.3,
-                    "prompt_level_loose_acc,none": 0.4, "inst_level_loose_acc,none": 0.5}},
+        {
+            "ifeval": {
+                "prompt_level_strict_acc,none": 0.2,
+                "inst_level_strict_acc,none": 0.3,
+                "prompt_level_loose_acc,none": 0.4,
+                "inst_level_loose_acc,none": 0.5,
+            }
+        },
         ifeval.lm_tasks(),
     )
     assert ife.score == 0.5 and ife.metrics["prompt_strict"] == 0.2

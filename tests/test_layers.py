@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from cft.errors import CftError
@@ -64,7 +63,8 @@ def test_transition_changes_and_sharded_checkpoint(tiny_model_dir, tmp_path):
     for file, part in halves.items():
         save_file({n: tensors[n].contiguous() for n in part}, str(shard / file))
     (shard / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": {n: f for f, part in halves.items() for n in part}}))
+        json.dumps({"metadata": {}, "weight_map": {n: f for f, part in halves.items() for n in part}})
+    )
     assert set(checkpoint_index(shard)) == set(names)
     table = transition_changes(tiny_model_dir, tmp_path / "p1", shard)
     assert set(table.transition) == {"base->phase1", "phase1->phase2"}

@@ -10,8 +10,14 @@ import torch
 
 from cft.analysis import representations_report
 from cft.errors import CftError
-from cft.measures.representations import (covariance_difference, cross_lingual_similarity, mean_activations, read_parallel,
-                                 read_prompts, tsne_points)
+from cft.measures.representations import (
+    covariance_difference,
+    cross_lingual_similarity,
+    mean_activations,
+    read_parallel,
+    read_prompts,
+    tsne_points,
+)
 
 PROMPTS = [f"Question {i}: what is {i} plus {i * 3}?" for i in range(12)]
 
@@ -51,7 +57,9 @@ def test_tsne_points_cover_every_model():
 
 
 def test_prompt_and_parallel_readers(tmp_path):
-    (tmp_path / "p.jsonl").write_text(json.dumps({"turns": ["first turn", "second"]}) + "\n" + json.dumps({"prompt": "two"}) + "\n")
+    (tmp_path / "p.jsonl").write_text(
+        json.dumps({"turns": ["first turn", "second"]}) + "\n" + json.dumps({"prompt": "two"}) + "\n"
+    )
     assert read_prompts(tmp_path / "p.jsonl") == ["first turn", "two"]
     (tmp_path / "bad.jsonl").write_text(json.dumps({"other": 1}) + "\n")
     with pytest.raises(CftError, match=r"bad.jsonl:1: no prompt found"):
@@ -84,9 +92,14 @@ def test_representations_report_end_to_end(tiny_model_dir, tmp_path):
     flores.mkdir()
     (flores / "eng_Latn.devtest").write_text("\n".join(PROMPTS[:5]))
     (flores / "spa_Latn.devtest").write_text("\n".join(p.replace("what is", "cuánto es") for p in PROMPTS[:5]))
-    result = representations_report({"phase1": str(tiny_model_dir), "phase2": str(tmp_path / "phase2"), "same": str(tiny_model_dir)},
-                                    prompts=str(tmp_path / "prompts.txt"), parallel_dir=str(flores), parallel_languages=["spa_Latn"],
-                                    out_dir=tmp_path / "out", tracking_mode="disabled")
+    result = representations_report(
+        {"phase1": str(tiny_model_dir), "phase2": str(tmp_path / "phase2"), "same": str(tiny_model_dir)},
+        prompts=str(tmp_path / "prompts.txt"),
+        parallel_dir=str(flores),
+        parallel_languages=["spa_Latn"],
+        out_dir=tmp_path / "out",
+        tracking_mode="disabled",
+    )
     diffs = json.loads((result.out_dir / "covariance_difference.json").read_text())
     assert diffs["same"] == [0.0, 0.0, 0.0]
     assert diffs["phase2"][0] == 0 and diffs["phase2"][1] == 0 and diffs["phase2"][2] > 0
@@ -101,7 +114,9 @@ def test_models_of_a_sweep(tmp_path, tiny_model_dir):
     run = tmp_path / "sw" / "a-b" / "tiny" / "full" / "seed0"
     (run / "checkpoint").mkdir(parents=True)
     choices = {"model": "tiny", "phase1_data": "a", "phase2_data": "b", "strategy": "full"}
-    (run / "run_meta.json").write_text(json.dumps({"sweep_id": "sw", "seed": 0, "choices": choices, "phase1_ref": str(tiny_model_dir)}))
+    (run / "run_meta.json").write_text(
+        json.dumps({"sweep_id": "sw", "seed": 0, "choices": choices, "phase1_ref": str(tiny_model_dir)})
+    )
     (run / "DONE").write_text("")
     models, refs = sweep_models(tmp_path, "sw")
     assert models == {"phase1 tiny (a)": str(tiny_model_dir), "tiny/full (a→b)": str(run / "checkpoint")}

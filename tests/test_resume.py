@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import SMALL, run_folders, run_script
 
 REPO = Path(__file__).resolve().parent.parent
 
 # A strategy that trains like `full` but slowly, so that a test can kill the run mid-Phase 2.
-SLOW = textwrap.dedent('''
+SLOW = textwrap.dedent("""
     import time
     from cft.strategies.full import Full
 
@@ -28,17 +27,28 @@ SLOW = textwrap.dedent('''
         def penalty(self, model, batch):
             time.sleep(0.15)
             return None
-''')
+""")
 
-RESUME = [*SMALL, "+train.phase2.max_steps=12", "+train.phase2.checkpoint_every=2", "+train.phase2.keep_checkpoints=2",
-          "strategy._target_=slowhooks.SlowFull"]
+RESUME = [
+    *SMALL,
+    "+train.phase2.max_steps=12",
+    "+train.phase2.checkpoint_every=2",
+    "+train.phase2.keep_checkpoints=2",
+    "strategy._target_=slowhooks.SlowFull",
+]
 
 
 def _start(args: list[str], root: Path, env: dict) -> subprocess.Popen:
     full_env = {**os.environ, "CFT_OUTPUT_ROOT": str(root), "PYTHONUNBUFFERED": "1", **env}
     full_env.pop("CFT_SWEEP_ID", None)
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=root, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=root,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -97,14 +107,31 @@ def _data(n=16):
 
 def _train(tiny_model_dir, ckpt_dir, hooks=None, **kw):
     from cft.data.format import PadCollator
-    from cft.training.loop import TrainSettings, train_phase
     from cft.models import load_model
+    from cft.training.loop import TrainSettings, train_phase
 
     model, tok = load_model(str(tiny_model_dir))
-    settings = TrainSettings(**{"lr": 1e-3, "max_steps": 4, "global_batch_size": 4, "micro_batch_size": 2, "seed": 0,
-                                "checkpoint_every": 1, "keep_checkpoints": 1, **kw})
-    return train_phase(model, _data(), collator=PadCollator(tok.pad_token_id), settings=settings, hooks=hooks,
-                       phase="phase2", checkpoint_dir=ckpt_dir)
+    settings = TrainSettings(
+        **{
+            "lr": 1e-3,
+            "max_steps": 4,
+            "global_batch_size": 4,
+            "micro_batch_size": 2,
+            "seed": 0,
+            "checkpoint_every": 1,
+            "keep_checkpoints": 1,
+            **kw,
+        }
+    )
+    return train_phase(
+        model,
+        _data(),
+        collator=PadCollator(tok.pad_token_id),
+        settings=settings,
+        hooks=hooks,
+        phase="phase2",
+        checkpoint_dir=ckpt_dir,
+    )
 
 
 def test_full_disk_while_saving_keeps_previous_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
@@ -259,8 +286,9 @@ def test_wandb_online_unreachable_falls_back_to_offline(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(wandb, "init", init)
     with caplog.at_level("WARNING"):
-        tracker = Tracker(mode="online", project="cft-test", run_dir=tmp_path, name="cell", group="g", job_type="train",
-                          config={"lr": 1.0})
+        tracker = Tracker(
+            mode="online", project="cft-test", run_dir=tmp_path, name="cell", group="g", job_type="train", config={"lr": 1.0}
+        )
     assert modes == ["online", "offline"] and tracker.mode == "offline"
     assert "falling back to offline" in caplog.text
     tracker.log({"phase2/loss": 1.5, "phase2/step": 1})

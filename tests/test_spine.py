@@ -6,7 +6,6 @@ import json
 
 import pytest
 import yaml
-
 from helpers import SMALL, run_folders, run_script, write_jsonl
 
 
@@ -31,8 +30,17 @@ def test_demo_run_records_everything(demo_run):
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert config["train"]["max_steps"] == 3  # resolved config, overrides included
     metrics = json.loads((folder / "metrics.json").read_text())
-    for key in ("phase1/ta/repeat", "phase1/la/repeat/es", "phase2/ta/number", "phase2/la/reverse/de",
-                "phase1/ta_avg", "phase2/ta_avg", "phase2/la_avg", "train/phase2/steps", "data/phase2/n/es"):
+    for key in (
+        "phase1/ta/repeat",
+        "phase1/la/repeat/es",
+        "phase2/ta/number",
+        "phase2/la/reverse/de",
+        "phase1/ta_avg",
+        "phase2/ta_avg",
+        "phase2/la_avg",
+        "train/phase2/steps",
+        "data/phase2/n/es",
+    ):
         assert key in metrics, key
     assert metrics["train/phase2/steps"] == 3
     assert 0.0 < metrics["des"] <= 1.0  # DES of the Phase-1 and Phase-2 data, recorded by every run
@@ -82,8 +90,16 @@ def test_same_folder_with_other_config_is_refused(demo_run):
 def test_evaluate_py_on_run_dir(demo_run):
     root, _ = demo_run
     (folder,) = run_folders(root / "t1")
-    run_script("evaluate.py", [f"run_dir={folder}", "eval.tasks.demo.per_task_language=1", "eval.tasks.demo.languages=[en,es]",
-                               "eval.tasks.demo.max_new_tokens=3"], root)
+    run_script(
+        "evaluate.py",
+        [
+            f"run_dir={folder}",
+            "eval.tasks.demo.per_task_language=1",
+            "eval.tasks.demo.languages=[en,es]",
+            "eval.tasks.demo.max_new_tokens=3",
+        ],
+        root,
+    )
     scores = json.loads((folder / "evaluations" / "demo" / "metrics.json").read_text())
     assert set(scores) >= {"ta/repeat", "la/repeat/es", "ta_avg", "la_avg"}
 
@@ -91,8 +107,11 @@ def test_evaluate_py_on_run_dir(demo_run):
 def test_bare_evaluate_py_takes_the_latest_finished_run(demo_run, tmp_path):
     root, _ = demo_run
     (folder,) = run_folders(root / "t1")
-    proc = run_script("evaluate.py", ["eval.tasks.demo.per_task_language=1", "eval.tasks.demo.languages=[en]",
-                                      "eval.tasks.demo.max_new_tokens=2"], root)
+    proc = run_script(
+        "evaluate.py",
+        ["eval.tasks.demo.per_task_language=1", "eval.tasks.demo.languages=[en]", "eval.tasks.demo.max_new_tokens=2"],
+        root,
+    )
     assert f"evaluating the latest finished run, {folder}" in proc.stdout + proc.stderr
     assert set(json.loads((folder / "evaluations" / "demo" / "metrics.json").read_text())) >= {"ta/repeat", "ta_avg"}
     empty = run_script("evaluate.py", [], tmp_path, check=False)
@@ -113,7 +132,10 @@ def test_multirun_trains_phase1_once(tmp_path):
     # Both cells report the same (shared) Phase-1 scores.
     m = [json.loads((f / "metrics.json").read_text()) for f in folders]
     assert m[0]["phase1/ta_avg"] == m[1]["phase1/ta_avg"]
-    assert {tuple(sorted(k for k in x if k.startswith("data/phase2/n/"))) for x in m} == {("data/phase2/n/es",), ("data/phase2/n/de",)}
+    assert {tuple(sorted(k for k in x if k.startswith("data/phase2/n/"))) for x in m} == {
+        ("data/phase2/n/es",),
+        ("data/phase2/n/de",),
+    }
     # The same command again resumes the same sweep: everything is skipped.
     again = run_script("train.py", ["-m", *SMALL, "phase2_data.languages=[es],[de]"], tmp_path)
     assert f"sweep_id={sweep}" in again.stdout and (again.stdout + again.stderr).count("already finished") == 2
@@ -165,8 +187,11 @@ def test_missing_data_file(tmp_path):
 
 @pytest.mark.parametrize(
     "override, message",
-    [("strategy=nope", "Could not find 'strategy/nope'"), ("train.lrr=1", "Could not override 'train.lrr'"),
-     ("train.attn_implementation=no_such_kernel", "train.attn_implementation=no_such_kernel: Specified")],
+    [
+        ("strategy=nope", "Could not find 'strategy/nope'"),
+        ("train.lrr=1", "Could not override 'train.lrr'"),
+        ("train.attn_implementation=no_such_kernel", "train.attn_implementation=no_such_kernel: Specified"),
+    ],
 )
 def test_unknown_config_option(tmp_path, override, message):
     proc = run_script("train.py", [*SMALL, override], tmp_path, check=False)
@@ -212,12 +237,21 @@ def test_per_phase_train_overrides_as_typed():
 def test_summary_table_by_hand():
     """The table train.py prints: averages first, the change per task, a task without a score
     marked as not computed (never 0)."""
-    from cft.recipes.train import summary_table
+    from cft.evaluation.summary import summary_table
 
-    metrics = {"phase1/ta/ifeval": 0.5, "phase2/ta/ifeval": 0.25, "phase1/ta_avg": 0.5, "phase2/ta_avg": 0.25,
-               "phase1/ta/ifeval/inst_loose": 0.9, "phase1/not_computed/ta/alpaca_eval": "no judge",
-               "phase2/not_computed/ta/alpaca_eval": "no judge", "train/phase2/steps": 3}
+    metrics = {
+        "phase1/ta/ifeval": 0.5,
+        "phase2/ta/ifeval": 0.25,
+        "phase1/ta_avg": 0.5,
+        "phase2/ta_avg": 0.25,
+        "phase1/ta/ifeval/inst_loose": 0.9,
+        "phase1/not_computed/ta/alpaca_eval": "no judge",
+        "phase2/not_computed/ta/alpaca_eval": "no judge",
+        "train/phase2/steps": 3,
+    }
     rows = [line.split() for line in summary_table(metrics).splitlines()[2:]]
-    assert rows == [["ta_avg", "0.500", "0.250", "-0.250"],
-                    ["ta/alpaca_eval", "not", "computed", "not", "computed", "-"],
-                    ["ta/ifeval", "0.500", "0.250", "-0.250"]]
+    assert rows == [
+        ["ta_avg", "0.500", "0.250", "-0.250"],
+        ["ta/alpaca_eval", "not", "computed", "not", "computed", "-"],
+        ["ta/ifeval", "0.500", "0.250", "-0.250"],
+    ]

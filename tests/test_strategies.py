@@ -13,12 +13,18 @@ import torch
 
 from cft.data.demo import make_examples
 from cft.errors import ConfigError
-from cft.training.loop import TrainSettings, fit
 from cft.models import build_model, build_tokenizer, load_model
-from cft.strategies.base import StrategyContext, Strategy
+from cft.strategies.base import Strategy, StrategyContext
+from cft.training.loop import TrainSettings, fit
 
-ARCH = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "max_position_embeddings": 256}
+ARCH = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+}
 HEAD_DIM = 8
 
 
@@ -46,17 +52,34 @@ def data(lang="es", n=4):
 def context(tmp_path, tok, base_dir, phase1_dir=None, counterpart=None, phase2_size=0, seed=0, **kw):
     phase1_dir = phase1_dir or base_dir
     return StrategyContext(
-        base_ref=str(base_dir), phase1_dir=Path(phase1_dir), tokenizer=tok, cache_dir=tmp_path / "cache",
-        run_dir=tmp_path / "run", seed=seed, phase2_size=phase2_size,
+        base_ref=str(base_dir),
+        phase1_dir=Path(phase1_dir),
+        tokenizer=tok,
+        cache_dir=tmp_path / "cache",
+        run_dir=tmp_path / "run",
+        seed=seed,
+        phase2_size=phase2_size,
         counterpart=(lambda: list(counterpart)) if counterpart is not None else list,
-        counterpart_spec={"name": "demo_en"}, phase1_key=f"p1-{Path(phase1_dir).name}",
-        load_phase1=lambda: load_model(str(phase1_dir), dtype="fp32")[0], max_length=64, **kw,
+        counterpart_spec={"name": "demo_en"},
+        phase1_key=f"p1-{Path(phase1_dir).name}",
+        load_phase1=lambda: load_model(str(phase1_dir), dtype="fp32")[0],
+        max_length=64,
+        **kw,
     )
 
 
 def train(model, tok, examples, hooks, steps=2, **settings):
-    values = dict(lr=1e-2, max_steps=steps, global_batch_size=4, micro_batch_size=2, warmup_steps=0,
-                  scheduler="constant", weight_decay=0.0, max_grad_norm=1.0, seed=0)
+    values = dict(
+        lr=1e-2,
+        max_steps=steps,
+        global_batch_size=4,
+        micro_batch_size=2,
+        warmup_steps=0,
+        scheduler="constant",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=0,
+    )
     values.update(settings)
     model, _, _ = fit(model, tok, examples, settings=TrainSettings(**values), max_length=64, hooks=hooks, phase="phase2")
     return model
@@ -114,7 +137,7 @@ def perturbed_checkpoint(base_dir, out, changes):
     params = dict(model.named_parameters())
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for name, p in params.items():  # a small change everywhere, so every rank is well defined
+        for p in params.values():  # a small change everywhere, so every rank is well defined
             if p.dim() == 2:
                 p.add_(0.001 * p.abs().mean() * torch.randn(p.shape, generator=gen))
         for (module, layer, head), size in changes.items():
@@ -130,10 +153,16 @@ def perturbed_checkpoint(base_dir, out, changes):
 def test_lf_h2_freezes_the_layers_that_changed_most(tmp_path, tok, base_dir):
     from cft.strategies.lf_h2 import ChangeRankedFreeze
 
-    moved = {("q_proj", 1, None): 0.5, ("q_proj", 3, None): 0.3, ("q_proj", 0, None): 0.1,
-             ("k_proj", 0, None): 0.4, ("k_proj", 2, None): 0.2,
-             ("v_proj", 2, None): 0.6, ("v_proj", 3, None): 0.5,
-             ("o_proj", 1, None): 9.0}  # o_proj is not ranked: no effect on the choice
+    moved = {
+        ("q_proj", 1, None): 0.5,
+        ("q_proj", 3, None): 0.3,
+        ("q_proj", 0, None): 0.1,
+        ("k_proj", 0, None): 0.4,
+        ("k_proj", 2, None): 0.2,
+        ("v_proj", 2, None): 0.6,
+        ("v_proj", 3, None): 0.5,
+        ("o_proj", 1, None): 9.0,
+    }  # o_proj is not ranked: no effect on the choice
     phase1 = perturbed_checkpoint(base_dir, tmp_path / "phase1", moved)
     strategy = ChangeRankedFreeze(k=2)
     strategy.validate(model_config())
@@ -164,8 +193,14 @@ def test_lf_h2_freezes_the_layers_that_changed_most(tmp_path, tok, base_dir):
 def test_lf_h2_head_granularity_keeps_the_most_changed_heads(tmp_path, tok, base_dir):
     from cft.strategies.lf_h2 import ChangeRankedFreeze
 
-    moved = {("q_proj", 2, 3): 0.9, ("q_proj", 0, 1): 0.7, ("k_proj", 1, 0): 0.8, ("k_proj", 3, 1): 0.6,
-             ("v_proj", 0, 0): 0.5, ("v_proj", 0, 1): 0.4}
+    moved = {
+        ("q_proj", 2, 3): 0.9,
+        ("q_proj", 0, 1): 0.7,
+        ("k_proj", 1, 0): 0.8,
+        ("k_proj", 3, 1): 0.6,
+        ("v_proj", 0, 0): 0.5,
+        ("v_proj", 0, 1): 0.4,
+    }
     phase1 = perturbed_checkpoint(base_dir, tmp_path / "phase1", moved)
     strategy = ChangeRankedFreeze(k=2, granularity="head")
     strategy.validate(model_config())
@@ -184,7 +219,7 @@ def test_lf_h2_head_granularity_keeps_the_most_changed_heads(tmp_path, tok, base
             others[rows] = False
             for layer2, head2 in units:  # e.g. both KV heads of v_proj in layer 0 are kept
                 if layer2 == layer:
-                    others[head2 * HEAD_DIM:(head2 + 1) * HEAD_DIM] = False
+                    others[head2 * HEAD_DIM : (head2 + 1) * HEAD_DIM] = False
             if others.any():
                 assert not torch.equal(after[name][others], before[name][others])
 
@@ -216,12 +251,14 @@ def test_english_replay_needs_a_big_enough_counterpart(tmp_path, tok, base_dir):
     with pytest.raises(ConfigError, match="no `counterpart`"):
         EnglishReplay(0.1).phase2_data(data(), context(tmp_path, tok, base_dir, phase2_size=12))
     with pytest.raises(ConfigError, match="13 examples needed but only 12"):
-        EnglishReplay(1.0).phase2_data(data("es", 5)[:13], context(tmp_path, tok, base_dir, counterpart=data("en"), phase2_size=13))
+        EnglishReplay(1.0).phase2_data(
+            data("es", 5)[:13], context(tmp_path, tok, base_dir, counterpart=data("en"), phase2_size=13)
+        )
 
 
 def test_generative_replay_is_the_phase1_models_own_output_and_cached(tmp_path, tok, base_dir):
-    from cft.models.generate import generate
     from cft.data.format import render_prompt
+    from cft.models.generate import generate
     from cft.strategies.gr import GenerativeReplay
 
     phase1 = tmp_path / "phase1"
@@ -238,8 +275,14 @@ def test_generative_replay_is_the_phase1_models_own_output_and_cached(tmp_path, 
     mixed = strategy.phase2_data(data("es"), ctx)
     replay = mixed[12:]
     assert len(replay) == 4 and loads == [1]
-    own = generate(load_model(str(phase1), dtype="fp32")[0], tok, [render_prompt(tok, ex) for ex in replay],
-                   max_new_tokens=6, batch_size=1, progress=False)
+    own = generate(
+        load_model(str(phase1), dtype="fp32")[0],
+        tok,
+        [render_prompt(tok, ex) for ex in replay],
+        max_new_tokens=6,
+        batch_size=1,
+        progress=False,
+    )
     assert [ex.output for ex in replay] == own
     assert {(ex.instruction, ex.input) for ex in replay} <= {(ex.instruction, ex.input) for ex in counterpart}
     report = strategy.report()
@@ -325,7 +368,7 @@ def test_cofitune_importance_is_zero_exactly_for_dead_units(tok, base_dir):
     with torch.no_grad():
         mlp, attn = model.model.layers[1].mlp, model.model.layers[1].self_attn
         mlp.up_proj.weight[5] = 0  # FFN unit 5 outputs silu(gate) * 0 = 0
-        attn.o_proj.weight[:, 2 * HEAD_DIM:3 * HEAD_DIM] = 0  # head 2 writes nothing
+        attn.o_proj.weight[:, 2 * HEAD_DIM : 3 * HEAD_DIM] = 0  # head 2 writes nothing
     tokenized, _ = tokenize_examples(tok, data(n=2), 64)
     batches = [PadCollator(tok.pad_token_id)(tokenized)]
     torch.manual_seed(0)
@@ -338,14 +381,24 @@ def test_cofitune_importance_is_zero_exactly_for_dead_units(tok, base_dir):
 def test_cofitune_trains_the_region_and_scales_its_gradients(tmp_path, tok, base_dir):
     from cft.strategies.cofitune import CoFiTune
 
-    strategy = CoFiTune(modules=["up_proj", "down_proj", "q_proj", "k_proj", "o_proj"], importance_examples=8, importance_batch_size=4)
+    strategy = CoFiTune(
+        modules=["up_proj", "down_proj", "q_proj", "k_proj", "o_proj"], importance_examples=8, importance_batch_size=4
+    )
     strategy.validate(model_config())
     ctx = context(tmp_path, tok, base_dir)
     examples = strategy.phase2_data(data(), ctx)
     model = strategy.prepare(fresh(base_dir), ctx)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"model.layers.1.{b}.{m}.weight" for b, m in
-                         [("mlp", "up_proj"), ("mlp", "down_proj"), ("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "o_proj")]}
+    assert trainable == {
+        f"model.layers.1.{b}.{m}.weight"
+        for b, m in [
+            ("mlp", "up_proj"),
+            ("mlp", "down_proj"),
+            ("self_attn", "q_proj"),
+            ("self_attn", "k_proj"),
+            ("self_attn", "o_proj"),
+        ]
+    }
     ffn, heads = strategy.importance["ffn.1"], strategy.importance["heads.1"]
     assert ffn.shape == (64,) and heads.shape == (4,)
     assert ((ffn >= 0) & (ffn < 1)).all() and ffn.max() > 0.5  # |tanh z|: the outliers get close to 1
@@ -367,7 +420,9 @@ def test_cofitune_trains_the_region_and_scales_its_gradients(tmp_path, tok, base
     rows = list(csv.DictReader(open(tmp_path / "run" / "cofitune_importance.csv")))
     assert len(rows) == 64 + 4
     # The importance is an artifact: another run with the same settings reuses it.
-    again = CoFiTune(modules=["up_proj", "down_proj", "q_proj", "k_proj", "o_proj"], importance_examples=8, importance_batch_size=4)
+    again = CoFiTune(
+        modules=["up_proj", "down_proj", "q_proj", "k_proj", "o_proj"], importance_examples=8, importance_batch_size=4
+    )
     again.phase2_data(examples, ctx)
     again.prepare(fresh(base_dir), ctx)
     assert torch.equal(again.importance["ffn.1"], ffn)
@@ -417,12 +472,19 @@ def test_spectrum_trains_the_highest_snr_layers(tmp_path, tok, base_dir):
 
 
 def test_combination_from_the_same_configs(tmp_path, tok, base_dir):
+    from helpers import compose
     from hydra.utils import instantiate
 
-    from helpers import compose
-
-    cfg = compose(["model=tiny", "strategy=combine", "+strategy@strategy.parts.er=er10", "+strategy@strategy.parts.lf=lf_h1",
-                   "strategy.parts.lf.k=2", "strategy.parts.er.ratio=0.25"])
+    cfg = compose(
+        [
+            "model=tiny",
+            "strategy=combine",
+            "+strategy@strategy.parts.er=er10",
+            "+strategy@strategy.parts.lf=lf_h1",
+            "strategy.parts.lf.k=2",
+            "strategy.parts.er.ratio=0.25",
+        ]
+    )
     strategy = instantiate(cfg.strategy)
     assert list(strategy.parts) == ["er", "lf"]
     strategy.validate(model_config())
@@ -441,9 +503,8 @@ def test_combination_from_the_same_configs(tmp_path, tok, base_dir):
 
 
 def test_every_strategy_config_instantiates(tmp_path):
-    from hydra.utils import instantiate
-
     from helpers import REPO, compose
+    from hydra.utils import instantiate
 
     names = sorted(p.stem for p in (REPO / "conf" / "strategy").glob("*.yaml"))
     assert {"full", "lf_h1", "lf_h2", "gr5", "gr10", "er10", "lora", "cofitune", "spectrum", "combine"} <= set(names)
@@ -472,24 +533,28 @@ def test_every_strategy_config_instantiates(tmp_path):
     ],
 )
 def test_bad_options_are_rejected_before_training(name, options, message):
+    from helpers import compose
     from hydra.utils import instantiate
 
-    from helpers import compose
-
-    strategy = instantiate(compose(["model=tiny", f"strategy={name}", *[f"strategy.{k}={json.dumps(v)}" for k, v in options.items()]]).strategy)
+    strategy = instantiate(
+        compose(["model=tiny", f"strategy={name}", *[f"strategy.{k}={json.dumps(v)}" for k, v in options.items()]]).strategy
+    )
     with pytest.raises(ConfigError) as err:
         strategy.validate(model_config())
     assert message in str(err.value)
 
 
 def test_combination_validates_its_parts():
-    from hydra.utils import instantiate
-
     from helpers import compose
+    from hydra.utils import instantiate
 
     empty = instantiate(compose(["strategy=combine"]).strategy)
     with pytest.raises(ConfigError, match="has no parts"):
         empty.validate(model_config())
-    bad = instantiate(compose(["model=tiny", "strategy=combine", "+strategy@strategy.parts.gr=gr5", "+strategy@strategy.parts.lf=lf_h1"]).strategy)
+    bad = instantiate(
+        compose(
+            ["model=tiny", "strategy=combine", "+strategy@strategy.parts.gr=gr5", "+strategy@strategy.parts.lf=lf_h1"]
+        ).strategy
+    )
     with pytest.raises(ConfigError, match="strategy.k=10"):
         bad.validate(model_config())

@@ -7,13 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-
-from test_strategies import base_dir, tok  # noqa: F401 (fixtures)
-
+from test_strategies import base_dir, tok  # noqa: F401, F811 (fixtures)
 
 # ---------------------------------------------------------------- DeepSpeed ZeRO on CPU
 
-DS_SCRIPT = r'''
+DS_SCRIPT = r"""
 import json, sys
 from pathlib import Path
 import torch
@@ -51,12 +49,12 @@ for layer, head in strategy.parts["heads"].selected["q_proj"]:
 print("RESULT " + json.dumps({"bad": bad, "frozen": len(frozen), "total": len(before), "partitioned": partitioned,
                               "trainable_params": strategy.report()["trainable_params"], "total_params": strategy.report()["total_params"],
                               "heads": strategy.parts["heads"].selected["q_proj"], "lf": strategy.parts["lf"].layers}))
-'''
+"""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
-def test_freezing_and_gradient_masks_are_exact_under_deepspeed_zero(tmp_path, base_dir, stage):
+def test_freezing_and_gradient_masks_are_exact_under_deepspeed_zero(tmp_path, base_dir, stage):  # noqa: F811
     import os
     import socket
     import subprocess
@@ -65,14 +63,27 @@ def test_freezing_and_gradient_masks_are_exact_under_deepspeed_zero(tmp_path, ba
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
     here = str(Path(__file__).resolve().parent)
-    proc = subprocess.run([sys.executable, "-c", DS_SCRIPT, str(stage), str(base_dir), str(tmp_path), here],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=here)
+    proc = subprocess.run(
+        [sys.executable, "-c", DS_SCRIPT, str(stage), str(base_dir), str(tmp_path), here],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=here,
+    )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert proc.returncode == 0 and line, proc.stdout[-3000:] + proc.stderr[-6000:]
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     assert result["bad"] == [], result
     assert 0 < result["frozen"] < result["total"]
     assert (result["partitioned"] > 0) == (stage == 3)
@@ -97,8 +108,10 @@ def test_generative_replay_sweep_generates_once_per_size_and_reuses_on_rerun(tmp
     assert len(sets) == 2  # one per size; Phase 1 is shared
     sizes = sorted(len((p / "replay.jsonl").read_text().splitlines()) for p in sets)
     assert sizes == [1, 2]  # 5% and 10% of 24 Phase-2 examples, rounded
-    metrics = {json.loads((f / "run_meta.json").read_text())["choices"]["strategy"]: json.loads((f / "metrics.json").read_text())
-               for f in run_folders(tmp_path / "gr")}
+    metrics = {
+        json.loads((f / "run_meta.json").read_text())["choices"]["strategy"]: json.loads((f / "metrics.json").read_text())
+        for f in run_folders(tmp_path / "gr")
+    }
     assert set(metrics) == {"gr5", "gr10"}
     for name, requested in (("gr5", 1), ("gr10", 2)):
         m = metrics[name]

@@ -16,9 +16,10 @@ Entry point: `run(cfg)` (called by analyze.py), which dispatches on `cfg.mode`:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from cft.errors import CftError
 
@@ -37,8 +38,16 @@ class AnalysisResult:
 def _tracker(mode: str, *, project: str, entity: str | None, out_dir: Path, name: str, group: str | None, config: Mapping):
     from cft.run.tracking import Tracker
 
-    return Tracker(mode=mode, project=project, entity=entity, run_dir=out_dir, name=name, group=group, job_type="analyze",
-                   config=dict(config))
+    return Tracker(
+        mode=mode,
+        project=project,
+        entity=entity,
+        run_dir=out_dir,
+        name=name,
+        group=group,
+        job_type="analyze",
+        config=dict(config),
+    )
 
 
 def _log_all(tracker, tables, figures, summary: Mapping[str, Any]) -> None:
@@ -72,9 +81,18 @@ def _latest_sweep(output_root: str | Path) -> str | None:
     return sweep_id
 
 
-def analyze_sweep(sweep_id: str, *, source: str = "local", output_root: str | Path = "outputs", out_dir: str | Path | None = None,
-                  entity: str | None = None, project: str = "cft", tracking_mode: str = "offline", api=None,
-                  echo: bool = True) -> AnalysisResult:
+def analyze_sweep(
+    sweep_id: str,
+    *,
+    source: str = "local",
+    output_root: str | Path = "outputs",
+    out_dir: str | Path | None = None,
+    entity: str | None = None,
+    project: str = "cft",
+    tracking_mode: str = "offline",
+    api=None,
+    echo: bool = True,
+) -> AnalysisResult:
     """Tables, figures and report of one sweep. CftError for an unknown sweep or one with no finished run."""
     import pandas as pd
 
@@ -96,8 +114,10 @@ def analyze_sweep(sweep_id: str, *, source: str = "local", output_root: str | Pa
     out_dir = Path(out_dir) if out_dir else Path(output_root) / str(sweep_id) / "analysis"
     unfinished = "".join(f"\n  - {r.name}" for r in sweep.unfinished)
     if not sweep.finished:
-        raise CftError(f"sweep {sweep_id!r} ({sweep.source}) has no finished run (no run folder with DONE)."
-                       + (f" Unfinished runs:{unfinished}" if unfinished else " It holds no runs at all."))
+        raise CftError(
+            f"sweep {sweep_id!r} ({sweep.source}) has no finished run (no run folder with DONE)."
+            + (f" Unfinished runs:{unfinished}" if unfinished else " It holds no runs at all.")
+        )
     finished = [r for r in sweep.finished if r.metrics and r.choices]
     problems = list(sweep.problems) + key_disagreements(finished)
     tables = all_tables(finished)
@@ -121,8 +141,11 @@ def analyze_sweep(sweep_id: str, *, source: str = "local", output_root: str | Pa
                 if rank_table is not None:
                     rank_table.write(out_dir)
                     tables.append(rank_table)
-                figs.append(F.layer_change_heatmap(frame, out_dir, stem, title=f"Layer changes: {r.name}",
-                                                   value="rank" if "rank" in frame else "change"))
+                figs.append(
+                    F.layer_change_heatmap(
+                        frame, out_dir, stem, title=f"Layer changes: {r.name}", value="rank" if "rank" in frame else "change"
+                    )
+                )
             except (KeyError, ValueError, pd.errors.ParserError) as exc:
                 problems.append(f"{r.path / 'layer_changes.csv'}: not drawn ({type(exc).__name__}: {exc})")
     per_layer_mpd = {}
@@ -133,7 +156,9 @@ def analyze_sweep(sweep_id: str, *, source: str = "local", output_root: str | Pa
     if per_layer_mpd:
         figs.append(F.mpd_layers(per_layer_mpd, out_dir))
 
-    report = write_report(out_dir / "report.md", title=f"Sweep {sweep_id}", sweep=sweep, problems=problems, tables=tables, figures=figs)
+    report = write_report(
+        out_dir / "report.md", title=f"Sweep {sweep_id}", sweep=sweep, problems=problems, tables=tables, figures=figs
+    )
     if echo:
         first = tables[0] if tables else None
         print(first.to_markdown() if first else "(no TA/LA metrics in the finished runs)")
@@ -143,12 +168,27 @@ def analyze_sweep(sweep_id: str, *, source: str = "local", output_root: str | Pa
             print(f"warning: {p}")
         print(f"Report: {report}")
 
-    tracker = _tracker(tracking_mode, project=project, entity=entity, out_dir=out_dir, name=f"analyze-{sweep_id}", group=str(sweep_id),
-                       config={"sweep_id": sweep_id, "source": sweep.source, "finished_runs": len(sweep.finished),
-                               "unfinished_runs": [r.name for r in sweep.unfinished]})
+    tracker = _tracker(
+        tracking_mode,
+        project=project,
+        entity=entity,
+        out_dir=out_dir,
+        name=f"analyze-{sweep_id}",
+        group=str(sweep_id),
+        config={
+            "sweep_id": sweep_id,
+            "source": sweep.source,
+            "finished_runs": len(sweep.finished),
+            "unfinished_runs": [r.name for r in sweep.unfinished],
+        },
+    )
     try:
-        _log_all(tracker, tables, figs, {"finished_runs": len(sweep.finished), "unfinished_runs": len(sweep.unfinished),
-                                         "problems": len(problems)})
+        _log_all(
+            tracker,
+            tables,
+            figs,
+            {"finished_runs": len(sweep.finished), "unfinished_runs": len(sweep.unfinished), "problems": len(problems)},
+        )
     finally:
         tracker.finish()
     return AnalysisResult(out_dir=out_dir, report=report, tables=tables, figures=figs, problems=problems)
@@ -180,21 +220,46 @@ def _dataset_texts(name: str, spec: Any, conf_dir: Path | None) -> list[str]:
             node = OmegaConf.to_container(OmegaConf.load(file), resolve=True)
             break
     else:
-        raise CftError(f"dataset {name!r} is not an option of conf/phase1_data or conf/phase2_data; "
-                       f"give its path instead: datasets={{{name}: /path/to/file_or_folder}}")
+        raise CftError(
+            f"dataset {name!r} is not an option of conf/phase1_data or conf/phase2_data; "
+            f"give its path instead: datasets={{{name}: /path/to/file_or_folder}}"
+        )
     if node.get("use_instruct_checkpoint"):
         raise CftError(f"{group}={name} has no dataset (it takes the model's Instruct checkpoint)")
     from cft.data.sources import load_sft
 
-    keys = ("name", "source", "path", "languages", "max_examples", "max_per_language", "seed", "split", "fields", "on_bad_record", "demo")
+    keys = (
+        "name",
+        "source",
+        "path",
+        "languages",
+        "max_examples",
+        "max_per_language",
+        "seed",
+        "split",
+        "fields",
+        "on_bad_record",
+        "demo",
+    )
     from cft.measures.similarity import example_texts
 
     return example_texts(load_sft(**{k: v for k, v in node.items() if k in keys}).examples)
 
 
-def des_report(datasets: Mapping[str, Any] | Sequence[str], *, embedder: Any, n: int | None = 500, seed: int = 0,
-               cache_dir: str | Path | None = None, out_dir: str | Path = "outputs/similarity", conf_dir: Path | None = None,
-               tracking_mode: str = "offline", project: str = "cft", entity: str | None = None, echo: bool = True) -> AnalysisResult:
+def des_report(
+    datasets: Mapping[str, Any] | Sequence[str],
+    *,
+    embedder: Any,
+    n: int | None = 500,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    out_dir: str | Path = "outputs/similarity",
+    conf_dir: Path | None = None,
+    tracking_mode: str = "offline",
+    project: str = "cft",
+    entity: str | None = None,
+    echo: bool = True,
+) -> AnalysisResult:
     """The DES matrix of several datasets: des.md/.csv/.tex, a heatmap, and a W&B run.
 
     `datasets` maps a name to a local file or folder (None: the conf option of that name), or lists
@@ -214,23 +279,50 @@ def des_report(datasets: Mapping[str, Any] | Sequence[str], *, embedder: Any, n:
     emb = build_embedder(embedder)
     matrix = des_matrix(emb, texts, n=n, seed=seed, cache_dir=cache_dir)
     out_dir = Path(out_dir)
-    table = Table(name="des", title=f"DES (n={n}, seed={seed})", index_cols=["dataset"], index=[{"dataset": a} for a in matrix.index],
-                  columns=list(matrix.columns), cells=[[Stat(float(v), None, 1) for v in row] for row in matrix.values],
-                  scale=1.0, digits=3, mark_best=False)
+    table = Table(
+        name="des",
+        title=f"DES (n={n}, seed={seed})",
+        index_cols=["dataset"],
+        index=[{"dataset": a} for a in matrix.index],
+        columns=list(matrix.columns),
+        cells=[[Stat(float(v), None, 1) for v in row] for row in matrix.values],
+        scale=1.0,
+        digits=3,
+        mark_best=False,
+    )
     table.write(out_dir)
     matrix.to_csv(out_dir / "des_matrix.csv")
     figs = [F.des_heatmap(matrix, out_dir)]
     from cft.measures.similarity import embedder_id
 
-    report = write_report(out_dir / "report.md", title="Dataset embedding similarity", sweep=None, problems=[], tables=[table],
-                          figures=figs, extra=[f"Embedder: `{embedder_id(emb)}`; {n} samples per dataset, seed {seed}.", ""])
+    report = write_report(
+        out_dir / "report.md",
+        title="Dataset embedding similarity",
+        sweep=None,
+        problems=[],
+        tables=[table],
+        figures=figs,
+        extra=[f"Embedder: `{embedder_id(emb)}`; {n} samples per dataset, seed {seed}.", ""],
+    )
     if echo:
         print(table.to_markdown())
         print(f"Report: {report}")
-    tracker = _tracker(tracking_mode, project=project, entity=entity, out_dir=out_dir, name="des", group="similarity",
-                       config={"datasets": {k: str(v) for k, v in items.items()}, "n": n, "seed": seed, "embedder": embedder_id(emb)})
+    tracker = _tracker(
+        tracking_mode,
+        project=project,
+        entity=entity,
+        out_dir=out_dir,
+        name="des",
+        group="similarity",
+        config={"datasets": {k: str(v) for k, v in items.items()}, "n": n, "seed": seed, "embedder": embedder_id(emb)},
+    )
     try:
-        _log_all(tracker, [table], figs, {f"des/{a}/{b}": float(matrix.loc[a, b]) for a in matrix.index for b in matrix.columns if a < b})
+        _log_all(
+            tracker,
+            [table],
+            figs,
+            {f"des/{a}/{b}": float(matrix.loc[a, b]) for a in matrix.index for b in matrix.columns if a < b},
+        )
     finally:
         tracker.finish()
     return AnalysisResult(out_dir=out_dir, report=report, tables=[table], figures=figs)
@@ -239,12 +331,27 @@ def des_report(datasets: Mapping[str, Any] | Sequence[str], *, embedder: Any, n:
 # ----------------------------------------------------------------------------- representations
 
 
-def representations_report(models: Mapping[str, str], *, reference: str | None = None, references: Mapping[str, str] | None = None,
-                           prompts: str | Sequence[str] = "mt_bench", limit: int | None = 80, tsne_layer: int = -1,
-                           batch_size: int = 8, max_length: int = 512, parallel_dir: str | None = None,
-                           parallel_languages: Sequence[str] = (), pivot: str = "eng_Latn", parallel_model: str | None = None,
-                           parallel_limit: int | None = 200, seed: int = 0, out_dir: str | Path = "outputs/representations",
-                           tracking_mode: str = "offline", project: str = "cft", entity: str | None = None) -> AnalysisResult:
+def representations_report(
+    models: Mapping[str, str],
+    *,
+    reference: str | None = None,
+    references: Mapping[str, str] | None = None,
+    prompts: str | Sequence[str] = "mt_bench",
+    limit: int | None = 80,
+    tsne_layer: int = -1,
+    batch_size: int = 8,
+    max_length: int = 512,
+    parallel_dir: str | None = None,
+    parallel_languages: Sequence[str] = (),
+    pivot: str = "eng_Latn",
+    parallel_model: str | None = None,
+    parallel_limit: int | None = 200,
+    seed: int = 0,
+    out_dir: str | Path = "outputs/representations",
+    tracking_mode: str = "offline",
+    project: str = "cft",
+    entity: str | None = None,
+) -> AnalysisResult:
     """Compare hidden activations of models on English prompts (section 3.4 of the paper).
 
     `models` maps labels to checkpoints (e.g. {"phase1": ..., "full": ..., "lf_h2": ...}). For every
@@ -259,9 +366,17 @@ def representations_report(models: Mapping[str, str], *, reference: str | None =
 
     from cft.analysis import figures as F
     from cft.analysis.report import write_report
+    from cft.measures.representations import (
+        covariance_difference,
+        cross_lingual_similarity,
+        mean_activations,
+        mt_bench_prompts,
+        read_parallel,
+        read_prompts,
+        save_activations,
+        tsne_points,
+    )
     from cft.models import load_model
-    from cft.measures.representations import (covariance_difference, cross_lingual_similarity, mean_activations, mt_bench_prompts,
-                                      read_parallel, read_prompts, save_activations, tsne_points)
 
     if not models:
         raise CftError("representations need models: models={phase1: /path, full: /path, ...} (or sweep_id=<id>)")
@@ -289,11 +404,20 @@ def representations_report(models: Mapping[str, str], *, reference: str | None =
     figs = []
     if diffs:
         refs = sorted(set(references.values()))
-        figs.append(F.line_per_layer(diffs, out_dir, "covariance_difference",
-                                     title=f"||cov(reference) − cov(model)||_F per layer (reference: {', '.join(refs)})",
-                                     ylabel="Frobenius norm"))
-    figs.append(F.tsne_scatter(tsne_points(acts, layer=tsne_layer, seed=seed), out_dir,
-                               title=f"t-SNE of mean activations (layer {tsne_layer})"))
+        figs.append(
+            F.line_per_layer(
+                diffs,
+                out_dir,
+                "covariance_difference",
+                title=f"||cov(reference) − cov(model)||_F per layer (reference: {', '.join(refs)})",
+                ylabel="Frobenius norm",
+            )
+        )
+    figs.append(
+        F.tsne_scatter(
+            tsne_points(acts, layer=tsne_layer, seed=seed), out_dir, title=f"t-SNE of mean activations (layer {tsne_layer})"
+        )
+    )
     extra = []
     if parallel_dir:
         pm = parallel_model or names[0]
@@ -301,17 +425,32 @@ def representations_report(models: Mapping[str, str], *, reference: str | None =
             raise CftError(f"parallel_model={pm!r} is not one of the models {names}")
         langs = list(dict.fromkeys([pivot, *parallel_languages]))
         model, tok = load_model(str(models[pm]), dtype="fp32", what=f"model {pm}")
-        frame = cross_lingual_similarity(model, tok, read_parallel(parallel_dir, langs, limit=parallel_limit), pivot=pivot,
-                                         batch_size=batch_size)
+        frame = cross_lingual_similarity(
+            model, tok, read_parallel(parallel_dir, langs, limit=parallel_limit), pivot=pivot, batch_size=batch_size
+        )
         frame.to_csv(out_dir / "cross_lingual.csv", index=False)
         figs.append(F.cross_lingual(frame, out_dir))
         extra += [f"Cross-lingual view of `{pm}` on {parallel_dir} ({', '.join(langs)}).", ""]
     (out_dir / "covariance_difference.json").write_text(json.dumps(diffs, indent=2))
     pairs = [f"- `{m}` vs `{r}`" for m, r in references.items()]
-    report = write_report(out_dir / "report.md", title="Representations", sweep=None, problems=[], tables=[], figures=figs,
-                          extra=[f"{len(prompt_list)} prompts. Covariance differences:", "", *pairs, ""] + extra)
-    tracker = _tracker(tracking_mode, project=project, entity=entity, out_dir=out_dir, name="representations", group="representations",
-                       config={"models": dict(models), "references": references, "prompts": str(prompts)})
+    report = write_report(
+        out_dir / "report.md",
+        title="Representations",
+        sweep=None,
+        problems=[],
+        tables=[],
+        figures=figs,
+        extra=[f"{len(prompt_list)} prompts. Covariance differences:", "", *pairs, ""] + extra,
+    )
+    tracker = _tracker(
+        tracking_mode,
+        project=project,
+        entity=entity,
+        out_dir=out_dir,
+        name="representations",
+        group="representations",
+        config={"models": dict(models), "references": references, "prompts": str(prompts)},
+    )
     try:
         _log_all(tracker, [], figs, {f"cov_diff/{k}/mean": float(np.mean(v)) for k, v in diffs.items()})
     finally:
@@ -343,13 +482,23 @@ def sweep_models(output_root: str | Path, sweep_id: str) -> tuple[dict[str, str]
         models[label] = str(run.path / "checkpoint")
         references[label] = p1_label
     if not models:
-        raise CftError(f"no run of sweep {sweep_id!r} has both a checkpoint/ folder and phase1_ref in run_meta.json "
-                       f"({len(missing)} finished run(s) lack them); pass the models instead: models={{phase1: /path, full: /path}}")
+        raise CftError(
+            f"no run of sweep {sweep_id!r} has both a checkpoint/ folder and phase1_ref in run_meta.json "
+            f"({len(missing)} finished run(s) lack them); pass the models instead: models={{phase1: /path, full: /path}}"
+        )
     return models, references
 
 
-def layers_report(base: str, phase1: str, phase2: str | None = None, *, out_dir: str | Path = "outputs/layers",
-                  tracking_mode: str = "offline", project: str = "cft", entity: str | None = None) -> AnalysisResult:
+def layers_report(
+    base: str,
+    phase1: str,
+    phase2: str | None = None,
+    *,
+    out_dir: str | Path = "outputs/layers",
+    tracking_mode: str = "offline",
+    project: str = "cft",
+    entity: str | None = None,
+) -> AnalysisResult:
     """Layer-change ranks base -> Phase 1 (-> Phase 2) of three checkpoints: table, CSV and heatmap."""
     from cft.analysis import figures as F
     from cft.analysis.report import write_report
@@ -362,14 +511,30 @@ def layers_report(base: str, phase1: str, phase2: str | None = None, *, out_dir:
     frame.to_csv(out_dir / "layer_changes.csv", index=False)
     table = layer_rank_table(frame, "layer_ranks", "Layer-change ranks (1 = largest relative change)")
     table.write(out_dir)
-    figs = [F.layer_change_heatmap(frame, out_dir, "layer_ranks"),
-            F.layer_change_heatmap(frame, out_dir, "layer_changes", value="change")]
-    report = write_report(out_dir / "report.md", title="Layer changes", sweep=None, problems=[], tables=[table], figures=figs,
-                          extra=[f"base: `{base}`; Phase 1: `{phase1}`" + (f"; Phase 2: `{phase2}`" if phase2 else ""), ""])
+    figs = [
+        F.layer_change_heatmap(frame, out_dir, "layer_ranks"),
+        F.layer_change_heatmap(frame, out_dir, "layer_changes", value="change"),
+    ]
+    report = write_report(
+        out_dir / "report.md",
+        title="Layer changes",
+        sweep=None,
+        problems=[],
+        tables=[table],
+        figures=figs,
+        extra=[f"base: `{base}`; Phase 1: `{phase1}`" + (f"; Phase 2: `{phase2}`" if phase2 else ""), ""],
+    )
     print(table.to_markdown())
     print(f"Report: {report}")
-    tracker = _tracker(tracking_mode, project=project, entity=entity, out_dir=out_dir, name="layers", group="layers",
-                       config={"base": base, "phase1": phase1, "phase2": phase2})
+    tracker = _tracker(
+        tracking_mode,
+        project=project,
+        entity=entity,
+        out_dir=out_dir,
+        name="layers",
+        group="layers",
+        config={"base": base, "phase1": phase1, "phase2": phase2},
+    )
     try:
         _log_all(tracker, [table], figs, {})
     finally:
@@ -386,28 +551,42 @@ def run(cfg, *, conf_dir: Path | None = None) -> AnalysisResult:
 
     c = OmegaConf.to_container(cfg, resolve=True)
     tracking = c.get("tracking") or {}
-    common = dict(tracking_mode=tracking.get("mode", "offline"), project=c.get("project") or tracking.get("project", "cft"),
-                  entity=c.get("entity") or tracking.get("entity"))
+    common = dict(
+        tracking_mode=tracking.get("mode", "offline"),
+        project=c.get("project") or tracking.get("project", "cft"),
+        entity=c.get("entity") or tracking.get("entity"),
+    )
     mode = c.get("mode", "sweep")
     if mode == "sweep":
-        return analyze_sweep(c.get("sweep_id"), source=c.get("source", "local"), output_root=c["output_root"], out_dir=c.get("out_dir"),
-                             **common)
+        return analyze_sweep(
+            c.get("sweep_id"), source=c.get("source", "local"), output_root=c["output_root"], out_dir=c.get("out_dir"), **common
+        )
     if mode == "similarity":
         s = c.get("similarity") or {}
-        return des_report(c.get("datasets") or [], embedder=c["embedder"], n=s.get("n", 500), seed=s.get("seed", 0),
-                          cache_dir=s.get("cache_dir"), out_dir=c.get("out_dir") or Path(c["output_root"]) / "similarity",
-                          conf_dir=conf_dir, **common)
+        return des_report(
+            c.get("datasets") or [],
+            embedder=c["embedder"],
+            n=s.get("n", 500),
+            seed=s.get("seed", 0),
+            cache_dir=s.get("cache_dir"),
+            out_dir=c.get("out_dir") or Path(c["output_root"]) / "similarity",
+            conf_dir=conf_dir,
+            **common,
+        )
     if mode == "representations":
         r = dict(c.get("representations") or {})
         models, references = dict(c.get("models") or {}), None
         if not models and c.get("sweep_id"):
             models, references = sweep_models(c["output_root"], c["sweep_id"])
-        default_out = Path(c["output_root"]) / (f"{c['sweep_id']}/analysis/representations" if c.get("sweep_id") else "representations")
+        default_out = Path(c["output_root"]) / (
+            f"{c['sweep_id']}/analysis/representations" if c.get("sweep_id") else "representations"
+        )
         return representations_report(models, references=references, out_dir=c.get("out_dir") or default_out, **r, **common)
     if mode == "layers":
         m = dict(c.get("models") or {})
         if not {"base", "phase1"} <= set(m):
             raise CftError("mode=layers needs models={base: <checkpoint>, phase1: <checkpoint>, phase2: <checkpoint (optional)>}")
-        return layers_report(m["base"], m["phase1"], m.get("phase2"), out_dir=c.get("out_dir") or Path(c["output_root"]) / "layers",
-                             **common)
+        return layers_report(
+            m["base"], m["phase1"], m.get("phase2"), out_dir=c.get("out_dir") or Path(c["output_root"]) / "layers", **common
+        )
     raise CftError(f"mode={mode!r} is not one of sweep, similarity, representations, layers")

@@ -6,16 +6,16 @@ Each function draws one figure, saves `<out_dir>/<stem>.png` and `.svg`, and ret
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cft.analysis.tables import Table  # noqa: E402
 
@@ -67,8 +67,13 @@ def tradeoff(summary: Table, out_dir: str | Path, stem: str = "ta_la_tradeoff") 
             continue
         dta, dla = (p[1].mean - p[0].mean) * 100, (p[3].mean - p[2].mean) * 100
         ax.scatter(dta, dla, s=40)
-        ax.annotate(f"{idx['model']}/{idx['strategy']} ({idx['phase1_data']}→{idx['phase2_data']})", (dta, dla),
-                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            f"{idx['model']}/{idx['strategy']} ({idx['phase1_data']}→{idx['phase2_data']})",
+            (dta, dla),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_xlabel("ΔTA, Phase 2 − Phase 1 (points)")
@@ -78,17 +83,21 @@ def tradeoff(summary: Table, out_dir: str | Path, stem: str = "ta_la_tradeoff") 
     return save_figure(fig, out_dir, stem)
 
 
-def layer_change_heatmap(changes: pd.DataFrame, out_dir: str | Path, stem: str = "layer_changes", title: str = "",
-                         value: str = "rank") -> Path:
+def layer_change_heatmap(
+    changes: pd.DataFrame, out_dir: str | Path, stem: str = "layer_changes", title: str = "", value: str = "rank"
+) -> Path:
     """Module x layer heatmap of layer-change ranks (or `value="change"`), one panel per transition."""
     transitions = list(dict.fromkeys(changes["transition"])) if "transition" in changes else [None]
-    fig, axes = plt.subplots(len(transitions), 1, figsize=(max(6, 0.35 * changes["layer"].nunique() + 3), 2.6 * len(transitions) + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(transitions), 1, figsize=(max(6, 0.35 * changes["layer"].nunique() + 3), 2.6 * len(transitions) + 0.6), squeeze=False
+    )
     for ax, tr in zip(axes[:, 0], transitions):
         part = changes if tr is None else changes[changes["transition"] == tr]
         part = part[part["layer"].notna()]
         matrix = part.pivot_table(index="module", columns="layer", values=value, aggfunc="mean")
-        matrix = matrix.reindex([m for m in MODULE_ORDER if m in matrix.index] + [m for m in matrix.index if m not in MODULE_ORDER])
+        matrix = matrix.reindex(
+            [m for m in MODULE_ORDER if m in matrix.index] + [m for m in matrix.index if m not in MODULE_ORDER]
+        )
         cmap = "viridis_r" if value == "rank" else "viridis"
         im = ax.imshow(matrix.values.astype(float), aspect="auto", cmap=cmap)
         ax.set_yticks(range(len(matrix.index)), matrix.index)
@@ -158,8 +167,9 @@ def tsne_scatter(points: pd.DataFrame, out_dir: str | Path, stem: str = "tsne", 
 
 def cross_lingual(frame: pd.DataFrame, out_dir: str | Path, stem: str = "cross_lingual") -> Path:
     series = {lang: part.sort_values("layer")["similarity"].tolist() for lang, part in frame.groupby("language")}
-    return line_per_layer(series, out_dir, stem, title="Cross-lingual similarity to English per layer (FLORES-200)",
-                          ylabel="mean cosine similarity")
+    return line_per_layer(
+        series, out_dir, stem, title="Cross-lingual similarity to English per layer (FLORES-200)", ylabel="mean cosine similarity"
+    )
 
 
 def safe_stem(text: str) -> str:

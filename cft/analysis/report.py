@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cft.analysis.runs import Sweep
 from cft.analysis.tables import Table
@@ -18,8 +18,16 @@ def runs_section(sweep: Sweep) -> list[str]:
     return lines
 
 
-def write_report(path: str | Path, *, title: str, sweep: Sweep | None, problems: Sequence[str], tables: Sequence[Table],
-                 figures: Sequence[Path], extra: Sequence[str] = ()) -> Path:
+def write_report(
+    path: str | Path,
+    *,
+    title: str,
+    sweep: Sweep | None,
+    problems: Sequence[str],
+    tables: Sequence[Table],
+    figures: Sequence[Path],
+    extra: Sequence[str] = (),
+) -> Path:
     path = Path(path)
     lines = [f"# {title}", ""]
     if sweep is not None:

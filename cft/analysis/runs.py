@@ -1,9 +1,8 @@
 """Collecting the runs of a sweep, from run folders or from W&B.
 
-A run folder (written by the recipe) is
-`<output_root>/<sweep_id>/<phase1_data>-<phase2_data>/<model>/<strategy>/seed<k>/` with
-`config.yaml`, `run_meta.json` (sweep_id, seed, choices), `metrics.json` (flat keys) and `DONE`,
-written last. A folder without `DONE` is an unfinished run: it is listed, never silently dropped.
+Run folders are laid out and parsed by `cft.run.layout`; each holds `config.yaml`, `run_meta.json`
+(sweep_id, seed, choices), `metrics.json` (the flat keys of `cft.run.keys`) and `DONE`, written
+last. A folder without `DONE` is an unfinished run: it is listed, never silently dropped.
 """
 
 from __future__ import annotations
@@ -11,17 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cft.errors import CftError
+from cft.run import keys, layout
+from cft.run.layout import CELL_KEYS
 
 log = logging.getLogger(__name__)
 
-# The axes that name a cell of the study (a row of the tables); seeds are aggregated.
-CELL_KEYS = ("phase1_data", "phase2_data", "model", "strategy")
-ANALYSIS_DIR = "analysis"
+ANALYSIS_DIR = layout.ANALYSIS
 
 
 @dataclass
@@ -55,22 +55,6 @@ class Sweep:
         return [r for r in self.runs if not r.finished]
 
 
-def _choices_from_path(rel: Path) -> dict[str, str]:
-    """Choices from the folder layout <p1>-<p2>/<model>/<strategy>[/<overrides>]/seed<k> (when run_meta.json lacks them)."""
-    parts = rel.parts
-    if len(parts) < 4:
-        return {}
-    p1, _, p2 = parts[0].partition("-")
-    return {"phase1_data": p1, "phase2_data": p2, "model": parts[1], "strategy": parts[2]}
-
-
-def _variant(rel: Path) -> str:
-    """The overrides folder between strategy and seed (e.g. 'train.lr=1e-5'): runs that differ in
-    it are different cells, never seeds of one cell."""
-    parts = rel.parts
-    return "/".join(parts[3:-1]) if len(parts) > 4 else ""
-
-
 def _read_json(path: Path, problems: list[str]) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
@@ -86,8 +70,11 @@ def _read_json(path: Path, problems: list[str]) -> dict[str, Any]:
 def existing_sweeps(output_root: Path) -> list[str]:
     if not output_root.is_dir():
         return []
-    return sorted(p.name for p in output_root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "cache"
-                  and any(p.rglob("run_meta.json")))
+    return sorted(
+        p.name
+        for p in output_root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name != "cache" and any(p.rglob("run_meta.json"))
+    )
 
 
 def sweep_folder(output_root: str | Path, sweep_id: str) -> Path:
@@ -109,28 +96,27 @@ def collect_local(output_root: str | Path, sweep_id: str) -> Sweep:
     folder = sweep_folder(output_root, sweep_id)
     problems: list[str] = []
     runs: list[Run] = []
-    run_dirs = sorted({p.parent for p in folder.rglob("run_meta.json") if ANALYSIS_DIR not in p.relative_to(folder).parts[:1]})
     # A seed folder with metrics or DONE but no run_meta.json is a run too (written by hand or an old version).
-    run_dirs += sorted({p.parent for name in ("metrics.json", "DONE") for p in folder.rglob(name)
-                        if p.parent.name.startswith("seed") and len(p.relative_to(folder).parts) >= 5})
-    for run_dir in sorted(set(run_dirs)):
+    for run_dir in layout.run_folders(folder):
         rel = run_dir.relative_to(folder)
-        meta = _read_json(run_dir / "run_meta.json", problems) if (run_dir / "run_meta.json").exists() else {}
+        cell = layout.parse_cell(rel)
+        meta_file = run_dir / layout.META
+        meta = _read_json(meta_file, problems) if meta_file.exists() else {}
         if not meta:
-            problems.append(f"{run_dir}: no run_meta.json; the run's cell is read from its folder name")
-        choices = {k: str(v) for k, v in (meta.get("choices") or {}).items()} or _choices_from_path(rel)
-        if choices and _variant(rel):
-            choices["variant"] = _variant(rel)
-        finished = (run_dir / "DONE").exists()
-        metrics_file = run_dir / "metrics.json"
+            problems.append(f"{run_dir}: no {layout.META}; the run's cell is read from its folder name")
+        choices = {k: str(v) for k, v in (meta.get("choices") or {}).items()} or (cell.choices if cell else {})
+        if choices and cell and cell.variant:
+            choices["variant"] = cell.variant
+        finished = (run_dir / layout.DONE).exists()
+        metrics_file = run_dir / layout.METRICS
         metrics = _read_json(metrics_file, problems) if metrics_file.exists() else {}
         if finished and not metrics:
             problems.append(f"{run_dir}: marked DONE but has no metrics.json")
         if meta.get("sweep_id") not in (None, sweep_id):
             problems.append(f"{run_dir}: run_meta.json says sweep_id={meta.get('sweep_id')!r}, not {sweep_id!r}")
         seed = meta.get("seed")
-        if seed is None and rel.name.startswith("seed") and rel.name[4:].isdigit():
-            seed = int(rel.name[4:])
+        if seed is None and cell is not None:
+            seed = cell.seed
         runs.append(Run(name=str(rel), choices=choices, seed=seed, metrics=metrics, finished=finished, path=run_dir))
     return Sweep(sweep_id=str(sweep_id), source=str(folder), runs=runs, problems=problems)
 
@@ -167,21 +153,27 @@ def collect_wandb(entity: str | None, project: str, sweep_id: str, *, api=None) 
     """
     if api is None:
         if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
-            raise CftError(f"source=wandb needs the W&B server, but WANDB_MODE={os.environ['WANDB_MODE']} is set. "
-                           "Unset it (and log in with `wandb login` or WANDB_API_KEY), or use source=local.")
+            raise CftError(
+                f"source=wandb needs the W&B server, but WANDB_MODE={os.environ['WANDB_MODE']} is set. "
+                "Unset it (and log in with `wandb login` or WANDB_API_KEY), or use source=local."
+            )
         try:
             import wandb
 
             api = wandb.Api(timeout=30)
         except Exception as exc:
-            raise CftError(f"could not reach the W&B API ({type(exc).__name__}: {exc}). "
-                           "Log in with `wandb login` or set WANDB_API_KEY, or use source=local.") from exc
+            raise CftError(
+                f"could not reach the W&B API ({type(exc).__name__}: {exc}). "
+                "Log in with `wandb login` or set WANDB_API_KEY, or use source=local."
+            ) from exc
     path = f"{entity}/{project}" if entity else project
     try:
         wb_runs = list(api.runs(path, filters={"group": str(sweep_id)}))
     except Exception as exc:
-        raise CftError(f"could not list the W&B runs of {path} in group {sweep_id!r} ({type(exc).__name__}: {exc}). "
-                       "Check entity=..., project=... and your W&B login.") from exc
+        raise CftError(
+            f"could not list the W&B runs of {path} in group {sweep_id!r} ({type(exc).__name__}: {exc}). "
+            "Check entity=..., project=... and your W&B login."
+        ) from exc
     runs, problems = [], []
     for r in wb_runs:
         if getattr(r, "job_type", None) == "analyze":
@@ -191,14 +183,19 @@ def collect_wandb(entity: str | None, project: str, sweep_id: str, *, api=None) 
         choices = _choices_from_config(config)
         if not choices:
             problems.append(f"W&B run {r.id} ({r.name}): no choices in its config; it is left out of the tables")
-        runs.append(Run(name=f"{r.name} ({r.id})", choices=choices, seed=config.get("seed"), metrics=summary,
-                        finished=r.state == "finished", config=config))
+        runs.append(
+            Run(
+                name=f"{r.name} ({r.id})",
+                choices=choices,
+                seed=config.get("seed"),
+                metrics=summary,
+                finished=r.state == "finished",
+                config=config,
+            )
+        )
     if not runs:
         raise CftError(f"no W&B runs in {path} with group {sweep_id!r} (is sweep_id right? entity/project?)")
     return Sweep(sweep_id=str(sweep_id), source=f"wandb:{path}", runs=runs, problems=problems)
-
-
-SCORE_PREFIXES = ("phase1/", "phase2/", "delta/", "des", "mpd")
 
 
 def key_disagreements(runs: list[Run]) -> list[str]:
@@ -210,13 +207,16 @@ def key_disagreements(runs: list[Run]) -> list[str]:
         return []
 
     def scores(metrics) -> set[str]:
-        return {k for k in metrics if k.startswith(SCORE_PREFIXES)}
+        return {k for k in metrics if keys.is_score(k)}
 
     all_keys = set().union(*(scores(r.metrics) for r in runs))
     messages = []
     for r in runs:
         missing = sorted(all_keys - scores(r.metrics))
         if missing:
-            messages.append(f"run {r.name} lacks {len(missing)} metric key(s) that other runs have: "
-                            + ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else ""))
+            messages.append(
+                f"run {r.name} lacks {len(missing)} metric key(s) that other runs have: "
+                + ", ".join(missing[:6])
+                + (" ..." if len(missing) > 6 else "")
+            )
     return messages

@@ -18,14 +18,21 @@ import csv
 import math
 import re
 import statistics
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from cft.analysis.runs import CELL_KEYS, Run
 
-INDEX_LABELS = {"phase1_data": "Phase 1 data", "phase2_data": "Phase 2 data", "model": "Model", "strategy": "Strategy",
-                "variant": "Overrides", "transition": "Transition", "module": "Module"}
+INDEX_LABELS = {
+    "phase1_data": "Phase 1 data",
+    "phase2_data": "Phase 2 data",
+    "model": "Model",
+    "strategy": "Strategy",
+    "variant": "Overrides",
+    "transition": "Transition",
+    "module": "Module",
+}
 # Rows follow the paper's order of strategies; unknown ones come after, alphabetically.
 STRATEGY_ORDER = ["full", "lf_h1", "lf_h2", "gr5", "gr10", "er10", "lora", "cofitune", "spectrum"]
 MISSING = "—"
@@ -112,10 +119,21 @@ class Table:
         for row in self._rows(lambda t: "\x00" + t + "\x01"):
             cells = [_latex_escape(c).replace("\x00", r"\textbf{").replace("\x01", "}") for c in row]
             body.append(" & ".join(cells) + r" \\")
-        return "\n".join([
-            r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(self.title)}}}", rf"\label{{tab:{self.name}}}",
-            rf"\begin{{tabular}}{{{align}}}", r"\toprule", *body, r"\bottomrule", r"\end{tabular}", r"\end{table}", "",
-        ])
+        return "\n".join(
+            [
+                r"\begin{table}[t]",
+                r"\centering",
+                rf"\caption{{{_latex_escape(self.title)}}}",
+                rf"\label{{tab:{self.name}}}",
+                rf"\begin{{tabular}}{{{align}}}",
+                r"\toprule",
+                *body,
+                r"\bottomrule",
+                r"\end{tabular}",
+                r"\end{table}",
+                "",
+            ]
+        )
 
     def to_csv(self, path: str | Path) -> None:
         """Tidy numbers (one line per row and column, unscaled): index columns, column, mean, std, n, best."""
@@ -126,8 +144,16 @@ class Table:
             for i, idx in enumerate(self.index):
                 for j, col in enumerate(self.columns):
                     s = self.cells[i][j]
-                    w.writerow([idx[k] for k in self.index_cols] + [col, "" if s is None else repr(s.mean),
-                                "" if s is None or s.std is None else repr(s.std), 0 if s is None else s.n, int(marks[i][j])])
+                    w.writerow(
+                        [idx[k] for k in self.index_cols]
+                        + [
+                            col,
+                            "" if s is None else repr(s.mean),
+                            "" if s is None or s.std is None else repr(s.std),
+                            0 if s is None else s.n,
+                            int(marks[i][j]),
+                        ]
+                    )
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         out_dir = Path(out_dir)
@@ -144,8 +170,18 @@ class Table:
 
 def _latex_escape(text: str) -> str:
     text = str(text)
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"),
-                 ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("$", r"\$"),
+        ("#", r"\#"),
+        ("_", r"\_"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+        ("~", r"\textasciitilde{}"),
+        ("^", r"\textasciicircum{}"),
+    ):
         text = text.replace(a, b)
     return text.replace("±", r"$\pm$").replace("—", "--").replace("Δ", r"$\Delta$")
 
@@ -177,8 +213,14 @@ def group_cells(runs: Iterable[Run], keys: Sequence[str] | None = None) -> list[
     return [(dict(zip(keys, k)), v) for k, v in sorted(groups.items(), key=order)]
 
 
-def _table(name: str, title: str, runs: list[Run], columns: list[tuple[str, Callable[[dict], float | None]]],
-           keys: Sequence[str] | None = None, **kwargs) -> Table | None:
+def _table(
+    name: str,
+    title: str,
+    runs: list[Run],
+    columns: list[tuple[str, Callable[[dict], float | None]]],
+    keys: Sequence[str] | None = None,
+    **kwargs,
+) -> Table | None:
     """A table whose cell (row, column) is the Stat over the row's runs of column_fn(run.metrics)."""
     keys = cell_keys(runs) if keys is None else keys
     groups = group_cells(runs, keys)
@@ -187,8 +229,16 @@ def _table(name: str, title: str, runs: list[Run], columns: list[tuple[str, Call
     cells = [[stat([fn(r.metrics) for r in rs]) for _, fn in columns] for _, rs in groups]
     if all(c is None for row in cells for c in row):
         return None
-    return Table(name=name, title=title, index_cols=list(keys), index=[g for g, _ in groups], columns=[c for c, _ in columns],
-                 cells=cells, counts=[len(rs) for _, rs in groups], **kwargs)
+    return Table(
+        name=name,
+        title=title,
+        index_cols=list(keys),
+        index=[g for g, _ in groups],
+        columns=[c for c, _ in columns],
+        cells=cells,
+        counts=[len(rs) for _, rs in groups],
+        **kwargs,
+    )
 
 
 def _get(key: str) -> Callable[[dict], float | None]:
@@ -225,8 +275,10 @@ def phase_table(runs: list[Run], ability: str) -> Table | None:
     tasks = task_names(runs, ability)
     cols = [(f"{t} P{p}", _get(f"phase{p}/{ability}/{t}")) for t in tasks for p in (1, 2)]
     cols += [(f"Avg P{p}", _get(f"phase{p}/{ability}_avg")) for p in (1, 2)]
-    which = {"ta": "Task ability (TA, %) per benchmark, Phase 1 vs Phase 2 (paper Tables 1, A1)",
-             "la": "Language ability (LA, %) per benchmark, Phase 1 vs Phase 2 (paper Tables 2, A2)"}[ability]
+    which = {
+        "ta": "Task ability (TA, %) per benchmark, Phase 1 vs Phase 2 (paper Tables 1, A1)",
+        "la": "Language ability (LA, %) per benchmark, Phase 1 vs Phase 2 (paper Tables 2, A2)",
+    }[ability]
     return _table(ability, which, runs, cols if tasks else [])
 
 
@@ -248,8 +300,17 @@ def strategy_table(runs: list[Run]) -> Table | None:
 
 
 def des_table(runs: list[Run]) -> Table | None:
-    return _table("des", "Dataset embedding similarity (DES) of the Phase-1 and Phase-2 data", runs, [("DES", _get("des"))],
-                  keys=("phase1_data", "phase2_data"), scale=1.0, digits=3, mark_best=False, count_label="Runs")
+    return _table(
+        "des",
+        "Dataset embedding similarity (DES) of the Phase-1 and Phase-2 data",
+        runs,
+        [("DES", _get("des"))],
+        keys=("phase1_data", "phase2_data"),
+        scale=1.0,
+        digits=3,
+        mark_best=False,
+        count_label="Runs",
+    )
 
 
 def mpd_table(runs: list[Run]) -> Table | None:
@@ -260,8 +321,15 @@ def mpd_table(runs: list[Run]) -> Table | None:
             model = r.choices.get("model", "?")
             per_run_max[model] = max(per_run_max.get(model, 0.0), float(r.metrics["mpd"]))
 
-    table = _table("mpd", "Model parameter distance (MPD) to the base fine-tuned on the Phase-2 data alone", runs,
-                   [("MPD", _get("mpd"))], scale=1.0, digits=3, mark_best=False)
+    table = _table(
+        "mpd",
+        "Model parameter distance (MPD) to the base fine-tuned on the Phase-2 data alone",
+        runs,
+        [("MPD", _get("mpd"))],
+        scale=1.0,
+        digits=3,
+        mark_best=False,
+    )
     if table is None:
         return None
     norm_cells = []
@@ -277,8 +345,15 @@ def mpd_table(runs: list[Run]) -> Table | None:
 
 def all_tables(runs: list[Run]) -> list[Table]:
     """Every table the sweep's metrics allow, in report order."""
-    tables = [summary_table(runs), phase_table(runs, "ta"), phase_table(runs, "la"), *language_tables(runs),
-              strategy_table(runs), des_table(runs), mpd_table(runs)]
+    tables = [
+        summary_table(runs),
+        phase_table(runs, "ta"),
+        phase_table(runs, "la"),
+        *language_tables(runs),
+        strategy_table(runs),
+        des_table(runs),
+        mpd_table(runs),
+    ]
     return [t for t in tables if t is not None]
 
 
@@ -305,5 +380,14 @@ def layer_rank_table(changes, name: str, title: str) -> Table | None:
             ranks = part[part["module"] == module].set_index("layer")["rank"]
             index.append({"transition": str(transition), "module": module})
             cells.append([Stat(float(ranks[layer]), None, 1) if layer in ranks.index else None for layer in layers])
-    return Table(name=name, title=title, index_cols=["transition", "module"], index=index, columns=[f"L{i}" for i in layers],
-                 cells=cells, scale=1.0, digits=0, mark_best=False)
+    return Table(
+        name=name,
+        title=title,
+        index_cols=["transition", "module"],
+        index=index,
+        columns=[f"L{i}" for i in layers],
+        cells=cells,
+        scale=1.0,
+        digits=0,
+        mark_best=False,
+    )

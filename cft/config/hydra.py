@@ -13,6 +13,8 @@ import os
 
 from hydra.experimental.callback import Callback
 
+from cft.run import layout
+
 log = logging.getLogger(__name__)
 
 ENV = "CFT_SWEEP_ID"
@@ -46,40 +48,23 @@ def evaluation_dir(run_dir: str | None, checkpoint: str | None, output_root: str
     """Where evaluate.py writes: inside the run folder it re-evaluates (given, or with neither
     run_dir nor checkpoint the latest finished run), else under output_root."""
     if not run_dir and not checkpoint:
-        from cft.run.folder import latest_run
-
-        run_dir = str(latest_run(output_root) or "")
-    if run_dir:
-        return f"{run_dir.rstrip('/')}/evaluations/{suite}"
-    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(checkpoint or "none").strip("/"))
-    return f"{output_root}/evaluations/{slug}/{suite}"
+        run_dir = str(layout.latest_run(output_root) or "")
+    return str(layout.evaluation_dir(run_dir or None, checkpoint, output_root, suite))
 
 
-# Overrides that do not make a different run (or that are already in the folder name).
-_NOT_IN_NAME = ("seed", "sweep_id", "tracking", "paths", "hydra", "eval.batch_size")
-MAX_NAME = 96
-GROUPS = ("model", "phase1_data", "phase2_data", "strategy", "eval", "train", "tracking", "paths", "experiment")
+def cell_dir(phase1_data: str, phase2_data: str, model: str, strategy: str, overrides, seed) -> str:
+    """A cell's run folder relative to its sweep folder (cft.run.layout names it)."""
+    choices = {"phase1_data": phase1_data, "phase2_data": phase2_data, "model": model, "strategy": strategy}
+    return str(layout.cell_of(choices, seed, list(overrides or [])).path())
 
 
-def overrides_suffix(overrides) -> str:
-    """"" for a run named by its group choices alone; else "/<key=value,...>" so that two cells of a
-    sweep over a plain value (e.g. train.lr=1e-5,2e-5) never share a folder."""
-    kept = []
-    for o in overrides or []:
-        key = str(o).split("=", 1)[0].lstrip("+~")
-        if key in GROUPS or key.startswith(_NOT_IN_NAME):
-            continue
-        kept.append(str(o).replace("/", "_").replace(" ", ""))
-    if not kept:
-        return ""
-    name = ",".join(sorted(kept))
-    if len(name) > MAX_NAME:  # file systems refuse long names; config.yaml keeps the full list
-        name = "overrides-" + hashlib.sha256(name.encode()).hexdigest()[:8]
-    return "/" + name
+def sweep_dir(output_root: str, sweep_id: str) -> str:
+    return str(layout.sweep_dir(output_root, sweep_id))
 
 
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("cft_eval_dir", evaluation_dir, replace=True)
-    OmegaConf.register_new_resolver("cft_overrides", overrides_suffix, replace=True)
+    OmegaConf.register_new_resolver("cft_cell_dir", cell_dir, replace=True)
+    OmegaConf.register_new_resolver("cft_sweep_dir", sweep_dir, replace=True)

@@ -17,7 +17,7 @@ Phase-2 example is the same task and input with the English template.
 from __future__ import annotations
 
 import random
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from cft.data.records import Example
 from cft.errors import ConfigError
@@ -137,7 +137,9 @@ def check(tasks: Iterable[str], languages: Iterable[str]) -> None:
             raise ConfigError(f"unknown demo language {lang!r}; known: {', '.join(LANGUAGES)}")
 
 
-def make_examples(tasks: Sequence[str], languages: Sequence[str], per_task_language: int, seed: int, split: str = "train") -> list[Example]:
+def make_examples(
+    tasks: Sequence[str], languages: Sequence[str], per_task_language: int, seed: int, split: str = "train"
+) -> list[Example]:
     """`per_task_language` examples of each task in each language.
 
     The split changes the random stream, so train and test draw different inputs; a language's
@@ -152,8 +154,14 @@ def make_examples(tasks: Sequence[str], languages: Sequence[str], per_task_langu
     return out
 
 
-def raw_documents(tasks: Sequence[str], languages: Sequence[str], per_task_language: int, seed: int,
-                  per_document: int = 8, parallel: bool = False) -> list[str]:
+def raw_documents(
+    tasks: Sequence[str],
+    languages: Sequence[str],
+    per_task_language: int,
+    seed: int,
+    per_document: int = 8,
+    parallel: bool = False,
+) -> list[str]:
     """Raw text for the demo's phase-0 pre-training: the tasks written as plain text (instruction,
     then answer, no chat template).
 

@@ -8,8 +8,8 @@ Packing lives in cft/data/packing.py."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -35,8 +35,9 @@ def render_prompt(tokenizer, ex: Example) -> str:
         user = [{"role": "user", "content": user_message(ex)}]
         if ex.system:
             try:
-                return tokenizer.apply_chat_template([{"role": "system", "content": ex.system}, *user],
-                                                     tokenize=False, add_generation_prompt=True)
+                return tokenizer.apply_chat_template(
+                    [{"role": "system", "content": ex.system}, *user], tokenize=False, add_generation_prompt=True
+                )
             except TemplateError:
                 # Some templates (Mistral-Instruct v0.1/v0.2) reject a system turn: prepend it to the user's.
                 user = [{"role": "user", "content": f"{ex.system}\n\n{user_message(ex)}"}]

@@ -19,8 +19,8 @@ test in tests/test_data_format.py checks the Llama/Mistral path against unpacked
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 from transformers import DataCollatorWithFlattening
@@ -65,8 +65,12 @@ class PackingCollator(DataCollatorWithFlattening):
         features = [{"input_ids": list(f["input_ids"]), "labels": list(f["labels"])} for f in features]
         lengths = [len(f["input_ids"]) for f in features]
         rows = [list(range(len(features)))] if self.single_row else pack_rows(lengths, max(lengths))
-        packed = [super(PackingCollator, self).__call__([features[i] for i in row], return_tensors=return_tensors,
-                                                        separator_id=separator_id) for row in rows]
+        packed = [
+            super(PackingCollator, self).__call__(
+                [features[i] for i in row], return_tensors=return_tensors, separator_id=separator_id
+            )
+            for row in rows
+        ]
         if len(packed) == 1:
             return packed[0]
         width = max(p["input_ids"].shape[1] for p in packed)
@@ -81,8 +85,9 @@ class PackingCollator(DataCollatorWithFlattening):
         return {k: torch.stack(v) for k, v in out.items()}
 
 
-def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]], packed: bool = False,
-                     single_row: bool = False) -> float:
+def padding_fraction(
+    lengths: Sequence[int], batches: Sequence[Sequence[int]], packed: bool = False, single_row: bool = False
+) -> float:
     """Share of the token slots of these micro-batches that are padding: padded to the longest
     example (PadCollator), or packed (PackingCollator: rows as wide as the longest example; a
     single row has none)."""

@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from cft.errors import DataError
 
@@ -45,8 +46,14 @@ class Example:
         return asdict(self)
 
 
-DEFAULT_FIELDS = {"instruction": "instruction", "input": "input", "output": "output", "system": None,
-                  "messages": None, "lang": "lang"}
+DEFAULT_FIELDS = {
+    "instruction": "instruction",
+    "input": "input",
+    "output": "output",
+    "system": None,
+    "messages": None,
+    "lang": "lang",
+}
 
 _MISSING = object()
 # Bytes that are not UTF-8 are decoded with surrogateescape, so they show up as lone surrogates in
@@ -139,7 +146,9 @@ def _lookup(raw: Mapping[str, Any], name: str) -> Any:
 
 def _check_messages(value: Any, name: str, where: str) -> list[dict]:
     if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
-        raise DataError(f"{where}: field '{name}' must be a list of chat messages ({{role, content}}), got {type(value).__name__}")
+        raise DataError(
+            f"{where}: field '{name}' must be a list of chat messages ({{role, content}}), got {type(value).__name__}"
+        )
     for m in value:
         if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise DataError(f"{where}: field '{name}': every message needs a string 'role' and 'content', got {m!r:.80}")
@@ -170,7 +179,9 @@ def _from_messages(raw: dict, name: str, where: str) -> dict[str, str]:
     msgs = _check_messages(value, name, where)
     users = [m["content"] for m in msgs if m["role"] == "user"]
     if len(users) != 1:
-        raise DataError(f"{where}: field '{name}' has {len(users)} user turns; one instruction per record is expected (multi-turn chats are not supported)")
+        raise DataError(
+            f"{where}: field '{name}' has {len(users)} user turns; one instruction per record is expected (multi-turn chats are not supported)"
+        )
     out: dict[str, str] = {"instruction": users[0], "system": "\n\n".join(m["content"] for m in msgs if m["role"] == "system")}
     assistants = [m["content"] for m in msgs if m["role"] == "assistant"]
     if len(assistants) > 1:
@@ -213,8 +224,9 @@ def to_example(raw: Any, fields: Mapping[str, str | None], *, lang: str, where: 
             raise DataError(f"{where}: field '{fields.get(role) or fields.get('messages')}' ({role}) is not valid UTF-8 text")
     rec_lang = _lookup(raw, fields["lang"]) if fields.get("lang") else _MISSING
     task = raw.get("task", "")
-    return Example(lang=rec_lang if isinstance(rec_lang, str) and rec_lang else lang,
-                   task=task if isinstance(task, str) else "", **values)
+    return Example(
+        lang=rec_lang if isinstance(rec_lang, str) and rec_lang else lang, task=task if isinstance(task, str) else "", **values
+    )
 
 
 def read_examples(
@@ -235,8 +247,9 @@ def read_examples(
     return examples, skipped
 
 
-def convert_records(located: Iterable[tuple[str, Any]], fields: Mapping[str, Any], *, lang: str,
-                    on_bad_record: str) -> tuple[list[Example], int]:
+def convert_records(
+    located: Iterable[tuple[str, Any]], fields: Mapping[str, Any], *, lang: str, on_bad_record: str
+) -> tuple[list[Example], int]:
     """(where, raw record) pairs -> Examples; a bad record stops with its place, or is skipped and counted."""
     examples: list[Example] = []
     skipped = 0

@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from cft.data import demo as demo_data
 from cft.data.records import DEFAULT_FIELDS, READABLE_SUFFIXES, Example, convert_records, read_examples
@@ -57,7 +58,9 @@ def _read_local(path: Path, languages: Sequence[str] | None, fields, on_bad_reco
         wanted = list(languages) if languages else sorted(by_lang)
         missing = [lang for lang in wanted if lang not in by_lang]
         if missing:
-            raise DataError(f"{path}: no file for language(s) {missing} (found: {', '.join(sorted(by_lang)) or 'no .json/.jsonl/.parquet files'})")
+            raise DataError(
+                f"{path}: no file for language(s) {missing} (found: {', '.join(sorted(by_lang)) or 'no .json/.jsonl/.parquet files'})"
+            )
         out, skipped = [], 0
         for lang in wanted:
             # The file name says the language; a per-record language field must not contradict it.
@@ -68,7 +71,9 @@ def _read_local(path: Path, languages: Sequence[str] | None, fields, on_bad_reco
     if not path.exists():
         raise DataError(f"{path}: data file not found")
     if path.suffix not in LOCAL_SUFFIXES:
-        raise DataError(f"{path}: unsupported data file type '{path.suffix}' (use .json, .jsonl or .parquet, or a folder of <lang>.jsonl files)")
+        raise DataError(
+            f"{path}: unsupported data file type '{path.suffix}' (use .json, .jsonl or .parquet, or a folder of <lang>.jsonl files)"
+        )
     # One file: records name their language in fields.lang; otherwise it is the one language asked for.
     if languages and len(languages) > 1:
         default = None
@@ -76,8 +81,10 @@ def _read_local(path: Path, languages: Sequence[str] | None, fields, on_bad_reco
         default = languages[0] if languages else "en"
     examples, skipped = read_examples(path, fields=fields, lang=default or "?", on_bad_record=on_bad_record)
     if default is None and any(e.lang == "?" for e in examples):
-        raise DataError(f"{path}: records have no '{fields.get('lang')}' field, so the file cannot be split into languages "
-                        f"{list(languages)}; give a folder of per-language files (fr.jsonl, ja.jsonl, ...) or one language")
+        raise DataError(
+            f"{path}: records have no '{fields.get('lang')}' field, so the file cannot be split into languages "
+            f"{list(languages)}; give a folder of per-language files (fr.jsonl, ja.jsonl, ...) or one language"
+        )
     return examples, skipped
 
 
@@ -103,7 +110,9 @@ def _read_hub_files(source: str, pattern: str, languages: Sequence[str], fields,
     return out, skipped
 
 
-def _read_hub(source: str, split: str, languages, fields, on_bad_record, *, presample: int | None, seed: int) -> tuple[list[Example], int]:
+def _read_hub(
+    source: str, split: str, languages, fields, on_bad_record, *, presample: int | None, seed: int
+) -> tuple[list[Example], int]:
     import datasets
 
     try:
@@ -130,8 +139,9 @@ def _check_languages(name: str, languages: Sequence[str] | None, available: Sequ
         raise ConfigError(f"dataset '{name}': unknown language code(s) {unknown}; it has: {', '.join(available)}")
 
 
-def subsample(examples: list[Example], *, seed: int, max_examples: int | None, max_per_language: int | None,
-              balance: bool) -> list[Example]:
+def subsample(
+    examples: list[Example], *, seed: int, max_examples: int | None, max_per_language: int | None, balance: bool
+) -> list[Example]:
     """Seeded per-language caps, equal proportions, and a total cap (see the module docstring)."""
     by_lang: dict[str, list[Example]] = {}
     for e in examples:
@@ -205,8 +215,29 @@ def load_sft(
         examples = [e for e in examples if e.lang in languages]
     examples = subsample(examples, seed=seed, max_examples=max_examples, max_per_language=max_per_language, balance=balance)
     if not examples:
-        raise DataError(f"{where}: dataset '{name}' is empty" + (f" after filtering to languages {languages}" if languages else ""))
+        raise DataError(
+            f"{where}: dataset '{name}' is empty" + (f" after filtering to languages {languages}" if languages else "")
+        )
     sizes = dict(sorted(Counter(e.lang for e in examples).items()))
-    log.info("Loaded %s from %s: %d examples, per language %s%s", name, where, len(examples), sizes,
-             f", {skipped} bad records skipped" if skipped else "")
+    log.info(
+        "Loaded %s from %s: %d examples, per language %s%s",
+        name,
+        where,
+        len(examples),
+        sizes,
+        f", {skipped} bad records skipped" if skipped else "",
+    )
     return SFTData(name=name, examples=examples, skipped=skipped, sizes=sizes)
+
+
+# Keys of a dataset config node that are not loader arguments: the English counterpart (a dataset
+# config of its own) and the marker of phase1_data=instruct (no dataset at all).
+NOT_LOADER_KEYS = ("counterpart", "use_instruct_checkpoint")
+
+
+def load_config(node: Mapping[str, Any]) -> SFTData:
+    """Load a dataset from its config node (a phase1_data / phase2_data option, or a counterpart):
+    the one place where a config node becomes loader arguments."""
+    if node.get("use_instruct_checkpoint"):
+        raise ConfigError(f"dataset '{node.get('name')}' has no data: it takes the model's Instruct checkpoint")
+    return load_sft(**{k: v for k, v in node.items() if k not in NOT_LOADER_KEYS})

@@ -24,9 +24,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -37,9 +37,24 @@ log = logging.getLogger(__name__)
 
 # FLORES-200 codes of NLLB checkpoints; M2M100 checkpoints use "__<code>__" tokens.
 NLLB_CODES = {
-    "en": "eng_Latn", "fr": "fra_Latn", "ar": "arb_Arab", "de": "deu_Latn", "es": "spa_Latn", "id": "ind_Latn",
-    "ja": "jpn_Jpan", "ko": "kor_Hang", "pt": "por_Latn", "ru": "rus_Cyrl", "th": "tha_Thai", "vi": "vie_Latn",
-    "it": "ita_Latn", "zh": "zho_Hans", "hi": "hin_Deva", "tr": "tur_Latn", "el": "ell_Grek", "ro": "ron_Latn",
+    "en": "eng_Latn",
+    "fr": "fra_Latn",
+    "ar": "arb_Arab",
+    "de": "deu_Latn",
+    "es": "spa_Latn",
+    "id": "ind_Latn",
+    "ja": "jpn_Jpan",
+    "ko": "kor_Hang",
+    "pt": "por_Latn",
+    "ru": "rus_Cyrl",
+    "th": "tha_Thai",
+    "vi": "vie_Latn",
+    "it": "ita_Latn",
+    "zh": "zho_Hans",
+    "hi": "hin_Deva",
+    "tr": "tur_Latn",
+    "el": "ell_Grek",
+    "ro": "ron_Latn",
 }
 TRANSLATED_FIELDS = ("system", "instruction", "input", "output")
 
@@ -104,8 +119,17 @@ class Seq2SeqTranslator:
     """Batched translation with a transformers seq2seq model (NLLB, M2M100, or a model whose
     target language is set by a forced first token). Call: (texts, lang) -> translations."""
 
-    def __init__(self, model, tokenizer, *, src_lang: str = "en", lang_tokens: Mapping[str, str] | None = None,
-                 batch_size: int = 16, max_new_tokens: int = 256, num_beams: int = 1):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        src_lang: str = "en",
+        lang_tokens: Mapping[str, str] | None = None,
+        batch_size: int = 16,
+        max_new_tokens: int = 256,
+        num_beams: int = 1,
+    ):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.lang_tokens = dict(lang_tokens or {})
         self.batch_size, self.max_new_tokens, self.num_beams = batch_size, max_new_tokens, num_beams
@@ -123,8 +147,10 @@ class Seq2SeqTranslator:
             if tid is not None and tid != unk and tok in self.tokenizer.get_vocab():
                 return tok
         if required:
-            raise ConfigError(f"the translation tokenizer has no language token for '{lang}' (tried {[c for c in candidates if c]}); "
-                              f"set lang_tokens.{lang}=<token>")
+            raise ConfigError(
+                f"the translation tokenizer has no language token for '{lang}' (tried {[c for c in candidates if c]}); "
+                f"set lang_tokens.{lang}=<token>"
+            )
         return None
 
     def __call__(self, texts: Sequence[str], lang: str) -> list[str]:
@@ -139,8 +165,13 @@ class Seq2SeqTranslator:
             enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True).to(device)
             enc.pop("token_type_ids", None)
             with torch.no_grad():
-                gen = self.model.generate(**enc, forced_bos_token_id=target, max_new_tokens=self.max_new_tokens,
-                                          num_beams=self.num_beams, do_sample=False)
+                gen = self.model.generate(
+                    **enc,
+                    forced_bos_token_id=target,
+                    max_new_tokens=self.max_new_tokens,
+                    num_beams=self.num_beams,
+                    do_sample=False,
+                )
             self.calls += 1
             for i, text in zip(idx, self.tokenizer.batch_decode(gen, skip_special_tokens=True)):
                 out[i] = text.strip()
@@ -172,7 +203,9 @@ def _read_done(path: Path) -> set[int]:
             try:
                 done.add(int(json.loads(line)["id"]))
             except (ValueError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}:{lineno}: not a record written by the translation builder ({exc}); use another out_dir") from None
+                raise DataError(
+                    f"{path}:{lineno}: not a record written by the translation builder ({exc}); use another out_dir"
+                ) from None
     return done
 
 
@@ -205,13 +238,17 @@ def translate_examples(
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         if old != json.loads(json.dumps(meta)):
-            raise ConfigError(f"{out} holds a translation made with other settings ({meta_path}); use another out_dir or delete it")
+            raise ConfigError(
+                f"{out} holds a translation made with other settings ({meta_path}); use another out_dir or delete it"
+            )
     else:
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
     (out / "DONE").unlink(missing_ok=True)
     src_path = out / f"{src_lang}.jsonl"
     tmp = out / f".{src_lang}.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(_record(i, e, src_lang), ensure_ascii=False) + "\n" for i, e in enumerate(examples)), encoding="utf-8")
+    tmp.write_text(
+        "".join(json.dumps(_record(i, e, src_lang), ensure_ascii=False) + "\n" for i, e in enumerate(examples)), encoding="utf-8"
+    )
     os.replace(tmp, src_path)
 
     stats = TranslateStats()
@@ -222,11 +259,16 @@ def translate_examples(
         done = _read_done(path)
         stats.resumed[lang] = len(done)
         todo = [i for i in range(len(examples)) if i not in done]
-        with open(path, "a", encoding="utf-8") as f, tqdm(total=len(examples), initial=len(done), desc=f"translate {lang}") as bar:
+        with (
+            open(path, "a", encoding="utf-8") as f,
+            tqdm(total=len(examples), initial=len(done), desc=f"translate {lang}") as bar,
+        ):
             for start in range(0, len(todo), chunk_size):
                 ids = todo[start : start + chunk_size]
                 rows = _translate_chunk([examples[i] for i in ids], lang, translate, fields, max_chars, stats)
-                f.write("".join(json.dumps({"id": i, **row, "lang": lang}, ensure_ascii=False) + "\n" for i, row in zip(ids, rows)))
+                f.write(
+                    "".join(json.dumps({"id": i, **row, "lang": lang}, ensure_ascii=False) + "\n" for i, row in zip(ids, rows))
+                )
                 f.flush()
                 os.fsync(f.fileno())
                 bar.update(len(ids))
@@ -237,7 +279,10 @@ def translate_examples(
 
 
 def _translate_chunk(chunk: Sequence[Example], lang: str, translate, fields, max_chars: int, stats: TranslateStats) -> list[dict]:
-    split = [{f: segments(getattr(ex, f), max_chars) if f in fields else [(getattr(ex, f), False)] for f in TRANSLATED_FIELDS} for ex in chunk]
+    split = [
+        {f: segments(getattr(ex, f), max_chars) if f in fields else [(getattr(ex, f), False)] for f in TRANSLATED_FIELDS}
+        for ex in chunk
+    ]
     unique = sorted({s for rec in split for segs in rec.values() for s, t in segs if t})
     translated = dict(zip(unique, translate(unique, lang))) if unique else {}
     for src, tgt in translated.items():
@@ -264,8 +309,11 @@ def main(cfg) -> None:
 
     if not cfg.get("out_dir"):
         raise ConfigError("give out_dir=<folder> for the translated dataset")
-    source = {k: v for k, v in OmegaConf.to_container(cfg.source, resolve=True).items()
-              if k not in ("counterpart", "use_instruct_checkpoint")}
+    source = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.source, resolve=True).items()
+        if k not in ("counterpart", "use_instruct_checkpoint")
+    }
     data = load_sft(**source)
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -273,21 +321,44 @@ def main(cfg) -> None:
         tokenizer = AutoTokenizer.from_pretrained(cfg.translation_model)
         model = AutoModelForSeq2SeqLM.from_pretrained(cfg.translation_model, dtype=resolve_dtype(str(cfg.dtype)))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"could not load the translation model '{cfg.translation_model}': {exc}\n"
-                          "Offline? Download it and pass its local folder (translation_model=/path/to/model).") from exc
+        raise ConfigError(
+            f"could not load the translation model '{cfg.translation_model}': {exc}\n"
+            "Offline? Download it and pass its local folder (translation_model=/path/to/model)."
+        ) from exc
     import torch
 
     if torch.cuda.is_available():
         model = model.to("cuda")
-    translator = Seq2SeqTranslator(model, tokenizer, src_lang=cfg.src_lang, lang_tokens=dict(cfg.lang_tokens or {}),
-                                   batch_size=int(cfg.batch_size), max_new_tokens=int(cfg.max_new_tokens), num_beams=int(cfg.num_beams))
+    translator = Seq2SeqTranslator(
+        model,
+        tokenizer,
+        src_lang=cfg.src_lang,
+        lang_tokens=dict(cfg.lang_tokens or {}),
+        batch_size=int(cfg.batch_size),
+        max_new_tokens=int(cfg.max_new_tokens),
+        num_beams=int(cfg.num_beams),
+    )
     for lang in cfg.languages:
         translator.token_for(lang)  # an unknown language fails before any work
-    settings = {"model": str(cfg.translation_model), "source": source, "lang_tokens": dict(cfg.lang_tokens or {}),
-                "max_new_tokens": int(cfg.max_new_tokens), "num_beams": int(cfg.num_beams), "max_chars": int(cfg.max_chars)}
-    stats = translate_examples(data.examples, cfg.out_dir, list(cfg.languages), translator, settings=settings,
-                               fields=list(cfg.fields), chunk_size=int(cfg.chunk_size), max_chars=int(cfg.max_chars),
-                               src_lang=str(cfg.src_lang))
+    settings = {
+        "model": str(cfg.translation_model),
+        "source": source,
+        "lang_tokens": dict(cfg.lang_tokens or {}),
+        "max_new_tokens": int(cfg.max_new_tokens),
+        "num_beams": int(cfg.num_beams),
+        "max_chars": int(cfg.max_chars),
+    }
+    stats = translate_examples(
+        data.examples,
+        cfg.out_dir,
+        list(cfg.languages),
+        translator,
+        settings=settings,
+        fields=list(cfg.fields),
+        chunk_size=int(cfg.chunk_size),
+        max_chars=int(cfg.max_chars),
+        src_lang=str(cfg.src_lang),
+    )
     print(f"Wrote {cfg.out_dir}: {stats.records} (use phase2_data=mopenorca phase2_data.path={cfg.out_dir})")
 
 

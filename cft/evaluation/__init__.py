@@ -14,9 +14,10 @@ them and flattens the scores into the metric keys every run records:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ def flatten(results: list[TaskScores]) -> dict[str, float | str]:
     return flat
 
 
-def evaluate(model, tokenizer, tasks: Mapping[str, EvalTask], *, limit: int | None, out_dir: str | Path) -> dict[str, float | str]:
+def evaluate(
+    model, tokenizer, tasks: Mapping[str, EvalTask], *, limit: int | None, out_dir: str | Path
+) -> dict[str, float | str]:
     """Run every task of a suite on an in-memory model and return the flat metrics."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,11 @@ def read_alpaca_eval(path: str | Path) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{line_no}: not valid JSON ({exc})") from exc
     for where, record in numbered:
-        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str) or not isinstance(record.get("output"), str):
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("instruction"), str)
+            or not isinstance(record.get("output"), str)
+        ):
             raise DataError(f"{path}:{where}: an AlpacaEval record needs string fields 'instruction' and 'output'")
     return [r for _, r in numbered]
 
@@ -130,13 +134,20 @@ class AlpacaEvalTask:
         if limit:
             records = records[:limit]
         prompts = [render_prompt(tokenizer, Example(instruction=r["instruction"], output="")) for r in records]
-        outputs = generate(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, desc="alpaca_eval")
+        outputs = generate(
+            model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, desc="alpaca_eval"
+        )
         model_outputs = [
             {"instruction": r["instruction"], "output": o, "generator": self.generator, "dataset": r.get("dataset", "")}
             for r, o in zip(records, outputs)
         ]
         references = [
-            {"instruction": r["instruction"], "output": r["output"], "generator": r.get("generator", "reference"), "dataset": r.get("dataset", "")}
+            {
+                "instruction": r["instruction"],
+                "output": r["output"],
+                "generator": r.get("generator", "reference"),
+                "dataset": r.get("dataset", ""),
+            }
             for r in records
         ]
         (out_dir / "model_outputs.json").write_text(json.dumps(model_outputs, indent=1, ensure_ascii=False))

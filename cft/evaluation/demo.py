@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cft.data.demo import make_examples
 from cft.data.format import render_prompt
@@ -35,15 +35,27 @@ class DemoExactMatch:
     def run(self, model, tokenizer, *, limit: int | None, out_dir: Path) -> list[TaskScores]:
         n = min(self.n, limit) if limit else self.n
         examples = make_examples(self.tasks, self.languages, n, self.seed, split="test")
-        outputs = generate(model, tokenizer, [render_prompt(tokenizer, e) for e in examples],
-                           max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, desc="eval demo")
+        outputs = generate(
+            model,
+            tokenizer,
+            [render_prompt(tokenizer, e) for e in examples],
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            desc="eval demo",
+        )
         hits: dict[tuple[str, str], list[bool]] = defaultdict(list)
         out_dir.mkdir(parents=True, exist_ok=True)
         with open(out_dir / "samples.jsonl", "w", encoding="utf-8") as f:
             for e, o in zip(examples, outputs):
                 ok = o.strip() == e.output.strip()
                 hits[(e.task, e.lang)].append(ok)
-                f.write(json.dumps({"task": e.task, "lang": e.lang, "prompt": e.instruction, "target": e.output, "output": o, "correct": ok}, ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps(
+                        {"task": e.task, "lang": e.lang, "prompt": e.instruction, "target": e.output, "output": o, "correct": ok},
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
         acc = {k: sum(v) / len(v) for k, v in hits.items()}
         results = []
         for task in self.tasks:

@@ -42,9 +42,10 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from cft.data.format import ALPACA_PROMPT
 from cft.errors import ConfigError, DataError
@@ -100,9 +101,24 @@ XLSUM_LANGUAGES = {
     "es": "spanish",
 }
 LANGUAGE_NAMES = {
-    "ar": "Arabic", "bn": "Bengali", "de": "German", "en": "English", "es": "Spanish", "fr": "French",
-    "hi": "Hindi", "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean", "pt": "Portuguese",
-    "ru": "Russian", "sw": "Swahili", "th": "Thai", "vi": "Vietnamese", "yo": "Yoruba", "zh": "Chinese",
+    "ar": "Arabic",
+    "bn": "Bengali",
+    "de": "German",
+    "en": "English",
+    "es": "Spanish",
+    "fr": "French",
+    "hi": "Hindi",
+    "id": "Indonesian",
+    "it": "Italian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "pt": "Portuguese",
+    "ru": "Russian",
+    "sw": "Swahili",
+    "th": "Thai",
+    "vi": "Vietnamese",
+    "yo": "Yoruba",
+    "zh": "Chinese",
 }
 XLSUM_PROMPT = "Summarize the following {name} article in one sentence, in {name}.\n\nArticle: {{{{text}}}}\n\nSummary:"
 
@@ -118,8 +134,11 @@ _ALPACA_BEFORE, _ALPACA_AFTER = ALPACA_PROMPT.split("{instruction}")
 ALPACA_CHAT_TEMPLATE = (
     "{% for m in messages %}"
     "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
-    "{% elif m['role'] == 'user' %}" + _ALPACA_BEFORE + "{{ m['content'] }}" + _ALPACA_AFTER +
-    "{% else %}{{ m['content'] }}{{ eos_token }}\n\n{% endif %}"
+    "{% elif m['role'] == 'user' %}"
+    + _ALPACA_BEFORE
+    + "{{ m['content'] }}"
+    + _ALPACA_AFTER
+    + "{% else %}{{ m['content'] }}{{ eos_token }}\n\n{% endif %}"
     "{% endfor %}"
 )
 
@@ -274,7 +293,9 @@ class LMEvalTask:
         if num_fewshot is not None and (not isinstance(num_fewshot, int) or num_fewshot < 0):
             raise ConfigError(f"eval task {task}: num_fewshot must be a non-negative integer, not {num_fewshot!r}")
         self.num_fewshot = num_fewshot
-        if not ((isinstance(batch_size, str) and batch_size.startswith("auto")) or (isinstance(batch_size, int) and batch_size > 0)):
+        if not (
+            (isinstance(batch_size, str) and batch_size.startswith("auto")) or (isinstance(batch_size, int) and batch_size > 0)
+        ):
             raise ConfigError(f"eval task {task}: batch_size must be a positive integer, 'auto' or 'auto:N', not {batch_size!r}")
         self.batch_size = batch_size
         if apply_chat_template not in ("auto", "alpaca", True, False):
@@ -323,7 +344,9 @@ class LMEvalTask:
                 need(s, "test", [d / "mmlu" / "test" / f"{s}_test.csv"])
                 need(s, "dev", [d / "mmlu" / "dev" / f"{s}_dev.csv"], required=shots)
         elif self.task == "hellaswag":
-            need(None, "validation", [d / "hellaswag" / "hellaswag_val.jsonl", d / "hellaswag" / "hellaswag_val_from_klosax.jsonl"])
+            need(
+                None, "validation", [d / "hellaswag" / "hellaswag_val.jsonl", d / "hellaswag" / "hellaswag_val_from_klosax.jsonl"]
+            )
         elif self.task == "xquad":
             for lang in self.languages:
                 need(lang, "validation", [d / "xquad" / f"xquad.{lang}.json"])
@@ -412,7 +435,9 @@ class LMEvalTask:
             elif t == "xlsum":
                 config = {"doc_to_text": XLSUM_PROMPT.format(name=LANGUAGE_NAMES[lang])}
                 config.update(
-                    _local_dataset(local[lang]) if local else {"dataset_path": "csebuetnlp/xlsum", "dataset_name": XLSUM_LANGUAGES[lang]}
+                    _local_dataset(local[lang])
+                    if local
+                    else {"dataset_path": "csebuetnlp/xlsum", "dataset_name": XLSUM_LANGUAGES[lang]}
                 )
                 tasks.append(_LMTask(f"cft_xlsum_{lang}", lang, config))
             elif t == "global_mmlu_lite":
@@ -433,8 +458,15 @@ class LMEvalTask:
         for stale in tasks_dir.glob("*.yaml"):  # from an earlier run with other settings
             stale.unlink()
         tasks = self.lm_tasks()
-        template = {"ifeval": "ifeval.yaml", "mmlu": "mmlu.yaml", "hellaswag": "hellaswag.yaml", "xquad": "xquad.yaml",
-                    "mlqa": "xquad.yaml", "xlsum": "xlsum.yaml", "global_mmlu_lite": "global_mmlu_lite.yaml"}[self.task]
+        template = {
+            "ifeval": "ifeval.yaml",
+            "mmlu": "mmlu.yaml",
+            "hellaswag": "hellaswag.yaml",
+            "xquad": "xquad.yaml",
+            "mlqa": "xquad.yaml",
+            "xlsum": "xlsum.yaml",
+            "global_mmlu_lite": "global_mmlu_lite.yaml",
+        }[self.task]
         for task in tasks:
             if task.builtin is None:
                 _write_task_yaml(tasks_dir / f"{task.name}.yaml", task, None if task.group_of else template)
@@ -454,7 +486,9 @@ class LMEvalTask:
         if mode == "alpaca":
             return ALPACA_CHAT_TEMPLATE
         if mode is True and not has_own:
-            raise ConfigError(f"eval task {self.task}: apply_chat_template=true but the tokenizer has no chat template (use auto or alpaca)")
+            raise ConfigError(
+                f"eval task {self.task}: apply_chat_template=true but the tokenizer has no chat template (use auto or alpaca)"
+            )
         return tokenizer.chat_template if mode is True else None
 
     def _batch_size(self, model):

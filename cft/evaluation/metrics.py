@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 # Scripts written without spaces between words: one token per character.
 _NO_SPACE_RANGES = (

@@ -19,8 +19,8 @@ import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pandas as pd
 import torch
@@ -65,8 +65,7 @@ def checkpoint_index(ref: str | Path) -> dict[str, Path]:
         files = sorted(path.glob("*.safetensors"))
         if not files:
             bins = sorted(p.name for p in path.glob("*.bin"))
-            hint = (f" It holds {', '.join(bins)}: re-save it with save_pretrained(safe_serialization=True)."
-                    if bins else "")
+            hint = f" It holds {', '.join(bins)}: re-save it with save_pretrained(safe_serialization=True)." if bins else ""
             raise CftError(f"no safetensors weights in {path}.{hint}")
     index: dict[str, Path] = {}
     for file in files:
@@ -144,8 +143,16 @@ def layer_changes(ref_a: str | Path, ref_b: str | Path, *, matrices_only: bool =
         module, layer = parse_name(name)
         norm_a = float(torch.linalg.vector_norm(wa))
         diff = float(torch.linalg.vector_norm(wb - wa))
-        rows.append({"name": name, "module": module, "layer": layer, "change": diff / norm_a if norm_a else math.nan,
-                     "abs_change": diff, "norm_a": norm_a})
+        rows.append(
+            {
+                "name": name,
+                "module": module,
+                "layer": layer,
+                "change": diff / norm_a if norm_a else math.nan,
+                "abs_change": diff,
+                "norm_a": norm_a,
+            }
+        )
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame["layer"] = frame["layer"].astype("Int64")
     return frame

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -67,13 +67,17 @@ def mt_bench_prompts(hub_id: str = MT_BENCH_HUB_ID, limit: int | None = None) ->
 
         data = load_dataset(hub_id, split="train")
     except Exception as exc:
-        raise CftError(f"Could not load the MT-Bench prompts '{hub_id}' from the hub: download them once and pass a "
-                       f"local file (representations.prompts=/path/to/prompts.jsonl).\nCause: {str(exc).splitlines()[0]}") from exc
+        raise CftError(
+            f"Could not load the MT-Bench prompts '{hub_id}' from the hub: download them once and pass a "
+            f"local file (representations.prompts=/path/to/prompts.jsonl).\nCause: {str(exc).splitlines()[0]}"
+        ) from exc
     prompts = [_prompt_of(dict(row), f"{hub_id}[{i}]") for i, row in enumerate(data)]
     return prompts[:limit] if limit else prompts
 
 
-def read_parallel(folder: str | Path, languages: Sequence[str], *, split: str = "devtest", limit: int | None = None) -> dict[str, list[str]]:
+def read_parallel(
+    folder: str | Path, languages: Sequence[str], *, split: str = "devtest", limit: int | None = None
+) -> dict[str, list[str]]:
     """Sentence-parallel files in the FLORES-200 layout (`<folder>/<lang>.<split>`, one sentence per line)."""
     folder = Path(folder).expanduser()
     out: dict[str, list[str]] = {}
@@ -89,8 +93,9 @@ def read_parallel(folder: str | Path, languages: Sequence[str], *, split: str = 
     return out
 
 
-def mean_activations(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 8, max_length: int = 512,
-                     show_progress: bool = True) -> np.ndarray:
+def mean_activations(
+    model, tokenizer, prompts: Sequence[str], *, batch_size: int = 8, max_length: int = 512, show_progress: bool = True
+) -> np.ndarray:
     """Per-prompt, per-layer mean hidden state: an array of shape (num_layers + 1, len(prompts), hidden)."""
     import torch
     from tqdm.auto import tqdm
@@ -106,8 +111,13 @@ def mean_activations(model, tokenizer, prompts: Sequence[str], *, batch_size: in
     batches = range(0, len(prompts), batch_size)
     with torch.no_grad():
         for start in tqdm(batches, desc="activations", disable=not show_progress or len(batches) < 2):
-            enc = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True,
-                            truncation=True, max_length=max_length).to(device)
+            enc = tokenizer(
+                list(prompts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+            ).to(device)
             out = model(**enc, output_hidden_states=True)
             mask = enc["attention_mask"].unsqueeze(-1).float()  # (batch, tokens, 1)
             means = [(h.float() * mask).sum(1) / mask.sum(1).clamp(min=1) for h in out.hidden_states]
@@ -126,10 +136,16 @@ def covariances(activations: np.ndarray) -> np.ndarray:
 def covariance_difference(acts_a: np.ndarray, acts_b: np.ndarray) -> np.ndarray:
     """Per-layer Frobenius norm of cov(A) - cov(B), for activations of the same prompts in two models."""
     if acts_a.shape != acts_b.shape:
-        raise CftError(f"activations of the two models differ in shape: {acts_a.shape} vs {acts_b.shape} "
-                       "(compare models of one architecture on the same prompts)")
-    return np.array([np.linalg.norm(np.cov(a, rowvar=False) - np.cov(b, rowvar=False))
-                     for a, b in zip(acts_a.astype(np.float64), acts_b.astype(np.float64))])
+        raise CftError(
+            f"activations of the two models differ in shape: {acts_a.shape} vs {acts_b.shape} "
+            "(compare models of one architecture on the same prompts)"
+        )
+    return np.array(
+        [
+            np.linalg.norm(np.cov(a, rowvar=False) - np.cov(b, rowvar=False))
+            for a, b in zip(acts_a.astype(np.float64), acts_b.astype(np.float64))
+        ]
+    )
 
 
 def tsne_points(activations: Mapping[str, np.ndarray], *, layer: int = -1, seed: int = 0, perplexity: float = 30.0):
@@ -154,16 +170,25 @@ def tsne_points(activations: Mapping[str, np.ndarray], *, layer: int = -1, seed:
     return pd.DataFrame(rows)
 
 
-def cross_lingual_similarity(model, tokenizer, parallel: Mapping[str, Sequence[str]], *, pivot: str = "eng_Latn",
-                             batch_size: int = 8, max_length: int = 256):
+def cross_lingual_similarity(
+    model,
+    tokenizer,
+    parallel: Mapping[str, Sequence[str]],
+    *,
+    pivot: str = "eng_Latn",
+    batch_size: int = 8,
+    max_length: int = 256,
+):
     """Per layer and language, the mean cosine similarity between each sentence's mean activation in
     `pivot` and in that language. Returns a DataFrame with columns language, layer, similarity."""
     import pandas as pd
 
     if pivot not in parallel:
         raise CftError(f"the pivot language {pivot} is not among the parallel files {sorted(parallel)}")
-    acts = {lang: mean_activations(model, tokenizer, list(s), batch_size=batch_size, max_length=max_length)
-            for lang, s in parallel.items()}
+    acts = {
+        lang: mean_activations(model, tokenizer, list(s), batch_size=batch_size, max_length=max_length)
+        for lang, s in parallel.items()
+    }
 
     def unit(x):
         return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)

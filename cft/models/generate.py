@@ -6,7 +6,7 @@ returned in the caller's order. Decoding stops at EOS or after `max_new_tokens`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm

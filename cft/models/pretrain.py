@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from cft.errors import ConfigError
 
@@ -28,8 +29,10 @@ def pack(token_ids: Sequence[int], seq_len: int) -> list[dict[str, list[int]]]:
     does not fill one is dropped); every token is a label (plain language modelling)."""
     if seq_len < 2:
         raise ConfigError(f"model.pretrain.seq_len={seq_len} must be at least 2")
-    return [{"input_ids": list(token_ids[i : i + seq_len]), "labels": list(token_ids[i : i + seq_len])}
-            for i in range(0, len(token_ids) - seq_len + 1, seq_len)]
+    return [
+        {"input_ids": list(token_ids[i : i + seq_len]), "labels": list(token_ids[i : i + seq_len])}
+        for i in range(0, len(token_ids) - seq_len + 1, seq_len)
+    ]
 
 
 def corpus(spec: Mapping[str, Any]) -> list[str]:
@@ -40,12 +43,29 @@ def corpus(spec: Mapping[str, Any]) -> list[str]:
         raise ConfigError(f"model.pretrain.source={source!r}: only the built-in 'demo' corpus exists")
     from cft.data import demo
 
-    return demo.raw_documents(spec["tasks"], spec["languages"], int(spec["per_task_language"]), int(spec.get("data_seed", 0)),
-                              per_document=int(spec.get("per_document", 8)), parallel=bool(spec.get("parallel", False)))
+    return demo.raw_documents(
+        spec["tasks"],
+        spec["languages"],
+        int(spec["per_task_language"]),
+        int(spec.get("data_seed", 0)),
+        per_document=int(spec.get("per_document", 8)),
+        parallel=bool(spec.get("parallel", False)),
+    )
 
 
-def pretrain(model, tokenizer, documents: Sequence[str], *, seq_len: int, steps: int, lr: float, batch_size: int,
-             warmup_steps: int = 0, seed: int = 0, log_fn=None):
+def pretrain(
+    model,
+    tokenizer,
+    documents: Sequence[str],
+    *,
+    seq_len: int,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    warmup_steps: int = 0,
+    seed: int = 0,
+    log_fn=None,
+):
     """Train `model` as a causal LM on `documents` (shuffled, joined with EOS, packed). Returns (model, TrainStats)."""
     from cft.data.format import PadCollator
     from cft.training.loop import TrainSettings, train_phase
@@ -57,11 +77,22 @@ def pretrain(model, tokenizer, documents: Sequence[str], *, seq_len: int, steps:
         ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
     data = pack(ids, seq_len)
     if len(data) < batch_size:
-        raise ConfigError(f"model.pretrain: the corpus gives {len(data)} sequences of {seq_len} tokens, fewer than one batch of {batch_size}; raise per_task_language")
-    settings = TrainSettings(lr=lr, max_steps=steps, global_batch_size=batch_size, micro_batch_size=batch_size,
-                             warmup_steps=warmup_steps, scheduler="cosine", seed=seed)
+        raise ConfigError(
+            f"model.pretrain: the corpus gives {len(data)} sequences of {seq_len} tokens, fewer than one batch of {batch_size}; raise per_task_language"
+        )
+    settings = TrainSettings(
+        lr=lr,
+        max_steps=steps,
+        global_batch_size=batch_size,
+        micro_batch_size=batch_size,
+        warmup_steps=warmup_steps,
+        scheduler="cosine",
+        seed=seed,
+    )
     log.info("Phase 0: pre-training on %d sequences of %d tokens for %d steps", len(data), seq_len, steps)
-    return train_phase(model, data, collator=PadCollator(tokenizer.pad_token_id), settings=settings, phase="phase0", log_fn=log_fn)
+    return train_phase(
+        model, data, collator=PadCollator(tokenizer.pad_token_id), settings=settings, phase="phase0", log_fn=log_fn
+    )
 
 
 def save_pretrained_base(out_dir: str | Path, architecture: Mapping[str, Any], spec: Mapping[str, Any], *, seed: int = 0) -> Path:
@@ -71,9 +102,17 @@ def save_pretrained_base(out_dir: str | Path, architecture: Mapping[str, Any], s
 
     tokenizer = build_tokenizer()
     model = build_model(dict(architecture), tokenizer, seed=seed)
-    model, stats = pretrain(model, tokenizer, corpus(spec), seq_len=int(spec["seq_len"]), steps=int(spec["steps"]),
-                            lr=float(spec["lr"]), batch_size=int(spec["batch_size"]),
-                            warmup_steps=int(spec.get("warmup_steps", 0)), seed=int(spec.get("data_seed", 0)))
+    model, stats = pretrain(
+        model,
+        tokenizer,
+        corpus(spec),
+        seq_len=int(spec["seq_len"]),
+        steps=int(spec["steps"]),
+        lr=float(spec["lr"]),
+        batch_size=int(spec["batch_size"]),
+        warmup_steps=int(spec.get("warmup_steps", 0)),
+        seed=int(spec.get("data_seed", 0)),
+    )
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -11,24 +11,26 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cft.run import artifacts
-from cft.training import distributed
-from cft.data.sources import SFTData, load_sft
+from cft.data.sources import SFTData, load_config
 from cft.errors import CftError, ConfigError
 from cft.evaluation import evaluate
-from cft.training.loop import TrainSettings, fit, zero3_init
+from cft.evaluation.summary import print_summary
 from cft.models import load_model, save_built_model
+from cft.run import artifacts, keys
 from cft.run.folder import RunDir, comparable
-from cft.strategies.base import StrategyContext
 from cft.run.tracking import Tracker
+from cft.strategies.base import StrategyContext
+from cft.training import distributed
+from cft.training.loop import TrainSettings, fit, zero3_init
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,8 @@ def _device() -> torch.device:
 # ---------------------------------------------------------------- inputs
 
 
-def load_data(data_cfg: Mapping[str, Any]) -> SFTData:
-    """Load a dataset from its config group node (keys that are not loader arguments are left out)."""
-    spec = {k: v for k, v in _plain(data_cfg).items() if k not in ("counterpart", "use_instruct_checkpoint")}
-    return load_sft(**spec)
+def load_data(data_cfg) -> SFTData:
+    return load_config(_plain(data_cfg))
 
 
 def build_eval_tasks(eval_cfg) -> dict[str, Any]:
@@ -87,10 +87,16 @@ def base_reference(model_cfg, cache_dir: Path) -> str:
         from cft.models.pretrain import save_pretrained_base
 
         spec = {"build": build, "seed": seed, "tokenizer": "bytes-v1", "pretrain": pretrain}
-        path = artifacts.cached(cache_dir, "base", spec, lambda tmp: save_pretrained_base(tmp / "model", build, pretrain, seed=seed))
+        path = artifacts.cached(
+            cache_dir, "base", spec, lambda tmp: save_pretrained_base(tmp / "model", build, pretrain, seed=seed)
+        )
         return str(path / "model")
-    path = artifacts.cached(cache_dir, "base", {"build": build, "seed": seed, "tokenizer": "bytes-v1"},
-                            lambda tmp: save_built_model(tmp / "model", build, seed=seed))
+    path = artifacts.cached(
+        cache_dir,
+        "base",
+        {"build": build, "seed": seed, "tokenizer": "bytes-v1"},
+        lambda tmp: save_built_model(tmp / "model", build, seed=seed),
+    )
     return str(path / "model")
 
 
@@ -107,8 +113,10 @@ def check_model(ref: str, *, gguf_file: str | None, what: str):
     try:
         return AutoConfig.from_pretrained(ref, **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, ValueError) as exc:
-        raise CftError(f"Could not load the config of {what} '{ref}': {exc}\n"
-                       "Offline? Download the checkpoint and pass its local path (e.g. model.base=/path/to/model).") from exc
+        raise CftError(
+            f"Could not load the config of {what} '{ref}': {exc}\n"
+            "Offline? Download the checkpoint and pass its local path (e.g. model.base=/path/to/model)."
+        ) from exc
 
 
 # ---------------------------------------------------------------- phases
@@ -132,8 +140,10 @@ class Phase1:
 def instruct_reference(model_cfg) -> str:
     """The Instruct checkpoint that phase1_data=instruct uses as the Phase-1 model."""
     if not model_cfg.get("instruct"):
-        raise ConfigError(f"phase1_data=instruct needs an Instruct checkpoint, but model '{model_cfg.name}' has none "
-                          "(set model.instruct=<hub id or path>)")
+        raise ConfigError(
+            f"phase1_data=instruct needs an Instruct checkpoint, but model '{model_cfg.name}' has none "
+            "(set model.instruct=<hub id or path>)"
+        )
     return str(model_cfg.instruct)
 
 
@@ -145,12 +155,16 @@ def phase1(cfg: DictConfig, base_ref: str, data1: SFTData | None, cache_dir: Pat
     if data1 is None:
         ref = instruct_reference(cfg.model)
         log.info("Phase 1: no training; using the Instruct checkpoint %s", ref)
-        return Phase1(ref=ref, key=artifacts.key_of({"instruct": ref, "gguf_file": cfg.model.get("gguf_file")}), trained=False, stats={})
+        return Phase1(
+            ref=ref, key=artifacts.key_of({"instruct": ref, "gguf_file": cfg.model.get("gguf_file")}), trained=False, stats={}
+        )
     ref, key, stats = finetune_base("phase1", cfg, base_ref, cfg.phase1_data, data1, cache_dir, log_fn)
     return Phase1(ref=ref, key=key, trained=True, stats=stats)
 
 
-def finetune_base(kind: str, cfg: DictConfig, base_ref: str, data_cfg, data: SFTData, cache_dir: Path, log_fn) -> tuple[str, str, dict]:
+def finetune_base(
+    kind: str, cfg: DictConfig, base_ref: str, data_cfg, data: SFTData, cache_dir: Path, log_fn
+) -> tuple[str, str, dict]:
     """Fine-tune the base model on one dataset, as a cached artifact keyed by (model, data, the phase's
     train settings, seed). `kind` is "phase1", or "phase2_alone" (the base fine-tuned on the Phase-2
     data alone, which MPD compares with the Phase-1 model). Returns (model folder, key, train stats)."""
@@ -171,15 +185,25 @@ def finetune_base(kind: str, cfg: DictConfig, base_ref: str, data_cfg, data: SFT
         with zero3_init(settings):
             model, tokenizer = load_model(base_ref, gguf_file=cfg.model.get("gguf_file"), dtype="fp32", what="base model")
         model, stats, tok_stats = fit(
-            model, tokenizer, data.examples, settings=settings,
-            max_length=int(train["max_length"]), loss_on_prompt=bool(train["loss_on_prompt"]), packing=bool(train.get("packing", False)),
-            attn_implementation=train.get("attn_implementation"), phase=kind, checkpoint_dir=resume_dir, log_fn=log_fn,
+            model,
+            tokenizer,
+            data.examples,
+            settings=settings,
+            max_length=int(train["max_length"]),
+            loss_on_prompt=bool(train["loss_on_prompt"]),
+            packing=bool(train.get("packing", False)),
+            attn_implementation=train.get("attn_implementation"),
+            phase=kind,
+            checkpoint_dir=resume_dir,
+            log_fn=log_fn,
         )
         if not distributed.is_main():
             return
         model.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
-        (tmp / "train_stats.json").write_text(json.dumps({**asdict(stats), **{f"tokenize_{k}": v for k, v in asdict(tok_stats).items()}}))
+        (tmp / "train_stats.json").write_text(
+            json.dumps({**asdict(stats), **{f"tokenize_{k}": v for k, v in asdict(tok_stats).items()}})
+        )
 
     path = artifacts.cached(cache_dir, kind, spec, build, collective=True)
     if distributed.is_main():
@@ -194,7 +218,9 @@ def dataset_similarity(embedder_cfg, data1: SFTData, data2: SFTData, *, n: int, 
 
     try:
         embedder = build_embedder(embedder_cfg)
-        value = dataset_des(embedder, example_texts(data1.examples), example_texts(data2.examples), n=n, seed=seed, cache_dir=cache_dir)
+        value = dataset_des(
+            embedder, example_texts(data1.examples), example_texts(data2.examples), n=n, seed=seed, cache_dir=cache_dir
+        )
     except CftError as exc:
         log.warning("DES not computed: %s", exc)
         return {}
@@ -202,7 +228,9 @@ def dataset_similarity(embedder_cfg, data1: SFTData, data2: SFTData, *, n: int, 
     return {"des": value}
 
 
-def evaluate_cached(model_ref: str, model_key: str, eval_cfg, tasks, cache_dir: Path, *, gguf_file: str | None = None) -> dict[str, float]:
+def evaluate_cached(
+    model_ref: str, model_key: str, eval_cfg, tasks, cache_dir: Path, *, gguf_file: str | None = None
+) -> dict[str, float]:
     """Evaluate a model artifact once per (model, eval settings); later runs reuse the scores."""
     spec = {"model": model_key, "eval": comparable({"eval": _plain(eval_cfg)})["eval"]}
 
@@ -247,15 +275,23 @@ def train_cell(cfg: DictConfig, *, run_dir: str | Path, choices: Mapping[str, st
     strategy.validate(model_config)
 
     cell = f"{choices.get('phase1_data')}-{choices.get('phase2_data')}/{choices.get('model')}/{choices.get('strategy')}/seed{cfg.seed}"
-    tracker = Tracker(mode=cfg.tracking.mode if distributed.is_main() else "disabled", project=cfg.tracking.project,
-                      entity=cfg.tracking.get("entity"), run_dir=rd.path, name=cell, group=str(cfg.sweep_id), job_type="train", config=resolved)
+    tracker = Tracker(
+        mode=cfg.tracking.mode if distributed.is_main() else "disabled",
+        project=cfg.tracking.project,
+        entity=cfg.tracking.get("entity"),
+        run_dir=rd.path,
+        name=cell,
+        group=str(cfg.sweep_id),
+        job_type="train",
+        config=resolved,
+    )
     try:
         metrics = _run_phases(cfg, rd, strategy, data1, data2, eval_tasks, base_ref, cache_dir, tracker)
         if metrics is None:  # a rank other than 0: its part (training) is done
             return {}
         rd.write_json("metrics.json", metrics)
         tracker.summary(metrics)
-        tracker.log_table("scores_per_language", ["phase", "ability", "task", "language", "score"], language_rows(metrics))
+        tracker.log_table("scores_per_language", ["phase", "ability", "task", "language", "score"], keys.language_rows(metrics))
     finally:
         tracker.finish()
     rd.mark_done()
@@ -273,7 +309,11 @@ def _run_phases(cfg, rd: RunDir, strategy, data1, data2, eval_tasks, base_ref, c
         metrics["data/phase1/n"] = len(data1)
 
     if data1 is not None and cfg.similarity.des:
-        metrics.update(dataset_similarity(cfg.embedder, data1, data2, n=int(cfg.similarity.n), seed=int(cfg.similarity.seed), cache_dir=cache_dir))
+        metrics.update(
+            dataset_similarity(
+                cfg.embedder, data1, data2, n=int(cfg.similarity.n), seed=int(cfg.similarity.seed), cache_dir=cache_dir
+            )
+        )
 
     # 2. Phase 1 and its evaluation: artifacts shared by every strategy of a sweep.
     p1 = phase1(cfg, base_ref, data1, cache_dir, tracker.log)
@@ -283,17 +323,27 @@ def _run_phases(cfg, rd: RunDir, strategy, data1, data2, eval_tasks, base_ref, c
 
         alone, _, _ = finetune_base("phase2_alone", cfg, base_ref, cfg.phase2_data, data2, cache_dir, tracker.log)
         metrics.update(mpd(p1.ref, alone).metrics("mpd"))
-    scores1 = evaluate_cached(p1.ref, p1.key, cfg.eval, eval_tasks, cache_dir, gguf_file=None if p1.trained else cfg.model.get("gguf_file"))
+    scores1 = evaluate_cached(
+        p1.ref, p1.key, cfg.eval, eval_tasks, cache_dir, gguf_file=None if p1.trained else cfg.model.get("gguf_file")
+    )
     metrics.update({f"phase1/{k}": v for k, v in scores1.items()})
 
     # 3. Phase 2 through the strategy's hooks.
     with zero3_init(TrainSettings.from_config(phase_train_config(cfg.train, "phase2"))):
-        model, tokenizer = load_model(p1.ref, gguf_file=None if p1.trained else cfg.model.get("gguf_file"), dtype="fp32", what="Phase-1 model")
+        model, tokenizer = load_model(
+            p1.ref, gguf_file=None if p1.trained else cfg.model.get("gguf_file"), dtype="fp32", what="Phase-1 model"
+        )
     counterpart_cfg = cfg.phase2_data.get("counterpart")
     train2 = phase_train_config(cfg.train, "phase2")
     ctx = StrategyContext(
-        base_ref=base_ref, phase1_dir=Path(p1.ref), tokenizer=tokenizer, cache_dir=cache_dir, run_dir=rd.path,
-        seed=int(cfg.seed), phase2_size=len(data2), phase1_key=p1.key,
+        base_ref=base_ref,
+        phase1_dir=Path(p1.ref),
+        tokenizer=tokenizer,
+        cache_dir=cache_dir,
+        run_dir=rd.path,
+        seed=int(cfg.seed),
+        phase2_size=len(data2),
+        phase1_key=p1.key,
         counterpart=(lambda: load_data(counterpart_cfg).examples) if counterpart_cfg else list,
         counterpart_spec=_plain(counterpart_cfg) or {},
         load_phase1=lambda: load_model(p1.ref, what="Phase-1 model")[0].to(_device()),
@@ -302,10 +352,18 @@ def _run_phases(cfg, rd: RunDir, strategy, data1, data2, eval_tasks, base_ref, c
     examples2 = strategy.phase2_data(list(data2.examples), ctx)
     model = strategy.prepare(model, ctx)
     model, stats2, tok2 = fit(
-        model, tokenizer, examples2, settings=TrainSettings.from_config(train2, seed=int(cfg.seed)),
-        max_length=int(train2["max_length"]), loss_on_prompt=bool(train2["loss_on_prompt"]), hooks=strategy,
-        packing=bool(train2.get("packing", False)), attn_implementation=train2.get("attn_implementation"),
-        phase="phase2", checkpoint_dir=rd.path / "checkpoints" / "phase2", log_fn=tracker.log,
+        model,
+        tokenizer,
+        examples2,
+        settings=TrainSettings.from_config(train2, seed=int(cfg.seed)),
+        max_length=int(train2["max_length"]),
+        loss_on_prompt=bool(train2["loss_on_prompt"]),
+        hooks=strategy,
+        packing=bool(train2.get("packing", False)),
+        attn_implementation=train2.get("attn_implementation"),
+        phase="phase2",
+        checkpoint_dir=rd.path / "checkpoints" / "phase2",
+        log_fn=tracker.log,
     )
     if not distributed.is_main():
         return None  # rank 0 alone finalizes, saves, evaluates and records
@@ -317,7 +375,9 @@ def _run_phases(cfg, rd: RunDir, strategy, data1, data2, eval_tasks, base_ref, c
         record_layer_changes(base_ref, p1.ref, rd.checkpoint, rd.path / "layer_changes.csv", tracker)
 
     # 4. Evaluation of the Phase-2 model, in memory.
-    scores2 = evaluate(model.to(_device()), tokenizer, eval_tasks, limit=cfg.eval.get("limit"), out_dir=rd.path / "eval" / "phase2")
+    scores2 = evaluate(
+        model.to(_device()), tokenizer, eval_tasks, limit=cfg.eval.get("limit"), out_dir=rd.path / "eval" / "phase2"
+    )
     metrics.update({f"phase2/{k}": v for k, v in scores2.items()})
     for ability in ("ta_avg", "la_avg"):
         if ability in scores1 and ability in scores2:
@@ -363,82 +423,3 @@ def record_layer_changes(base_ref: str, phase1_ref: str, phase2_dir: Path, out_c
 
 
 # ---------------------------------------------------------------- reporting
-
-
-def language_rows(metrics: Mapping[str, Any]) -> list[list[Any]]:
-    """(phase, ability, task, language, score) rows from flat keys like phase2/la/xquad/de."""
-    rows = []
-    for key, value in sorted(metrics.items()):
-        parts = key.split("/")
-        if len(parts) == 4 and parts[0] in ("phase1", "phase2") and parts[1] == "la":
-            rows.append([parts[0], parts[1], parts[2], parts[3], value])
-    return rows
-
-
-def summary_table(metrics: Mapping[str, Any]) -> str:
-    """Phase-1 vs Phase-2 headline scores per task, with the TA and LA averages."""
-    from tabulate import tabulate
-
-    names = {k.split("/", 1)[1] for k in metrics if k.startswith(("phase1/ta", "phase1/la", "phase2/ta", "phase2/la")) and k.count("/") <= 2}
-    names |= {k.split("/", 2)[2] for k in metrics if k.startswith(("phase1/not_computed/", "phase2/not_computed/"))}
-
-    def fmt(v, signed=False):
-        return "-" if not isinstance(v, (int, float)) else (f"{v:+.3f}" if signed else f"{v:.3f}")
-
-    def cell(phase, name):
-        value = metrics.get(f"{phase}/{name}")
-        return "not computed" if value is None and f"{phase}/not_computed/{name}" in metrics else fmt(value)
-
-    rows = []
-    for name in sorted(names, key=lambda n: (not n.endswith("_avg"), n)):
-        p1, p2 = metrics.get(f"phase1/{name}"), metrics.get(f"phase2/{name}")
-        delta = p2 - p1 if isinstance(p1, (int, float)) and isinstance(p2, (int, float)) else None
-        rows.append([name, cell("phase1", name), cell("phase2", name), fmt(delta, signed=True)])
-    return tabulate(rows, headers=["score", "phase 1", "phase 2", "change"], disable_numparse=True, colalign=("left", "right", "right", "right"))
-
-
-def print_summary(metrics: Mapping[str, Any], run_dir: Path) -> None:
-    print(f"\n{summary_table(metrics)}\n\nRun folder: {run_dir}")
-
-
-def evaluate_checkpoint(cfg: DictConfig, *, out_dir: str | Path, suite: str) -> dict[str, float]:
-    """evaluate.py: score a run's final checkpoint (run_dir=) or any checkpoint (checkpoint=)."""
-    out_dir = Path(out_dir)
-    group = None
-    if cfg.get("run_dir"):
-        run = RunDir(cfg.run_dir)
-        if not run.checkpoint.exists():
-            raise ConfigError(f"run_dir={cfg.run_dir}: no final checkpoint at {run.checkpoint} (is the run finished?)")
-        ref, gguf_file = str(run.checkpoint), None
-        group = json.loads((run.path / "run_meta.json").read_text()).get("sweep_id") if (run.path / "run_meta.json").exists() else None
-    elif cfg.get("checkpoint"):
-        ref, gguf_file = str(cfg.checkpoint), cfg.model.get("gguf_file")
-    else:
-        # Neither given: Hydra's output dir (hydra_callbacks.evaluation_dir) already picked the latest
-        # finished run, <run>/evaluations/<suite>. Reading it back, rather than scanning again, keeps
-        # the evaluated checkpoint and the folder written to the same run if another finishes meanwhile.
-        latest = out_dir.parent.parent
-        if not ((latest / "DONE").is_file() and (latest / "run_meta.json").is_file()):
-            raise ConfigError(f"no finished run under {cfg.paths.output_root}: give run_dir=<run folder> or "
-                              "checkpoint=<hub id or folder> (with model=<name> for its settings)")
-        log.info("No run_dir= or checkpoint= given: evaluating the latest finished run, %s", latest)
-        return evaluate_checkpoint(OmegaConf.merge(cfg, {"run_dir": str(latest)}), out_dir=out_dir, suite=suite)
-    tasks = build_eval_tasks(cfg.eval)  # unknown tasks fail here, before the model loads
-    check_model(ref, gguf_file=gguf_file, what="checkpoint")
-    model, tokenizer = load_model(ref, gguf_file=gguf_file, dtype=str(cfg.model.get("dtype", "auto")), what="checkpoint")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    tracker = Tracker(mode=cfg.tracking.mode, project=cfg.tracking.project, entity=cfg.tracking.get("entity"),
-                      run_dir=out_dir, name=f"evaluate/{suite}", group=group, job_type="evaluate", config=resolved)
-    try:
-        scores = evaluate(model.to(_device()), tokenizer, tasks, limit=cfg.eval.get("limit"), out_dir=out_dir / "samples")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.json").write_text(json.dumps(scores, indent=2, sort_keys=True))
-        tracker.summary(scores)
-        tracker.log_table("scores_per_language", ["phase", "ability", "task", "language", "score"],
-                          language_rows({f"phase2/{k}": v for k, v in scores.items()}))
-    finally:
-        tracker.finish()
-    from tabulate import tabulate
-
-    print("\n" + tabulate(sorted(scores.items()), headers=["score", suite], floatfmt=".3f") + f"\n\nWritten to {out_dir / 'metrics.json'}")
-    return scores

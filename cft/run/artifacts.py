@@ -15,8 +15,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from filelock import FileLock
 
@@ -97,8 +98,9 @@ def _follow(root: Path, final: Path, kind: str, key: str, token: str, build, col
     marker = root / f".{key}.building-{token}"
     joined = False
     while True:
-        state = distributed.wait_until(lambda: "done" if is_complete(final) else ("build" if marker.exists() else None),
-                                       f"{kind} artifact {key}")
+        state = distributed.wait_until(
+            lambda: "done" if is_complete(final) else ("build" if marker.exists() else None), f"{kind} artifact {key}"
+        )
         if state == "done":
             return final
         if collective and not joined:

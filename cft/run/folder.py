@@ -1,8 +1,9 @@
 """A run folder: resolved config, run_meta.json, metrics.json, the final checkpoint, and DONE last.
 
 Folders are named by the run's choices, not by time, so rerunning a command finds its own
-folder (and every rank of a multi-process run computes the same one; rank 0 alone writes it): a finished run (DONE present) is skipped, an unfinished one resumes. A folder that holds a
-run with a different config is refused rather than overwritten or mixed.
+folder (and every rank of a multi-process run computes the same one; rank 0 alone writes it): a
+finished run (DONE present) is skipped, an unfinished one resumes. A folder that holds a run with
+a different config is refused rather than overwritten or mixed.
 """
 
 from __future__ import annotations
@@ -11,16 +12,29 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from cft.errors import ConfigError
+from cft.run import layout
+from cft.run.layout import latest_run  # noqa: F401 (re-exported: where run folders are found)
 
-# Keys that may differ between two invocations of the same run without changing its results.
-VOLATILE = ("tracking", "paths", "eval.batch_size")
+# Settings that cannot change a result: two invocations of one run may differ in them, and they stay
+# out of every cache key (changing how often a checkpoint is written must not retrain Phase 1).
+VOLATILE = (
+    "tracking",
+    "paths",
+    "eval.batch_size",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "threads",
+    "check",
+)
 
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "peft", "deepspeed", "lm_eval", "hydra-core", "wandb", "cft")
 
@@ -52,7 +66,10 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 def git_sha() -> str | None:
     try:
         here = Path(__file__).resolve().parent
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip() or None
+        return (
+            subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+            or None
+        )
     except Exception:
         return None
 
@@ -73,30 +90,20 @@ def _main() -> bool:
     return distributed.is_main()
 
 
-def latest_run(output_root: str | Path) -> Path | None:
-    """The most recently finished run folder under output_root (by its DONE marker's time), or None.
-    Cached artifacts also end with DONE; a run folder is the one with run_meta.json beside it."""
-    root = Path(output_root)
-    if not root.is_dir():
-        return None
-    done = [d for d in root.rglob("DONE") if (d.parent / "run_meta.json").is_file()]
-    return max(done, key=lambda d: (d.stat().st_mtime, str(d))).parent if done else None
-
-
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     @property
     def checkpoint(self) -> Path:
-        return self.path / "checkpoint"
+        return self.path / layout.CHECKPOINT
 
     def is_done(self) -> bool:
-        return (self.path / "DONE").exists()
+        return (self.path / layout.DONE).exists()
 
     def check_config(self, resolved: Mapping[str, Any]) -> None:
         """Refuse to reuse a folder that holds a finished run of another config."""
-        old_file = self.path / "config.yaml"
+        old_file = self.path / layout.CONFIG
         if not old_file.exists():
             return
         old = yaml.safe_load(old_file.read_text())
@@ -104,7 +111,8 @@ class RunDir:
         if diffs and self.is_done():
             raise ConfigError(
                 f"{self.path} already holds a finished run with a different config ("
-                + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else "")
+                + "; ".join(diffs[:5])
+                + (" ..." if len(diffs) > 5 else "")
                 + "). Choose another sweep_id=... or remove the folder."
             )
         if diffs:
@@ -114,7 +122,7 @@ class RunDir:
             from cft.training import distributed
 
             if distributed.is_main():
-                shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+                shutil.rmtree(self.path / layout.CHECKPOINTS, ignore_errors=True)
             distributed.barrier()
 
     # Writers are no-ops on ranks other than 0: every rank of a multi-process run holds a RunDir.
@@ -123,16 +131,18 @@ class RunDir:
         if not _main():
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=False, allow_unicode=True))
+        (self.path / layout.CONFIG).write_text(
+            yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=False, allow_unicode=True)
+        )
         full_meta = {**meta, "git_sha": git_sha(), "versions": versions(), "host": platform.node()}
-        self.write_json("run_meta.json", full_meta)
+        self.write_json(layout.META, full_meta)
 
     def update_meta(self, **values: Any) -> None:
         """Add facts learnt during the run (e.g. where its Phase-1 model is) to run_meta.json."""
         if not _main():
             return
-        meta = json.loads((self.path / "run_meta.json").read_text())
-        self.write_json("run_meta.json", {**meta, **values})
+        meta = json.loads((self.path / layout.META).read_text())
+        self.write_json(layout.META, {**meta, **values})
 
     def write_json(self, name: str, obj: Any) -> None:
         if not _main():
@@ -142,10 +152,10 @@ class RunDir:
         os.replace(tmp, self.path / name)
 
     def metrics(self) -> dict[str, Any]:
-        f = self.path / "metrics.json"
+        f = self.path / layout.METRICS
         return json.loads(f.read_text()) if f.exists() else {}
 
     def mark_done(self) -> None:
         if not _main():
             return
-        (self.path / "DONE").write_text("")
+        (self.path / layout.DONE).write_text("")

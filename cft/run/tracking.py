@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,38 @@ class Tracker:
 
             os.environ.setdefault("WANDB_SILENT", "true")
             self.run = wandb.init(
-                mode=mode, project=project, entity=entity, name=name, group=group, job_type=job_type,
-                config=dict(config or {}), dir=str(run_dir), tags=list(tags), reinit="create_new",
+                mode=mode,
+                project=project,
+                entity=entity,
+                name=name,
+                group=group,
+                job_type=job_type,
+                config=dict(config or {}),
+                dir=str(run_dir),
+                tags=list(tags),
+                reinit="create_new",
             )
         except Exception as exc:  # a tracking failure must never stop the experiment
             if mode == "online":
-                log.warning("W&B online init failed (%s); falling back to offline mode: the run is written under %s/wandb "
-                            "(upload it later with `wandb sync`)", exc, run_dir)
+                log.warning(
+                    "W&B online init failed (%s); falling back to offline mode: the run is written under %s/wandb "
+                    "(upload it later with `wandb sync`)",
+                    exc,
+                    run_dir,
+                )
                 try:
                     import wandb
 
-                    self.run = wandb.init(mode="offline", project=project, name=name, group=group, job_type=job_type,
-                                          config=dict(config or {}), dir=str(run_dir), reinit="create_new")
+                    self.run = wandb.init(
+                        mode="offline",
+                        project=project,
+                        name=name,
+                        group=group,
+                        job_type=job_type,
+                        config=dict(config or {}),
+                        dir=str(run_dir),
+                        reinit="create_new",
+                    )
                     self.mode = "offline"
                     return
                 except Exception as exc2:

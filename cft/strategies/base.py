@@ -18,9 +18,10 @@ from __future__ import annotations
 import csv
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cft.data.records import Example
 from cft.errors import ConfigError
@@ -99,7 +100,9 @@ def module_names(model_config, *, layers_only: bool = True) -> set[str]:
         names = {param_layer_module(n)[1] for n, _ in model.named_parameters()}
         names.discard(None)
         return names  # type: ignore[return-value]
-    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if name and any(True for _ in m.parameters(recurse=False))}
+    return {
+        name.rsplit(".", 1)[-1] for name, m in model.named_modules() if name and any(True for _ in m.parameters(recurse=False))
+    }
 
 
 def check_modules(option: str, modules, model_config, *, layers_only: bool = True) -> list[str]:

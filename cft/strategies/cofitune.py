@@ -16,19 +16,28 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from cft.run import artifacts
 from cft.data.records import Example
 from cft.errors import ConfigError
+from cft.run import artifacts
+from cft.strategies.base import (
+    Strategy,
+    StrategyContext,
+    check_modules,
+    freeze,
+    layers_text,
+    param_layer_module,
+    parameter_report,
+    write_csv,
+)
 from cft.training.gradients import full_shape, scale_grad
-from cft.strategies.base import (Strategy, StrategyContext, check_modules, freeze, layers_text, param_layer_module,
-                                 parameter_report, write_csv)
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +69,9 @@ def _find(model, layer: int, leaf: str):
     return None
 
 
-def unit_importance(model, batches, layers: Sequence[int], *, heads: bool, ffn: bool, dropout: float,
-                    num_heads: int) -> dict[str, torch.Tensor]:
+def unit_importance(
+    model, batches, layers: Sequence[int], *, heads: bool, ffn: bool, dropout: float, num_heads: int
+) -> dict[str, torch.Tensor]:
     """Raw importance (summed |d KL / d mask|) of each head (`heads.<layer>`) and FFN unit (`ffn.<layer>`).
 
     Masks multiply the input of o_proj (per head) and of down_proj (per FFN unit); dropout is applied
@@ -78,6 +88,7 @@ def unit_importance(model, batches, layers: Sequence[int], *, heads: bool, ffn: 
             else:
                 x = x * mask.to(x.dtype)
             return (x, *args[1:])
+
         return hook
 
     for layer in layers:
@@ -108,8 +119,10 @@ def unit_importance(model, batches, layers: Sequence[int], *, heads: bool, ffn: 
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             logp = F.log_softmax(model(**inputs).logits[:, :-1][keep].float(), dim=-1)
             logq = F.log_softmax(model(**inputs).logits[:, :-1][keep].float(), dim=-1)
-            kl = 0.5 * (F.kl_div(logq, logp, log_target=True, reduction="batchmean")
-                        + F.kl_div(logp, logq, log_target=True, reduction="batchmean"))
+            kl = 0.5 * (
+                F.kl_div(logq, logp, log_target=True, reduction="batchmean")
+                + F.kl_div(logp, logq, log_target=True, reduction="batchmean")
+            )
             kl.backward()
             for k, m in masks.items():
                 total[k] += m.grad.detach().abs().double()
@@ -124,9 +137,16 @@ def unit_importance(model, batches, layers: Sequence[int], *, heads: bool, ffn: 
 
 
 class CoFiTune(Strategy):
-    def __init__(self, modules: Sequence[str] = ("up_proj", "down_proj"), layers: Sequence[int] | None = None,
-                 fine: bool = True, importance_examples: int = 256, importance_batch_size: int = 8,
-                 dropout: float = 0.1, seed: int | None = None):
+    def __init__(
+        self,
+        modules: Sequence[str] = ("up_proj", "down_proj"),
+        layers: Sequence[int] | None = None,
+        fine: bool = True,
+        importance_examples: int = 256,
+        importance_batch_size: int = 8,
+        dropout: float = 0.1,
+        seed: int | None = None,
+    ):
         self.modules = list(modules or [])
         self.layers = list(layers) if layers is not None else None
         self.fine = fine
@@ -144,8 +164,10 @@ class CoFiTune(Strategy):
         n = int(model_config.num_hidden_layers)
         layers = default_layers(n) if self.layers is None else self.layers
         if not layers:
-            raise ConfigError(f"strategy.layers: the default range (N/4, N/2] is empty for a model with {n} layers; "
-                              "list the layers to train, e.g. strategy.layers=[0]")
+            raise ConfigError(
+                f"strategy.layers: the default range (N/4, N/2] is empty for a model with {n} layers; "
+                "list the layers to train, e.g. strategy.layers=[0]"
+            )
         bad = [x for x in layers if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x < n]
         if bad:
             raise ConfigError(f"strategy.layers: {bad} not layer indices of a model with {n} layers (0 to {n - 1})")
@@ -169,9 +191,17 @@ class CoFiTune(Strategy):
         chosen = random.Random(f"cofitune/{seed}").sample(self._examples, min(self.importance_examples, len(self._examples)))
         if not chosen:
             raise ConfigError("cofitune: no Phase-2 examples to measure importance on")
-        spec = {"phase1": ctx.phase1_key or str(ctx.phase1_dir), "data": artifacts.key_of([(e.instruction, e.input, e.output) for e in chosen]),
-                "layers": layers, "heads": heads, "ffn": ffn, "dropout": self.dropout, "seed": seed,
-                "batch_size": self.importance_batch_size, "max_length": ctx.max_length}
+        spec = {
+            "phase1": ctx.phase1_key or str(ctx.phase1_dir),
+            "data": artifacts.key_of([(e.instruction, e.input, e.output) for e in chosen]),
+            "layers": layers,
+            "heads": heads,
+            "ffn": ffn,
+            "dropout": self.dropout,
+            "seed": seed,
+            "batch_size": self.importance_batch_size,
+            "max_length": ctx.max_length,
+        }
 
         def build(tmp: Path) -> None:
             from safetensors.torch import save_file
@@ -181,13 +211,20 @@ class CoFiTune(Strategy):
             tokenized, _ = tokenize_examples(ctx.tokenizer, chosen, ctx.max_length)
             collate = PadCollator(ctx.tokenizer.pad_token_id)
             size = self.importance_batch_size
-            batches = [collate(tokenized[i:i + size]) for i in range(0, len(tokenized), size)]
+            batches = [collate(tokenized[i : i + size]) for i in range(0, len(tokenized), size)]
             torch.manual_seed(seed)
             # A fresh Phase-1 model on the accelerator: the one about to train may be partitioned (ZeRO-3)
             # or on the CPU; it holds the same weights, since nothing has trained yet.
             scorer = ctx.load_phase1() if ctx.load_phase1 is not None else model
-            raw = unit_importance(scorer, batches, layers, heads=heads, ffn=ffn, dropout=self.dropout,
-                                  num_heads=int(model.config.num_attention_heads))
+            raw = unit_importance(
+                scorer,
+                batches,
+                layers,
+                heads=heads,
+                ffn=ffn,
+                dropout=self.dropout,
+                num_heads=int(model.config.num_attention_heads),
+            )
             del scorer
             save_file({k: v.contiguous() for k, v in raw.items()}, str(tmp / "raw_importance.safetensors"))
 
@@ -236,12 +273,21 @@ class CoFiTune(Strategy):
             return not (layer in region and module in modules)
 
         frozen = freeze(model, outside)
-        self._report = {"layers": layers_text(layers), "modules": ",".join(self.modules), "frozen_tensors": len(frozen),
-                        "fine": self.fine, **parameter_report(model)}
+        self._report = {
+            "layers": layers_text(layers),
+            "modules": ",".join(self.modules),
+            "frozen_tensors": len(frozen),
+            "fine": self.fine,
+            **parameter_report(model),
+        }
         if self.fine:
             self.importance = self._importance(model, ctx, layers)
             self._scales = self.scales_for(model)
-            rows = [[k.split(".")[0], int(k.split(".")[1]), i, float(x)] for k, v in sorted(self.importance.items()) for i, x in enumerate(v.tolist())]
+            rows = [
+                [k.split(".")[0], int(k.split(".")[1]), i, float(x)]
+                for k, v in sorted(self.importance.items())
+                for i, x in enumerate(v.tolist())
+            ]
             write_csv(ctx.run_dir / "cofitune_importance.csv", ["kind", "layer", "unit", "importance"], rows)
             for kind in ("heads", "ffn"):
                 values = [v for k, v in self.importance.items() if k.startswith(kind)]

@@ -9,7 +9,8 @@ hooks run in order, and `finalize` runs in reverse order (e.g. a LoRA merge last
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from cft.errors import ConfigError
 from cft.strategies.base import Strategy, StrategyContext, parameter_report
@@ -22,8 +23,10 @@ class Compose(Strategy):
 
     def validate(self, model_config) -> None:
         if not self.parts:
-            raise ConfigError("strategy=combine has no parts: add them with "
-                              "+strategy@strategy.parts.<name>=<strategy>, e.g. +strategy@strategy.parts.gr=gr10")
+            raise ConfigError(
+                "strategy=combine has no parts: add them with "
+                "+strategy@strategy.parts.<name>=<strategy>, e.g. +strategy@strategy.parts.gr=gr10"
+            )
         for name, part in self.parts.items():
             if not isinstance(part, Strategy):
                 raise ConfigError(f"strategy.parts.{name} is not a strategy config (it has no _target_ naming a Strategy)")

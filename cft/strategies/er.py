@@ -20,8 +20,10 @@ def counterpart_sample(ctx: StrategyContext, n: int, seed: int, what: str) -> li
     """`n` English counterpart examples, drawn in an order fixed by `seed`."""
     pool = list(ctx.counterpart())
     if not pool:
-        raise ConfigError(f"{what} needs the English counterpart of the Phase-2 data, but phase2_data has no "
-                          "`counterpart` (set phase2_data.counterpart to an English dataset config)")
+        raise ConfigError(
+            f"{what} needs the English counterpart of the Phase-2 data, but phase2_data has no "
+            "`counterpart` (set phase2_data.counterpart to an English dataset config)"
+        )
     return sample(pool, n, seed, f"{what}: the English counterpart")
 
 
@@ -41,8 +43,12 @@ class EnglishReplay(Strategy):
         seed = ctx.seed if self.seed is None else self.seed
         replay = counterpart_sample(ctx, n, seed, "English replay (er)")
         size = ctx.phase2_size or len(examples)
-        self._report = {"replay_examples": len(replay), "replay_ratio": self.ratio, "replay_share": len(replay) / size,
-                        "phase2_examples": size}
+        self._report = {
+            "replay_examples": len(replay),
+            "replay_ratio": self.ratio,
+            "replay_share": len(replay) / size,
+            "phase2_examples": size,
+        }
         return list(examples) + replay
 
     def report(self) -> dict[str, Any]:

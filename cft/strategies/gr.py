@@ -16,10 +16,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from cft.run import artifacts
 from cft.data.format import render_prompt
 from cft.data.records import Example
 from cft.errors import ConfigError
+from cft.run import artifacts
 from cft.strategies.base import Strategy, StrategyContext, check_ratio
 from cft.strategies.er import counterpart_sample, replay_count
 
@@ -29,12 +29,24 @@ log = logging.getLogger(__name__)
 class GenerativeReplay(Strategy):
     """Mix `ratio` x |Phase-2 data| English examples answered by the Phase-1 model into Phase 2."""
 
-    def __init__(self, ratio: float = 0.1, seed: int | None = None, max_new_tokens: int = 256, batch_size: int = 16,
-                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, keep_empty: bool = False):
+    def __init__(
+        self,
+        ratio: float = 0.1,
+        seed: int | None = None,
+        max_new_tokens: int = 256,
+        batch_size: int = 16,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        keep_empty: bool = False,
+    ):
         self.ratio = ratio
         self.seed = seed
-        self.generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                           **({"temperature": temperature, "top_p": top_p} if do_sample else {})}
+        self.generation = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            **({"temperature": temperature, "top_p": top_p} if do_sample else {}),
+        }
         self.batch_size = batch_size
         self.keep_empty = keep_empty
         self._report: dict[str, Any] = {}
@@ -48,8 +60,13 @@ class GenerativeReplay(Strategy):
             raise ConfigError(f"strategy.batch_size={self.batch_size!r} must be a positive integer")
 
     def generated_set(self, ctx: StrategyContext, n: int, seed: int) -> Path:
-        spec = {"phase1": ctx.phase1_key or str(ctx.phase1_dir), "counterpart": ctx.counterpart_spec, "n": n,
-                "seed": seed, "generation": self.generation}
+        spec = {
+            "phase1": ctx.phase1_key or str(ctx.phase1_dir),
+            "counterpart": ctx.counterpart_spec,
+            "n": n,
+            "seed": seed,
+            "generation": self.generation,
+        }
 
         def build(tmp: Path) -> None:
             from cft.models.generate import generate
@@ -59,8 +76,14 @@ class GenerativeReplay(Strategy):
                 raise ConfigError("generative replay needs the Phase-1 model, but the context gives no loader")
             model = ctx.load_phase1()
             start = time.time()
-            outputs = generate(model, ctx.tokenizer, [render_prompt(ctx.tokenizer, ex) for ex in prompts_from],
-                               batch_size=self.batch_size, desc="generative replay", **self.generation)
+            outputs = generate(
+                model,
+                ctx.tokenizer,
+                [render_prompt(ctx.tokenizer, ex) for ex in prompts_from],
+                batch_size=self.batch_size,
+                desc="generative replay",
+                **self.generation,
+            )
             seconds = time.time() - start
             del model
             import torch
@@ -71,11 +94,14 @@ class GenerativeReplay(Strategy):
             with open(tmp / "replay.jsonl", "w", encoding="utf-8") as f:
                 for ex, out in zip(prompts_from, outputs):
                     f.write(json.dumps(asdict(replace(ex, output=out)), ensure_ascii=False) + "\n")
-            stats = {"requested": n, "empty": sum(not o.strip() for o in outputs),
-                     "mean_new_tokens": sum(lengths) / max(len(lengths), 1),
-                     # a response as long as the budget most likely did not reach EOS
-                     "hit_max_new_tokens": sum(x >= self.generation["max_new_tokens"] for x in lengths),
-                     "seconds": seconds}
+            stats = {
+                "requested": n,
+                "empty": sum(not o.strip() for o in outputs),
+                "mean_new_tokens": sum(lengths) / max(len(lengths), 1),
+                # a response as long as the budget most likely did not reach EOS
+                "hit_max_new_tokens": sum(x >= self.generation["max_new_tokens"] for x in lengths),
+                "seconds": seconds,
+            }
             (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
 
         return artifacts.cached(ctx.cache_dir, "generative_replay", spec, build)
@@ -85,14 +111,25 @@ class GenerativeReplay(Strategy):
         n = replay_count(self.ratio, size)
         seed = ctx.seed if self.seed is None else self.seed
         self.artifact = self.generated_set(ctx, n, seed)
-        generated = [Example(**json.loads(line)) for line in (self.artifact / "replay.jsonl").read_text(encoding="utf-8").splitlines()]
+        generated = [
+            Example(**json.loads(line)) for line in (self.artifact / "replay.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
         replay = generated if self.keep_empty else [ex for ex in generated if ex.output.strip()]
         if len(replay) < len(generated):
-            log.warning("generative replay: %d of %d generated responses are empty and left out", len(generated) - len(replay), len(generated))
+            log.warning(
+                "generative replay: %d of %d generated responses are empty and left out",
+                len(generated) - len(replay),
+                len(generated),
+            )
         stats = json.loads((self.artifact / "stats.json").read_text())
-        self._report = {"replay_examples": len(replay), "replay_ratio": self.ratio, "replay_share": len(replay) / size,
-                        "phase2_examples": size, "replay_artifact": self.artifact.name,
-                        **{f"generation/{k}": v for k, v in stats.items()}}
+        self._report = {
+            "replay_examples": len(replay),
+            "replay_ratio": self.ratio,
+            "replay_share": len(replay) / size,
+            "phase2_examples": size,
+            "replay_artifact": self.artifact.name,
+            **{f"generation/{k}": v for k, v in stats.items()},
+        }
         return list(examples) + replay
 
     def report(self) -> dict[str, Any]:

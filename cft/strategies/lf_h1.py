@@ -4,10 +4,19 @@ decoder layers in Phase 2 (the paper uses k = 10), as the control for the change
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from cft.strategies.base import (Strategy, StrategyContext, check_count, check_modules, freeze, layers_text,
-                                 param_layer_module, parameter_report)
+from cft.strategies.base import (
+    Strategy,
+    StrategyContext,
+    check_count,
+    check_modules,
+    freeze,
+    layers_text,
+    param_layer_module,
+    parameter_report,
+)
 
 
 class RandomLayerFreeze(Strategy):
@@ -37,8 +46,12 @@ class RandomLayerFreeze(Strategy):
             return layer in chosen and (modules is None or module in modules)
 
         frozen = freeze(model, in_chosen)
-        self._report = {"frozen_layers": layers_text(self.layers), "k": self.k, "frozen_tensors": len(frozen),
-                        **parameter_report(model)}
+        self._report = {
+            "frozen_layers": layers_text(self.layers),
+            "k": self.k,
+            "frozen_tensors": len(frozen),
+            **parameter_report(model),
+        }
         return model
 
     def report(self) -> dict[str, Any]:

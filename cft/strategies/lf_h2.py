@@ -11,17 +11,27 @@ that changed most per module keep their Phase-1 values by having their gradient 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
 
-from cft.run import artifacts
 from cft.errors import CftError, ConfigError
+from cft.run import artifacts
+from cft.strategies.base import (
+    Strategy,
+    StrategyContext,
+    check_count,
+    check_modules,
+    freeze,
+    layers_text,
+    param_layer_module,
+    parameter_report,
+    write_csv,
+)
 from cft.training.gradients import full_shape, scale_grad
-from cft.strategies.base import (Strategy, StrategyContext, check_count, check_modules, freeze, layers_text,
-                                 param_layer_module, parameter_report, write_csv)
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +48,21 @@ def local_checkpoint(ref: str | Path, what: str) -> Path:
     try:
         return Path(snapshot_download(str(ref), allow_patterns=["*.safetensors", "*.json"]))
     except Exception as exc:  # the hub client raises many types; all mean "not available locally"
-        raise CftError(f"lf_h2 needs the safetensors weights of the {what} '{ref}' on disk: {exc}. "
-                       "Download it once and pass its local path (model.base= / model.instruct=).") from exc
+        raise CftError(
+            f"lf_h2 needs the safetensors weights of the {what} '{ref}' on disk: {exc}. "
+            "Download it once and pass its local path (model.base= / model.instruct=)."
+        ) from exc
 
 
 def head_changes(ref_a: Path, ref_b: Path, modules: Sequence[str], head_dim: int) -> pd.DataFrame:
     """Relative change of each head's row slice of the given projections, streamed tensor by tensor."""
     from cft.measures.layers import checkpoint_index, iter_tensor_pairs, parse_name
 
-    names = [n for n in checkpoint_index(ref_a) if n.endswith(".weight") and parse_name(n)[1] is not None
-             and parse_name(n)[0] in modules]
+    names = [
+        n
+        for n in checkpoint_index(ref_a)
+        if n.endswith(".weight") and parse_name(n)[1] is not None and parse_name(n)[0] in modules
+    ]
     rows = []
     for name, wa, wb in iter_tensor_pairs(ref_a, ref_b, names):
         module, layer = parse_name(name)
@@ -56,8 +71,9 @@ def head_changes(ref_a: Path, ref_b: Path, modules: Sequence[str], head_dim: int
         diff = torch.linalg.vector_norm(heads_b - heads_a, dim=(1, 2))
         for head in range(heads_a.shape[0]):
             na = float(norm_a[head])
-            rows.append({"module": module, "layer": layer, "head": head,
-                         "change": float(diff[head]) / na if na else float("nan")})
+            rows.append(
+                {"module": module, "layer": layer, "head": head, "change": float(diff[head]) / na if na else float("nan")}
+            )
     return pd.DataFrame(rows, columns=["module", "layer", "head", "change"])
 
 
@@ -121,7 +137,11 @@ class ChangeRankedFreeze(Strategy):
                 self.selected[module] = top_k_layers(frame, module, self.k)
                 frame.loc[(frame["module"] == module) & frame["layer"].isin(self.selected[module]), "frozen"] = True
             else:
-                rows = frame[frame["module"] == module].sort_values(["change", "layer", "head"], ascending=[False, True, True]).head(self.k)
+                rows = (
+                    frame[frame["module"] == module]
+                    .sort_values(["change", "layer", "head"], ascending=[False, True, True])
+                    .head(self.k)
+                )
                 frame.loc[rows.index, "frozen"] = True
                 self.selected[module] = sorted((int(r.layer), int(r.head)) for r in rows.itertuples())
         self.table = frame.sort_values(["module", "layer"] + (["head"] if "head" in frame else [])).reset_index(drop=True)
@@ -142,9 +162,9 @@ class ChangeRankedFreeze(Strategy):
                 if (layer, module) in by_param and param.requires_grad:  # weight rows (and bias entries) of a head
                     keep = torch.ones(full_shape(param)[0])
                     for head in by_param[(layer, module)]:
-                        keep[head * head_dim:(head + 1) * head_dim] = 0.0
+                        keep[head * head_dim : (head + 1) * head_dim] = 0.0
                     self._masks.append((param, keep))
-            self._report = {f"frozen/{m}": ",".join(f"L{l}H{h}" for l, h in v) for m, v in self.selected.items()}
+            self._report = {f"frozen/{m}": ",".join(f"L{layer}H{h}" for layer, h in v) for m, v in self.selected.items()}
             self._report["masked_tensors"] = len(self._masks)
         self._report.update({"k": self.k, "granularity": self.granularity, **parameter_report(model)})
         write_csv(ctx.run_dir / "lf_h2_frozen.csv", list(self.table.columns), self.table.values.tolist())

@@ -5,15 +5,21 @@ and the saved checkpoint see a plain model."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from cft.errors import ConfigError
 from cft.strategies.base import Strategy, StrategyContext, check_modules, parameter_report
 
 
 class LoRA(Strategy):
-    def __init__(self, r: int = 8, alpha: float = 16, dropout: float = 0.05,
-                 target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")):
+    def __init__(
+        self,
+        r: int = 8,
+        alpha: float = 16,
+        dropout: float = 0.05,
+        target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    ):
         self.r = r
         self.alpha = alpha
         self.dropout = dropout
@@ -32,11 +38,21 @@ class LoRA(Strategy):
     def prepare(self, model, ctx: StrategyContext):
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                            target_modules=self.target_modules, bias="none", task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, config)
-        self._report = {"r": self.r, "alpha": self.alpha, "target_modules": ",".join(self.target_modules),
-                        **parameter_report(model)}
+        self._report = {
+            "r": self.r,
+            "alpha": self.alpha,
+            "target_modules": ",".join(self.target_modules),
+            **parameter_report(model),
+        }
         return model
 
     def finalize(self, model, ctx: StrategyContext):

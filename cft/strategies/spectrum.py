@@ -12,14 +12,24 @@ the top `fraction` of layers by SNR train.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from cft.strategies.base import (
+    Strategy,
+    StrategyContext,
+    check_modules,
+    check_ratio,
+    freeze,
+    layers_text,
+    param_layer_module,
+    parameter_report,
+    write_csv,
+)
 from cft.training.gradients import full_shape, full_value
-from cft.strategies.base import (Strategy, StrategyContext, check_modules, check_ratio, freeze, layers_text,
-                                 param_layer_module, parameter_report, write_csv)
 
 DEFAULT_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -56,8 +66,11 @@ class Spectrum(Strategy):
 
     def prepare(self, model, ctx: StrategyContext):
         scores: dict[str, list[tuple[float, int]]] = {m: [] for m in self.modules}
-        params = [(n, p) for n, p in model.named_parameters()
-                  if n.endswith(".weight") and len(full_shape(p)) == 2 and param_layer_module(n)[1] in scores]
+        params = [
+            (n, p)
+            for n, p in model.named_parameters()
+            if n.endswith(".weight") and len(full_shape(p)) == 2 and param_layer_module(n)[1] in scores
+        ]
         for name, param in tqdm(params, desc="spectrum SNR", leave=False):
             layer, module = param_layer_module(name)
             scores[module].append((snr(full_value(param)), layer))

@@ -18,8 +18,9 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -32,15 +32,16 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from cft.errors import CftError, ConfigError
 from cft.training import distributed
-from cft.errors import ConfigError, CftError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class TrainSettings:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], **overrides) -> "TrainSettings":
+    def from_config(cls, cfg: Mapping[str, Any], **overrides) -> TrainSettings:
         known = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in dict(cfg).items() if k in known}
         return cls(**{**values, **overrides})
@@ -201,8 +202,9 @@ def deepspeed_config(settings: TrainSettings, world: int) -> dict:
     batch sizes, clipping, bf16/fp16 from train.precision, and the optimizer's hyper-parameters."""
     cfg = json.loads(json.dumps(dict(settings.deepspeed)))  # plain, mutable copy
     micro, accum = batch_shape(settings, world)
-    cfg.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum,
-               train_batch_size=settings.global_batch_size)
+    cfg.update(
+        train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum, train_batch_size=settings.global_batch_size
+    )
     cfg["gradient_clipping"] = float(settings.max_grad_norm or 0.0)
     precision = _precision(settings.precision)
     for key, want in (("bf16", precision == "bf16"), ("fp16", precision == "fp16")):
@@ -211,7 +213,12 @@ def deepspeed_config(settings: TrainSettings, world: int) -> dict:
             block["enabled"] = want
     opt = cfg.get("optimizer")
     if opt:
-        auto = {"lr": settings.lr, "betas": list(settings.adam_betas), "eps": settings.adam_eps, "weight_decay": settings.weight_decay}
+        auto = {
+            "lr": settings.lr,
+            "betas": list(settings.adam_betas),
+            "eps": settings.adam_eps,
+            "weight_decay": settings.weight_decay,
+        }
         params = opt.setdefault("params", {})
         for k, v in auto.items():
             if params.get(k, "auto") == "auto":
@@ -254,11 +261,18 @@ def _deepspeed_engine(model, groups: list[dict], ds_config: dict, settings: Trai
     import deepspeed
 
     distributed.init_deepspeed()
-    kwargs = {"model_parameters": groups} if ds_config.get("optimizer") else {
-        "optimizer": torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.adam_betas), eps=settings.adam_eps)}
+    kwargs = (
+        {"model_parameters": groups}
+        if ds_config.get("optimizer")
+        else {"optimizer": torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.adam_betas), eps=settings.adam_eps)}
+    )
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, config=ds_config, dist_init_required=False,
-        lr_scheduler=lambda opt: _schedule(opt, settings.scheduler, settings.warmup_steps, total), **kwargs)
+        model=model,
+        config=ds_config,
+        dist_init_required=False,
+        lr_scheduler=lambda opt: _schedule(opt, settings.scheduler, settings.warmup_steps, total),
+        **kwargs,
+    )
     return engine, optimizer, scheduler
 
 
@@ -315,8 +329,9 @@ def train_phase(
     accelerator = None
     if ds_config is None:
         # cpu=True on machines without CUDA: accelerate then runs several CPU ranks as DDP over gloo.
-        accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=accum,
-                                  mixed_precision=_precision(settings.precision))
+        accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), gradient_accumulation_steps=accum, mixed_precision=_precision(settings.precision)
+        )
 
     per_step = accum * world
     n_batches_epoch = len(_epoch_batches(len(dataset), micro, per_step, settings.seed, 0))
@@ -333,7 +348,11 @@ def train_phase(
         raise ConfigError(f"{phase}: the strategy left no trainable parameter")
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    groups = [g for g in ({"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    groups = [
+        g
+        for g in ({"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+        if g["params"]
+    ]
     engine = None
     if ds_config is not None:
         engine, optimizer, scheduler = _deepspeed_engine(model, groups, ds_config, settings, total)
@@ -379,7 +398,8 @@ def train_phase(
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"{phase}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, rank {rank}); stopping. "
-                        "Lower train.lr or check the data; a rerun resumes from the last checkpoint")
+                        "Lower train.lr or check the data; a rerun resumes from the last checkpoint"
+                    )
                 loss_sum += loss.item()
                 loss_count += 1
                 tokens += sum(len(dataset[j]["input_ids"]) for j in idx)  # real tokens, whatever the collator pads
@@ -413,19 +433,33 @@ def train_phase(
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.4f}")
                 if log_fn and distributed.is_main() and log_step:
-                    log_fn({f"{phase}/loss": last_loss, f"{phase}/lr": scheduler.get_last_lr()[0],
-                            f"{phase}/epoch": step / steps_per_epoch, f"{phase}/step": step})
+                    log_fn(
+                        {
+                            f"{phase}/loss": last_loss,
+                            f"{phase}/lr": scheduler.get_last_lr()[0],
+                            f"{phase}/epoch": step / steps_per_epoch,
+                            f"{phase}/step": step,
+                        }
+                    )
                 loss_sum, loss_count = 0.0, 0
                 stopping = step < total and stop.any_rank(world)
                 periodic = settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total
                 if ckpt_root and (periodic or stopping):
-                    counts = {"step": step, "tokens": int(distributed.all_sum(tokens)), "examples": int(distributed.all_sum(examples))}
-                    _save_checkpoint(ckpt_root, step, settings.keep_checkpoints, counts,
-                                     accelerator=accelerator, engine=engine, phase=phase)
+                    counts = {
+                        "step": step,
+                        "tokens": int(distributed.all_sum(tokens)),
+                        "examples": int(distributed.all_sum(examples)),
+                    }
+                    _save_checkpoint(
+                        ckpt_root, step, settings.keep_checkpoints, counts, accelerator=accelerator, engine=engine, phase=phase
+                    )
                 if stopping and stop.terminates():
                     bar.close()
-                    saved = f"checkpoint saved in {ckpt_root}; rerun the same command to resume" if ckpt_root else (
-                        "no checkpoint folder was given, so nothing was saved")
+                    saved = (
+                        f"checkpoint saved in {ckpt_root}; rerun the same command to resume"
+                        if ckpt_root
+                        else ("no checkpoint folder was given, so nothing was saved")
+                    )
                     raise Interrupted(f"{phase}: stopped by SIGTERM after step {step} of {total}; {saved}")
                 if step >= total:
                     break
@@ -435,7 +469,15 @@ def train_phase(
     tokens, examples = int(distributed.all_sum(tokens)), int(distributed.all_sum(examples))  # all ranks'
     trained = _gathered(engine) if engine is not None else accelerator.unwrap_model(model)
     stats = TrainStats(step, step / steps_per_epoch, examples, tokens, seconds, last_loss, resumed_from)
-    log.info("%s: %d steps, %d tokens in %.1fs (%.0f tokens/s), final loss %.4f", phase, step, tokens, seconds, stats.tokens_per_second, last_loss)
+    log.info(
+        "%s: %d steps, %d tokens in %.1fs (%.0f tokens/s), final loss %.4f",
+        phase,
+        step,
+        tokens,
+        seconds,
+        stats.tokens_per_second,
+        last_loss,
+    )
     if accelerator is not None:
         _release(accelerator)
     return trained, stats
@@ -464,7 +506,9 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _save_checkpoint(root: Path, step: int, keep: int, state: dict, *, accelerator=None, engine=None, phase: str = "train") -> None:
+def _save_checkpoint(
+    root: Path, step: int, keep: int, state: dict, *, accelerator=None, engine=None, phase: str = "train"
+) -> None:
     """Write a resumable checkpoint into a temporary folder, then rename it with `DONE` last: a kill or
     a full disk mid-save leaves the previous checkpoint the latest usable one."""
     target = root / f"step-{step}"
@@ -545,15 +589,21 @@ def fit(
 
     With `packing`, the examples of each micro-batch share rows without attention across examples
     (cft/data/packing.py); the padding share with and without it is in TokenizeStats."""
-    from cft.data.format import PadCollator, tokenize_examples
     from contextlib import nullcontext
 
+    from cft.data.format import PadCollator, tokenize_examples
     from cft.data.packing import PackingCollator, no_kv_cache, padding_fraction, uses_varlen_attention
 
     tokenized, tok_stats = tokenize_examples(tokenizer, examples, max_length, loss_on_prompt)
     if tok_stats.truncated or tok_stats.dropped:
-        log.warning("%s: %d of %d examples truncated to %d tokens, %d dropped (prompt alone too long)",
-                    phase, tok_stats.truncated, tok_stats.total, max_length, tok_stats.dropped)
+        log.warning(
+            "%s: %d of %d examples truncated to %d tokens, %d dropped (prompt alone too long)",
+            phase,
+            tok_stats.truncated,
+            tok_stats.total,
+            max_length,
+            tok_stats.dropped,
+        )
     micro = min(settings.micro_batch_size, settings.global_batch_size // int(os.environ.get("WORLD_SIZE", "1")) or 1)
     batches = _epoch_batches(len(tokenized), max(micro, 1), 1, settings.seed, 0)
     tok_stats.packing = bool(packing)
@@ -566,12 +616,26 @@ def fit(
     single_row = uses_varlen_attention(model)
     tok_stats.padding_fraction = padding_fraction(lengths, batches)
     tok_stats.padding_fraction_packed = padding_fraction(lengths, batches, packed=True, single_row=single_row)
-    log.info("%s: padding is %.1f%% of the token slots of padded micro-batches, %.1f%% packed; packing is %s%s",
-             phase, 100 * tok_stats.padding_fraction, 100 * tok_stats.padding_fraction_packed,
-             "on" if packing else "off", "" if packing else " (train.packing=true)")
-    collator = (PackingCollator(pad_id=tokenizer.pad_token_id, single_row=single_row) if packing
-                else PadCollator(tokenizer.pad_token_id))
+    log.info(
+        "%s: padding is %.1f%% of the token slots of padded micro-batches, %.1f%% packed; packing is %s%s",
+        phase,
+        100 * tok_stats.padding_fraction,
+        100 * tok_stats.padding_fraction_packed,
+        "on" if packing else "off",
+        "" if packing else " (train.packing=true)",
+    )
+    collator = (
+        PackingCollator(pad_id=tokenizer.pad_token_id, single_row=single_row) if packing else PadCollator(tokenizer.pad_token_id)
+    )
     with no_kv_cache(model) if packing else nullcontext():
-        model, stats = train_phase(model, tokenized, collator=collator, settings=settings,
-                                   hooks=hooks, phase=phase, checkpoint_dir=checkpoint_dir, log_fn=log_fn)
+        model, stats = train_phase(
+            model,
+            tokenized,
+            collator=collator,
+            settings=settings,
+            hooks=hooks,
+            phase=phase,
+            checkpoint_dir=checkpoint_dir,
+            log_fn=log_fn,
+        )
     return model, stats, tok_stats

@@ -131,7 +131,9 @@ XLSUM_MAX_ARTICLE_CHARS = 4000
 
 
 def process_docs_xlsum(dataset):
-    return dataset.map(lambda d: {"text": d["text"][:XLSUM_MAX_ARTICLE_CHARS].strip(), "summary": d["summary"].strip()}, **_NO_CACHE)
+    return dataset.map(
+        lambda d: {"text": d["text"][:XLSUM_MAX_ARTICLE_CHARS].strip(), "summary": d["summary"].strip()}, **_NO_CACHE
+    )
 
 
 def xlsum_results(doc, results):
