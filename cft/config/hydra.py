@@ -29,19 +29,63 @@ def sweep_id_for(overrides: list[str]) -> str:
 
 
 class SweepId(Callback):
+    """Gives every cell of a multirun one sweep id, and ends the sweep with a table of its failed cells."""
+
     def on_multirun_start(self, config, **kwargs) -> None:
+        import time
+
         from omegaconf import OmegaConf
 
         # An experiment config may pin sweep_id (a plain value, not the env interpolation).
         pinned = None if OmegaConf.is_interpolation(config, "sweep_id") else config.get("sweep_id")
         sweep = str(pinned) if pinned else sweep_id_for(list(config.hydra.overrides.task))
         os.environ[ENV] = sweep
+        os.environ[START_ENV] = str(time.time())
         print(f"cft: sweep_id={sweep}", flush=True)
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        import sys
+
         sweep = os.environ.get(ENV)
-        if sweep:
-            print(f"cft: sweep {sweep} finished. Tables and figures: python analyze.py sweep_id={sweep}", flush=True)
+        if not sweep:
+            return
+        failed = failed_cells(config.paths.output_root, sweep, since=float(os.environ.get(START_ENV, "0")))
+        if failed:
+            from tabulate import tabulate
+
+            rows = [[cell, record.get("phase", "?"), _one_line(record.get("message", ""))] for cell, record in failed]
+            print(
+                f"\ncft: {len(failed)} cell(s) of sweep {sweep} failed:\n"
+                + tabulate(rows, headers=["cell", "step", "reason"], tablefmt="simple")
+                + "\nFix the cause and run the same command again: finished cells are skipped, failed and "
+                "unfinished ones run again.",
+                file=sys.stderr,
+                flush=True,
+            )
+        print(f"cft: sweep {sweep} finished. Tables and figures: python analyze.py sweep_id={sweep}", flush=True)
+        if failed:
+            sys.exit(1)
+
+
+START_ENV = "CFT_SWEEP_START"
+
+
+def _one_line(message: str, width: int = 100) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def failed_cells(output_root: str, sweep_id: str, *, since: float = 0.0) -> list[tuple[str, dict]]:
+    """(cell, failure record) of the run folders of a sweep that failed since `since` (a time stamp)."""
+    folder = layout.sweep_dir(output_root, sweep_id)
+    if not folder.is_dir():
+        return []
+    out = []
+    for run in layout.run_folders(folder):
+        path = run / layout.FAILED
+        if path.is_file() and not (run / layout.DONE).exists() and path.stat().st_mtime >= since:
+            out.append((str(run.relative_to(folder)), layout.read_failure(run) or {}))
+    return out
 
 
 def evaluation_dir(run_dir: str | None, checkpoint: str | None, output_root: str, suite: str) -> str:

@@ -78,6 +78,30 @@ def load_model(ref: str, *, gguf_file: str | None = None, dtype: str = "auto", w
     return model, tokenizer
 
 
+def read_config(ref: str, *, gguf_file: str | None = None, what: str = "checkpoint"):
+    """The model config alone (no weights), so a checkpoint that cannot load fails before any training."""
+    from transformers import AutoConfig
+
+    local = Path(str(ref)).expanduser()
+    looks_local = str(ref).startswith((".", "/", "~")) or local.exists()
+    if looks_local and not local.exists():
+        raise CftError(f"{what} path does not exist: {local}")
+    if local.is_dir() and not gguf_file and not (local / "config.json").is_file():
+        raise CftError(
+            f"{what} folder {local} has no config.json: it is not a checkpoint saved with save_pretrained "
+            "(or give model.gguf_file=<file> for a GGUF file in it)"
+        )
+    if gguf_file and local.is_dir() and not (local / gguf_file).is_file():
+        raise CftError(f"{what}: no GGUF file {gguf_file} in {local}")
+    try:
+        return AutoConfig.from_pretrained(str(ref), **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError) as exc:
+        raise CftError(
+            f"Could not load the config of {what} '{ref}': {str(exc).splitlines()[0]}\n"
+            "Offline? Download the checkpoint and pass its local path (e.g. model.base=/path/to/model)."
+        ) from exc
+
+
 def count_parameters(model) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,4 +1,12 @@
-"""The evaluation recipe (evaluate.py): score a finished run's final checkpoint, or any checkpoint, on a suite."""
+"""The evaluation recipe (evaluate.py): score a finished run's final checkpoint, or any checkpoint,
+on an evaluation suite, read top to bottom.
+
+    EvalRecipe(cfg, out_dir=..., suite=...).run()
+        setup()      the suite's tasks built and checked, the checkpoint found and its config read
+        evaluate()   the model loaded once and scored
+        record()     metrics.json in <run>/evaluations/<suite> (or under the output root), W&B
+        cleanup()    W&B finished
+"""
 
 from __future__ import annotations
 
@@ -10,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from cft.errors import ConfigError
 from cft.evaluation import evaluate
-from cft.models import load_model
-from cft.recipes.train import _device, build_eval_tasks, check_model
+from cft.models.handle import Checkpoint
+from cft.recipes.common import build_eval_tasks, configure_threads, device
 from cft.run import keys, layout
 from cft.run.folder import RunDir
 from cft.run.tracking import Tracker
@@ -19,61 +27,90 @@ from cft.run.tracking import Tracker
 log = logging.getLogger(__name__)
 
 
-def evaluate_checkpoint(cfg: DictConfig, *, out_dir: str | Path, suite: str) -> dict[str, float]:
-    """evaluate.py: score a run's final checkpoint (run_dir=) or any checkpoint (checkpoint=)."""
-    out_dir = Path(out_dir)
-    group = None
-    if cfg.get("run_dir"):
-        run = RunDir(cfg.run_dir)
-        if not run.checkpoint.exists():
-            raise ConfigError(f"run_dir={cfg.run_dir}: no final checkpoint at {run.checkpoint} (is the run finished?)")
-        ref, gguf_file = str(run.checkpoint), None
-        group = json.loads((run.path / layout.META).read_text()).get("sweep_id") if (run.path / layout.META).exists() else None
-    elif cfg.get("checkpoint"):
-        ref, gguf_file = str(cfg.checkpoint), cfg.model.get("gguf_file")
-    else:
+class EvalRecipe:
+    def __init__(self, cfg: DictConfig, *, out_dir: str | Path, suite: str):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.suite = suite
+        self.group: str | None = None
+        self.tracker: Tracker | None = None
+        self.scores: dict = {}
+
+    def run(self) -> dict:
+        try:
+            self.setup()
+            self.evaluate()
+            self.record()
+        finally:
+            self.cleanup()
+        from tabulate import tabulate
+
+        table = tabulate(sorted(self.scores.items()), headers=["score", self.suite], floatfmt=".3f")
+        print(f"\n{table}\n\nWritten to {self.out_dir / layout.METRICS}")
+        return self.scores
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        configure_threads(cfg.get("threads"))
+        self.checkpoint = self._checkpoint()
+        self.tasks = build_eval_tasks(cfg.eval)  # unknown tasks fail here, before the model loads
+        self.checkpoint.config()
+        self.tracker = Tracker(
+            mode=cfg.tracking.mode,
+            project=cfg.tracking.project,
+            entity=cfg.tracking.get("entity"),
+            run_dir=self.out_dir,
+            name=f"evaluate/{self.suite}",
+            group=self.group,
+            job_type="evaluate",
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+
+    def evaluate(self) -> None:
+        model, tokenizer = self.checkpoint.load(dtype=str(self.cfg.model.get("dtype", "auto")))
+        self.scores = evaluate(
+            model.to(device()), tokenizer, self.tasks, limit=self.cfg.eval.get("limit"), out_dir=self.out_dir / "samples"
+        )
+
+    def record(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / layout.METRICS).write_text(json.dumps(self.scores, indent=2, sort_keys=True))
+        self.tracker.summary(self.scores)
+        self.tracker.log_table(
+            "scores_per_language", ["phase", "ability", "task", "language", "score"], keys.language_rows(self.scores)
+        )
+
+    def cleanup(self) -> None:
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
+
+    def _checkpoint(self) -> Checkpoint:
+        """The run's final checkpoint (run_dir=), any checkpoint (checkpoint=), or the latest finished run's."""
+        cfg = self.cfg
+        if cfg.get("run_dir"):
+            run = RunDir(cfg.run_dir)
+            if not run.checkpoint.exists():
+                raise ConfigError(f"run_dir={cfg.run_dir}: no final checkpoint at {run.checkpoint} (is the run finished?)")
+            meta = run.path / layout.META
+            self.group = json.loads(meta.read_text()).get("sweep_id") if meta.exists() else None
+            return Checkpoint(str(run.checkpoint), key="", what="checkpoint")
+        if cfg.get("checkpoint"):
+            return Checkpoint(str(cfg.checkpoint), key="", what="checkpoint", gguf_file=cfg.model.get("gguf_file"))
         # Neither given: Hydra's output dir (cft.config.hydra.evaluation_dir) already picked the latest
         # finished run, <run>/evaluations/<suite>. Reading it back, rather than scanning again, keeps
         # the evaluated checkpoint and the folder written to the same run if another finishes meanwhile.
-        latest = out_dir.parent.parent
+        latest = self.out_dir.parent.parent
         if not ((latest / layout.DONE).is_file() and (latest / layout.META).is_file()):
             raise ConfigError(
                 f"no finished run under {cfg.paths.output_root}: give run_dir=<run folder> or "
                 "checkpoint=<hub id or folder> (with model=<name> for its settings)"
             )
         log.info("No run_dir= or checkpoint= given: evaluating the latest finished run, %s", latest)
-        return evaluate_checkpoint(OmegaConf.merge(cfg, {"run_dir": str(latest)}), out_dir=out_dir, suite=suite)
-    tasks = build_eval_tasks(cfg.eval)  # unknown tasks fail here, before the model loads
-    check_model(ref, gguf_file=gguf_file, what="checkpoint")
-    model, tokenizer = load_model(ref, gguf_file=gguf_file, dtype=str(cfg.model.get("dtype", "auto")), what="checkpoint")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    tracker = Tracker(
-        mode=cfg.tracking.mode,
-        project=cfg.tracking.project,
-        entity=cfg.tracking.get("entity"),
-        run_dir=out_dir,
-        name=f"evaluate/{suite}",
-        group=group,
-        job_type="evaluate",
-        config=resolved,
-    )
-    try:
-        scores = evaluate(model.to(_device()), tokenizer, tasks, limit=cfg.eval.get("limit"), out_dir=out_dir / "samples")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / layout.METRICS).write_text(json.dumps(scores, indent=2, sort_keys=True))
-        tracker.summary(scores)
-        tracker.log_table(
-            "scores_per_language",
-            ["phase", "ability", "task", "language", "score"],
-            keys.language_rows({f"phase2/{k}": v for k, v in scores.items()}),
-        )
-    finally:
-        tracker.finish()
-    from tabulate import tabulate
+        self.cfg = OmegaConf.merge(cfg, {"run_dir": str(latest)})
+        return self._checkpoint()
 
-    print(
-        "\n"
-        + tabulate(sorted(scores.items()), headers=["score", suite], floatfmt=".3f")
-        + f"\n\nWritten to {out_dir / 'metrics.json'}"
-    )
-    return scores
+
+def evaluate_checkpoint(cfg: DictConfig, *, out_dir: str | Path, suite: str) -> dict:
+    """evaluate.py's task function."""
+    return EvalRecipe(cfg, out_dir=out_dir, suite=suite).run()

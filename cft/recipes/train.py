@@ -1,9 +1,19 @@
-"""The recipe: one cell of the study, as one readable story.
+"""The training recipe: one cell of the study, read top to bottom.
 
-    check every input -> Phase 1 (cached) -> evaluate it (cached) -> Phase 2 through the
-    strategy's hooks -> evaluate -> record (metrics.json, W&B) -> DONE
+    TrainRecipe(cfg, run_dir=..., choices=...).run()
+        setup()      every input checked before any model work: the strategy's options against the
+                     model's shape, every dataset the cell reads (the English counterpart included),
+                     the evaluation suite, the checkpoints; then the run folder (locked), the base
+                     (phase 0 of the demo), the tracker
+        phase1()     DES; the Phase-1 model (trained once per model, data, settings and seed, or the
+                     Instruct checkpoint) and its evaluation, both cached; MPD
+        phase2()     the strategy's hooks around the one training loop; the model saved
+        evaluate()   the Phase-2 model, in memory
+        record()     metrics.json, W&B, DONE
+        cleanup()    W&B finished, the run folder unlocked (also after a failure, which leaves FAILED)
 
-Only this module sees the whole config; everything it calls takes explicit arguments.
+Only this module sees the whole config; everything it calls takes explicit arguments. The base and
+the Phase-1 model are `Checkpoint` handles: loaded lazily, at most once.
 """
 
 from __future__ import annotations
@@ -11,179 +21,124 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cft.data.sources import SFTData, load_config
 from cft.errors import CftError, ConfigError
 from cft.evaluation import evaluate
 from cft.evaluation.summary import print_summary
-from cft.models import load_model, save_built_model
-from cft.run import artifacts, keys
+from cft.models import save_built_model
+from cft.models.handle import Checkpoint
+from cft.recipes.common import (
+    build,
+    build_eval_tasks,
+    configure_threads,
+    device,
+    phase_train_config,
+    plain,
+    train_settings,
+)
+from cft.run import keys, layout
+from cft.run.artifacts import Cache, key_of
 from cft.run.folder import RunDir, comparable
 from cft.run.tracking import Tracker
 from cft.strategies.base import StrategyContext
 from cft.training import distributed
-from cft.training.loop import TrainSettings, fit, zero3_init
+from cft.training.loop import fit, zero3_init, zero_stage
 
 log = logging.getLogger(__name__)
 
-
-def _plain(node) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+__all__ = ["TrainRecipe", "train_cell", "base_reference", "finetune_base", "evaluate_cached", "phase_train_config"]
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def load_data(data_cfg: Any) -> SFTData:
+    return load_config(plain(data_cfg))
 
 
-# ---------------------------------------------------------------- inputs
+# ---------------------------------------------------------------- the base model
 
 
-def load_data(data_cfg) -> SFTData:
-    return load_config(_plain(data_cfg))
+def model_shape(model_cfg: Mapping[str, Any]):
+    """The model's config (layer and head counts) without building or loading any weights, so
+    strategy options are checked against it before phase 0 or Phase 1 trains."""
+    if model_cfg.get("build") and not model_cfg.get("base"):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(**{k: v for k, v in model_cfg["build"].items() if k != "seed"})
+    ref = model_cfg.get("base") or model_cfg.get("instruct")
+    return Checkpoint(str(ref), key="", what="model", gguf_file=model_cfg.get("gguf_file")).config()
 
 
-def build_eval_tasks(eval_cfg) -> dict[str, Any]:
-    tasks = eval_cfg.get("tasks") or {}
-    if not tasks:
-        raise ConfigError("the eval config lists no tasks (eval.tasks is empty)")
-    # A task set to null is switched off (eval.tasks.mlqa=null).
-    built = {name: build(node) for name, node in tasks.items() if node is not None}
-    if not built:
-        raise ConfigError("every task of the eval suite is switched off (eval.tasks.* = null)")
-    return built
-
-
-def build(node):
-    """hydra.utils.instantiate, letting a CftError raised by the object (a bad option, a missing
-    file) through as itself: Hydra wraps it in an InstantiationException, whose trace would bury it."""
-    try:
-        return instantiate(node)
-    except Exception as exc:
-        if isinstance(exc.__cause__, CftError):
-            raise exc.__cause__ from None
-        raise
-
-
-def base_reference(model_cfg, cache_dir: Path) -> str:
-    """Hub id or folder of the base model; a model built in code is saved once into the cache."""
+def base_reference(model_cfg: Mapping[str, Any], cache_dir: Path) -> str:
+    """Hub id or folder of the base model; a model built in code is saved once into the cache, after
+    phase 0 where the model config asks for it (the demo's pre-training, cft.models.pretrain)."""
+    model_cfg = plain(model_cfg)
     if model_cfg.get("base"):
-        return str(model_cfg.base)
-    build = _plain(model_cfg.get("build"))
-    if not build:
-        raise ConfigError(f"model '{model_cfg.name}' has neither model.base (hub id or path) nor model.build")
-    seed = build.pop("seed", 0)
-    pretrain = _plain(model_cfg.get("pretrain"))
+        return str(model_cfg["base"])
+    arch = dict(model_cfg.get("build") or {})
+    if not arch:
+        raise ConfigError(f"model '{model_cfg.get('name')}' has neither model.base (hub id or path) nor model.build")
+    seed = arch.pop("seed", 0)
+    pretrain = model_cfg.get("pretrain")
+    cache = Cache(cache_dir)
     if pretrain:
-        # Phase 0: a short pre-training on raw text, so the base knows the languages and skills
-        # (cft.models.pretrain); cached like any artifact, keyed by the build and the pretrain spec.
         from cft.models.pretrain import save_pretrained_base
 
-        spec = {"build": build, "seed": seed, "tokenizer": "bytes-v1", "pretrain": pretrain}
-        path = artifacts.cached(
-            cache_dir, "base", spec, lambda tmp: save_pretrained_base(tmp / "model", build, pretrain, seed=seed)
-        )
-        return str(path / "model")
-    path = artifacts.cached(
-        cache_dir,
-        "base",
-        {"build": build, "seed": seed, "tokenizer": "bytes-v1"},
-        lambda tmp: save_built_model(tmp / "model", build, seed=seed),
-    )
+        spec = {"build": arch, "seed": seed, "tokenizer": "bytes-v1", "pretrain": pretrain}
+        path = cache.artifact("base", spec, lambda tmp: save_pretrained_base(tmp / "model", arch, pretrain, seed=seed))
+    else:
+        spec = {"build": arch, "seed": seed, "tokenizer": "bytes-v1"}
+        path = cache.artifact("base", spec, lambda tmp: save_built_model(tmp / "model", arch, seed=seed))
     return str(path / "model")
 
 
-def _built_base_spec(model_cfg) -> Any:
-    """What determines a base built in code (for the keys of artifacts derived from it)."""
-    pretrain = _plain(model_cfg.get("pretrain"))
-    return {**_plain(model_cfg.build), "pretrain": pretrain} if pretrain else _plain(model_cfg.build)
+def base_key(model_cfg: Mapping[str, Any], base_ref: str) -> Any:
+    """What determines the base (for the keys of artifacts derived from it)."""
+    if model_cfg.get("base"):
+        return base_ref
+    build_spec = dict(model_cfg["build"])
+    return {**build_spec, "pretrain": model_cfg["pretrain"]} if model_cfg.get("pretrain") else build_spec
 
 
-def check_model(ref: str, *, gguf_file: str | None, what: str):
-    """Load only the model config, so a checkpoint that cannot load fails before any training."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(ref, **({"gguf_file": gguf_file} if gguf_file else {}))
-    except (OSError, ValueError) as exc:
-        raise CftError(
-            f"Could not load the config of {what} '{ref}': {exc}\n"
-            "Offline? Download the checkpoint and pass its local path (e.g. model.base=/path/to/model)."
-        ) from exc
-
-
-# ---------------------------------------------------------------- phases
-
-
-def phase_train_config(train_cfg, phase: str) -> dict[str, Any]:
-    """The train settings of one phase: the shared ones, updated by `train.<phase>` (e.g. train.phase2.lr)."""
-    train = _plain(train_cfg)
-    shared = {k: v for k, v in train.items() if k not in ("phase1", "phase2")}
-    return {**shared, **{k: v for k, v in (train.get(phase) or {}).items() if v is not None}}
-
-
-@dataclass
-class Phase1:
-    ref: str  # hub id or folder of the Phase-1 model
-    key: str  # cache key: what determines this model
-    trained: bool
-    stats: dict
-
-
-def instruct_reference(model_cfg) -> str:
-    """The Instruct checkpoint that phase1_data=instruct uses as the Phase-1 model."""
-    if not model_cfg.get("instruct"):
-        raise ConfigError(
-            f"phase1_data=instruct needs an Instruct checkpoint, but model '{model_cfg.name}' has none "
-            "(set model.instruct=<hub id or path>)"
-        )
-    return str(model_cfg.instruct)
-
-
-def phase1(cfg: DictConfig, base_ref: str, data1: SFTData | None, cache_dir: Path, log_fn) -> Phase1:
-    """Fine-tune the base model on English instructions, or take the Instruct checkpoint.
-
-    The result is cached under a key of (model, Phase-1 data, training settings, seed) only, so every
-    strategy of a sweep shares it."""
-    if data1 is None:
-        ref = instruct_reference(cfg.model)
-        log.info("Phase 1: no training; using the Instruct checkpoint %s", ref)
-        return Phase1(
-            ref=ref, key=artifacts.key_of({"instruct": ref, "gguf_file": cfg.model.get("gguf_file")}), trained=False, stats={}
-        )
-    ref, key, stats = finetune_base("phase1", cfg, base_ref, cfg.phase1_data, data1, cache_dir, log_fn)
-    return Phase1(ref=ref, key=key, trained=True, stats=stats)
+# ---------------------------------------------------------------- cached phases
 
 
 def finetune_base(
-    kind: str, cfg: DictConfig, base_ref: str, data_cfg, data: SFTData, cache_dir: Path, log_fn
-) -> tuple[str, str, dict]:
-    """Fine-tune the base model on one dataset, as a cached artifact keyed by (model, data, the phase's
-    train settings, seed). `kind` is "phase1", or "phase2_alone" (the base fine-tuned on the Phase-2
-    data alone, which MPD compares with the Phase-1 model). Returns (model folder, key, train stats)."""
-    train = phase_train_config(cfg.train, "phase1")
+    kind: str,
+    *,
+    base: Checkpoint,
+    base_spec: Any,
+    data_spec: Mapping[str, Any],
+    data: SFTData,
+    train: Mapping[str, Any],
+    seed: int,
+    cache: Cache,
+    log_fn=None,
+) -> tuple[Checkpoint, dict]:
+    """Fine-tune the base model on one dataset with the given phase settings, as a cached artifact keyed
+    by (base, data, train settings, seed). `kind` is "phase1" (the Phase-1 model), or "phase2_alone"
+    (the base fine-tuned on the Phase-2 data alone with the Phase-1 settings, which MPD compares with
+    the Phase-1 model). Returns the model's handle and the training statistics."""
     spec = {
-        "base": base_ref if cfg.model.get("base") else _built_base_spec(cfg.model),
-        "gguf_file": cfg.model.get("gguf_file"),
-        "data": _plain(data_cfg),
-        "train": comparable({"train": train})["train"],
-        "seed": int(cfg.seed),
+        "base": base_spec,
+        "gguf_file": base.gguf_file,
+        "data": dict(data_spec),
+        "train": comparable({"train": dict(train)})["train"],
+        "seed": int(seed),
     }
-    key = artifacts.key_of(spec)
-    resume_dir = cache_dir / kind / f"{key}.checkpoints"
+    key = key_of(spec)
+    resume_dir = cache.root / kind / f"{key}.checkpoints"
+    settings = train_settings(train, seed=int(seed))
 
-    settings = TrainSettings.from_config(train, seed=int(cfg.seed))
-
-    def build(tmp: Path) -> None:  # runs on every rank; rank 0 alone writes
+    def build_model(tmp: Path) -> None:  # runs on every rank; rank 0 alone writes
         with zero3_init(settings):
-            model, tokenizer = load_model(base_ref, gguf_file=cfg.model.get("gguf_file"), dtype="fp32", what="base model")
+            model, tokenizer = base.load(fresh=True)
         model, stats, tok_stats = fit(
             model,
             tokenizer,
@@ -201,14 +156,27 @@ def finetune_base(
             return
         model.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
-        (tmp / "train_stats.json").write_text(
-            json.dumps({**asdict(stats), **{f"tokenize_{k}": v for k, v in asdict(tok_stats).items()}})
-        )
+        tok = {f"tokenize_{k}": v for k, v in asdict(tok_stats).items()}
+        (tmp / "train_stats.json").write_text(json.dumps({**asdict(stats), **tok}))
 
-    path = artifacts.cached(cache_dir, kind, spec, build, collective=True)
+    path = cache.artifact(kind, spec, build_model, collective=True)
     if distributed.is_main():
         shutil.rmtree(resume_dir, ignore_errors=True)
-    return str(path / "model"), key, json.loads((path / "train_stats.json").read_text())
+    stats = json.loads((path / "train_stats.json").read_text())
+    return Checkpoint(str(path / "model"), key=key, what=f"{kind} model", cache=cache), stats
+
+
+def evaluate_cached(model: Checkpoint, eval_cfg: Mapping[str, Any], tasks: Mapping[str, Any], cache: Cache) -> dict[str, Any]:
+    """Evaluate a model artifact once per (model, eval settings); later runs reuse the scores."""
+    spec = {"model": model.key, "eval": comparable({"eval": dict(eval_cfg)})["eval"]}
+
+    def build_scores(tmp: Path) -> None:
+        loaded, tokenizer = model.load()
+        scores = evaluate(loaded.to(device()), tokenizer, tasks, limit=eval_cfg.get("limit"), out_dir=tmp / "samples")
+        (tmp / layout.METRICS).write_text(json.dumps(scores, indent=2, sort_keys=True))
+
+    path = cache.artifact("eval", spec, build_scores)
+    return json.loads((path / layout.METRICS).read_text())
 
 
 def dataset_similarity(embedder_cfg, data1: SFTData, data2: SFTData, *, n: int, seed: int, cache_dir: Path) -> dict[str, float]:
@@ -225,196 +193,17 @@ def dataset_similarity(embedder_cfg, data1: SFTData, data2: SFTData, *, n: int, 
         log.warning("DES not computed: %s", exc)
         return {}
     log.info("DES(Phase-1 data, Phase-2 data) = %.4f", value)
-    return {"des": value}
+    return {"des": value, "des/n_phase1": min(n, len(data1)), "des/n_phase2": min(n, len(data2))}
 
 
-def evaluate_cached(
-    model_ref: str, model_key: str, eval_cfg, tasks, cache_dir: Path, *, gguf_file: str | None = None
-) -> dict[str, float]:
-    """Evaluate a model artifact once per (model, eval settings); later runs reuse the scores."""
-    spec = {"model": model_key, "eval": comparable({"eval": _plain(eval_cfg)})["eval"]}
-
-    def build(tmp: Path) -> None:
-        model, tokenizer = load_model(model_ref, gguf_file=gguf_file, what="Phase-1 model")
-        scores = evaluate(model.to(_device()), tokenizer, tasks, limit=eval_cfg.get("limit"), out_dir=tmp / "samples")
-        (tmp / "metrics.json").write_text(json.dumps(scores, indent=2, sort_keys=True))
-
-    path = artifacts.cached(cache_dir, "eval", spec, build)
-    return json.loads((path / "metrics.json").read_text())
-
-
-# ---------------------------------------------------------------- the run
-
-
-def train_cell(cfg: DictConfig, *, run_dir: str | Path, choices: Mapping[str, str]) -> dict[str, Any]:
-    """Run one cell: Phase 1 -> Phase 2 with the chosen strategy -> evaluation -> record."""
-    distributed.init()  # several ranks (torchrun, SLURM tasks) train one cell; rank 0 alone writes
-    rd = RunDir(run_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    rd.check_config(resolved)
-    if rd.is_done():
-        log.info("%s is already finished (DONE); skipping it. Delete the folder to run it again.", rd.path)
-        return rd.metrics()
-    if distributed.is_main():
-        rd.start(resolved, {"sweep_id": cfg.sweep_id, "seed": int(cfg.seed), "choices": dict(choices)})
-    cache_dir = Path(cfg.paths.cache_dir)
-    from transformers import set_seed
-
-    set_seed(int(cfg.seed))
-
-    # 1. Every user input is checked before any model work: configs, data files, checkpoints.
-    strategy = build(cfg.strategy)
-    use_instruct = bool(cfg.phase1_data.get("use_instruct_checkpoint", False))
-    data1 = None if use_instruct else load_data(cfg.phase1_data)
-    data2 = load_data(cfg.phase2_data)
-    eval_tasks = build_eval_tasks(cfg.eval)
-    base_ref = base_reference(cfg.model, cache_dir)
-    model_config = check_model(base_ref, gguf_file=cfg.model.get("gguf_file"), what="base model")
-    if use_instruct:
-        check_model(instruct_reference(cfg.model), gguf_file=cfg.model.get("gguf_file"), what="Instruct model")
-    strategy.validate(model_config)
-
-    cell = f"{choices.get('phase1_data')}-{choices.get('phase2_data')}/{choices.get('model')}/{choices.get('strategy')}/seed{cfg.seed}"
-    tracker = Tracker(
-        mode=cfg.tracking.mode if distributed.is_main() else "disabled",
-        project=cfg.tracking.project,
-        entity=cfg.tracking.get("entity"),
-        run_dir=rd.path,
-        name=cell,
-        group=str(cfg.sweep_id),
-        job_type="train",
-        config=resolved,
-    )
-    try:
-        metrics = _run_phases(cfg, rd, strategy, data1, data2, eval_tasks, base_ref, cache_dir, tracker)
-        if metrics is None:  # a rank other than 0: its part (training) is done
-            return {}
-        rd.write_json("metrics.json", metrics)
-        tracker.summary(metrics)
-        tracker.log_table("scores_per_language", ["phase", "ability", "task", "language", "score"], keys.language_rows(metrics))
-    finally:
-        tracker.finish()
-    rd.mark_done()
-    print_summary(metrics, rd.path)
-    return metrics
-
-
-def _run_phases(cfg, rd: RunDir, strategy, data1, data2, eval_tasks, base_ref, cache_dir, tracker) -> dict[str, Any]:
-    metrics: dict[str, Any] = {f"data/phase2/n/{lang}": n for lang, n in data2.sizes.items()}
-    metrics["data/phase2/skipped"] = data2.skipped
-    metrics["data/phase2/n"] = len(data2)
-    if data1 is not None:
-        metrics.update({f"data/phase1/n/{lang}": n for lang, n in data1.sizes.items()})
-        metrics["data/phase1/skipped"] = data1.skipped
-        metrics["data/phase1/n"] = len(data1)
-
-    if data1 is not None and cfg.similarity.des:
-        metrics.update(
-            dataset_similarity(
-                cfg.embedder, data1, data2, n=int(cfg.similarity.n), seed=int(cfg.similarity.seed), cache_dir=cache_dir
-            )
-        )
-
-    # 2. Phase 1 and its evaluation: artifacts shared by every strategy of a sweep.
-    p1 = phase1(cfg, base_ref, data1, cache_dir, tracker.log)
-    rd.update_meta(base_ref=base_ref, phase1_ref=p1.ref, phase1_key=p1.key)
-    if cfg.similarity.mpd:
-        from cft.measures.similarity import mpd
-
-        alone, _, _ = finetune_base("phase2_alone", cfg, base_ref, cfg.phase2_data, data2, cache_dir, tracker.log)
-        metrics.update(mpd(p1.ref, alone).metrics("mpd"))
-    scores1 = evaluate_cached(
-        p1.ref, p1.key, cfg.eval, eval_tasks, cache_dir, gguf_file=None if p1.trained else cfg.model.get("gguf_file")
-    )
-    metrics.update({f"phase1/{k}": v for k, v in scores1.items()})
-
-    # 3. Phase 2 through the strategy's hooks.
-    with zero3_init(TrainSettings.from_config(phase_train_config(cfg.train, "phase2"))):
-        model, tokenizer = load_model(
-            p1.ref, gguf_file=None if p1.trained else cfg.model.get("gguf_file"), dtype="fp32", what="Phase-1 model"
-        )
-    counterpart_cfg = cfg.phase2_data.get("counterpart")
-    train2 = phase_train_config(cfg.train, "phase2")
-    ctx = StrategyContext(
-        base_ref=base_ref,
-        phase1_dir=Path(p1.ref),
-        tokenizer=tokenizer,
-        cache_dir=cache_dir,
-        run_dir=rd.path,
-        seed=int(cfg.seed),
-        phase2_size=len(data2),
-        phase1_key=p1.key,
-        counterpart=(lambda: load_data(counterpart_cfg).examples) if counterpart_cfg else list,
-        counterpart_spec=_plain(counterpart_cfg) or {},
-        load_phase1=lambda: load_model(p1.ref, what="Phase-1 model")[0].to(_device()),
-        max_length=int(train2["max_length"]),
-    )
-    examples2 = strategy.phase2_data(list(data2.examples), ctx)
-    model = strategy.prepare(model, ctx)
-    model, stats2, tok2 = fit(
-        model,
-        tokenizer,
-        examples2,
-        settings=TrainSettings.from_config(train2, seed=int(cfg.seed)),
-        max_length=int(train2["max_length"]),
-        loss_on_prompt=bool(train2["loss_on_prompt"]),
-        hooks=strategy,
-        packing=bool(train2.get("packing", False)),
-        attn_implementation=train2.get("attn_implementation"),
-        phase="phase2",
-        checkpoint_dir=rd.path / "checkpoints" / "phase2",
-        log_fn=tracker.log,
-    )
-    if not distributed.is_main():
-        return None  # rank 0 alone finalizes, saves, evaluates and records
-    model = strategy.finalize(model, ctx)
-    model.save_pretrained(rd.checkpoint)
-    tokenizer.save_pretrained(rd.checkpoint)
-    shutil.rmtree(rd.path / "checkpoints", ignore_errors=True)
-    if cfg.similarity.layer_changes:
-        record_layer_changes(base_ref, p1.ref, rd.checkpoint, rd.path / "layer_changes.csv", tracker)
-
-    # 4. Evaluation of the Phase-2 model, in memory.
-    scores2 = evaluate(
-        model.to(_device()), tokenizer, eval_tasks, limit=cfg.eval.get("limit"), out_dir=rd.path / "eval" / "phase2"
-    )
-    metrics.update({f"phase2/{k}": v for k, v in scores2.items()})
-    for ability in ("ta_avg", "la_avg"):
-        if ability in scores1 and ability in scores2:
-            metrics[f"delta/{ability}"] = scores2[ability] - scores1[ability]
-    metrics.update({f"train/phase2/{k}": v for k, v in asdict(stats2).items() if v is not None})
-    metrics["train/phase2/examples_truncated"] = tok2.truncated
-    metrics["train/phase2/examples_dropped"] = tok2.dropped
-    metrics["train/phase2/padding_fraction"] = tok2.padding_fraction  # padded micro-batches
-    metrics["train/phase2/padding_fraction_packed"] = tok2.padding_fraction_packed
-    if p1.stats:
-        metrics.update({f"train/phase1/{k}": v for k, v in p1.stats.items() if v is not None})
-    metrics.update({f"strategy/{k}": v for k, v in strategy.report().items()})
-    for name, (columns, rows) in strategy.tables().items():
-        tracker.log_table(f"strategy/{name}", columns, rows)
-    return metrics
-
-
-def local_checkpoint(ref: str) -> str:
-    """A folder for `ref`: itself if local, else its copy in the hub cache (it was loaded before)."""
-    if Path(ref).expanduser().exists():
-        return ref
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(ref, local_files_only=True)
-    except Exception as exc:
-        raise CftError(f"{ref} is neither a local folder nor in the hub cache ({exc})") from None
-
-
-def record_layer_changes(base_ref: str, phase1_ref: str, phase2_dir: Path, out_csv: Path, tracker) -> None:
+def record_layer_changes(base: Checkpoint, phase1: Checkpoint, phase2_dir: Path, out_csv: Path, tracker) -> None:
     """Per-module, per-layer relative change and its rank, base -> Phase 1 and Phase 1 -> Phase 2,
     streamed tensor by tensor; written as CSV and logged to W&B as a table."""
     from cft.measures.layers import transition_changes
 
     try:
-        frame = transition_changes(local_checkpoint(base_ref), local_checkpoint(phase1_ref), phase2_dir)
-    except CftError as exc:  # e.g. a base that is not in safetensors form
+        frame = transition_changes(base.folder(), phase1.folder(), phase2_dir)
+    except CftError as exc:  # e.g. a base on the hub, offline
         log.warning("Layer changes not recorded: %s", exc)
         return
     frame.to_csv(out_csv, index=False)
@@ -422,4 +211,364 @@ def record_layer_changes(base_ref: str, phase1_ref: str, phase2_dir: Path, out_c
     tracker.log_table("layer_changes", columns, frame[columns].values.tolist())
 
 
-# ---------------------------------------------------------------- reporting
+def rescue_dir(run_path: Path) -> Path:
+    """Where a trained Phase-2 model goes when its run folder cannot take it (full or read-only disk):
+    outside the output root, named by the run folder, so the same command finds it again."""
+    return Path(tempfile.gettempdir()) / "cft-rescue" / key_of(str(run_path.resolve()))
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+class TrainRecipe:
+    """One cell of the study: Phase 1 -> Phase 2 with the chosen strategy -> evaluation -> record."""
+
+    def __init__(self, cfg: DictConfig, *, run_dir: str | Path, choices: Mapping[str, str]):
+        self.cfg = cfg
+        self.choices = dict(choices)
+        self.run_dir = RunDir(run_dir)
+        self.seed = int(cfg.seed)
+        self.cache = Cache(cfg.paths.cache_dir)
+        self.metrics: dict[str, Any] = {}
+        self.step = "setup"  # the step running now: what FAILED names
+        self.tracker: Tracker | None = None
+        self._lock = None
+
+    # ------------------------------------------------------------ the story
+
+    def run(self) -> dict[str, Any]:
+        try:
+            if not self.setup():
+                return self.run_dir.metrics()  # finished before: skipped
+            self.phase1()
+            self.phase2()
+            if not distributed.is_main():
+                return {}  # another rank: its part (training) is done; rank 0 evaluates and records
+            self.evaluate()
+            self.record()
+        except BaseException as exc:
+            self.fail(exc)
+            raise
+        finally:
+            self.cleanup()
+        print_summary(self.metrics, self.run_dir.path)
+        return self.metrics
+
+    def setup(self) -> bool:
+        """Check every input, then prepare the run folder, the base and the tracker. False: already finished."""
+        cfg = self.cfg
+        configure_threads(cfg.get("threads"))
+        distributed.init()  # several ranks (torchrun, SLURM tasks) train one cell; rank 0 alone writes
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        if distributed.is_main():
+            self._lock = self.run_dir.lock()  # one process per cell; a second one stops here, naming the holder
+        self.run_dir.check_config(resolved)
+        if self.run_dir.is_done():
+            log.info("%s is already finished (DONE); skipping it. Delete the folder to run it again.", self.run_dir.path)
+            return False
+        if distributed.is_main():
+            self.run_dir.start(resolved, {"sweep_id": cfg.sweep_id, "seed": self.seed, "choices": self.choices})
+        from transformers import set_seed
+
+        set_seed(self.seed)
+
+        # Every user input is checked before any model work: options, data files, checkpoints.
+        self.model_cfg = plain(cfg.model)
+        self.strategy = build(cfg.strategy)
+        self.strategy.validate(model_shape(self.model_cfg))  # k <= layers etc., before phase 0 or Phase 1
+        self.use_instruct = bool(cfg.phase1_data.get("use_instruct_checkpoint", False))
+        self.data1 = None if self.use_instruct else load_data(cfg.phase1_data)
+        self.data2 = load_data(cfg.phase2_data)
+        counterpart_cfg = plain(cfg.phase2_data.get("counterpart"))
+        needs = self.strategy.needs()
+        self.counterpart = load_data(counterpart_cfg) if counterpart_cfg and "counterpart" in needs else None
+        if "counterpart" in needs and self.counterpart is None:
+            raise ConfigError(
+                f"strategy {self.choices.get('strategy')} replays the English counterpart of the Phase-2 data, "
+                f"but phase2_data={self.choices.get('phase2_data')} has none (phase2_data.counterpart)"
+            )
+        self.counterpart_spec = counterpart_cfg or {}
+        self.eval_tasks = build_eval_tasks(cfg.eval)
+        gguf = self.model_cfg.get("gguf_file")
+        if self.use_instruct:
+            instruct = self.model_cfg.get("instruct")
+            if not instruct:
+                raise ConfigError(
+                    f"phase1_data=instruct needs an Instruct checkpoint, but model '{self.model_cfg['name']}' has none "
+                    "(set model.instruct=<hub id or path>)"
+                )
+            self.instruct = Checkpoint(
+                str(instruct),
+                key=key_of({"instruct": str(instruct), "gguf_file": gguf}),
+                what="Instruct model",
+                gguf_file=gguf,
+                cache=self.cache,
+            )
+            self.instruct.config()
+        # The base: a built model is made here (phase 0 of the demo); a checkpoint is checked where the
+        # cell needs it (Phase-1 training, MPD, LF_H2's ranks); otherwise it is optional (layer changes).
+        base_needed = not self.use_instruct or bool(cfg.similarity.mpd) or "base" in needs
+        self.base = self._base(required=base_needed)
+
+        cell = layout.cell_of(self.choices, self.seed)
+        main = distributed.is_main()
+        self.tracker = Tracker(
+            mode=cfg.tracking.mode if main else "disabled",
+            project=cfg.tracking.project,
+            entity=cfg.tracking.get("entity"),
+            run_dir=self.run_dir.path,
+            name=cell.name,
+            group=str(cfg.sweep_id),
+            job_type="train",
+            config=resolved,
+        )
+        self._record_data()
+        return True
+
+    def phase1(self) -> None:
+        """DES, the Phase-1 model and its evaluation (both shared by every strategy of a sweep), MPD."""
+        self.step = "phase1"
+        cfg = self.cfg
+        if self.data1 is not None and cfg.similarity.des:
+            self.metrics.update(
+                dataset_similarity(
+                    cfg.embedder,
+                    self.data1,
+                    self.data2,
+                    n=int(cfg.similarity.n),
+                    seed=int(cfg.similarity.seed),
+                    cache_dir=self.cache.root,
+                )
+            )
+        if self.use_instruct:
+            log.info("Phase 1: no training; using the Instruct checkpoint %s", self.instruct.ref)
+            self.p1, self.p1_stats = self.instruct, {}
+        else:
+            self.p1, self.p1_stats = finetune_base(
+                "phase1",
+                base=self.base,
+                base_spec=self._base_spec,
+                data_spec=plain(cfg.phase1_data),
+                data=self.data1,
+                train=phase_train_config(cfg.train, "phase1"),
+                seed=self.seed,
+                cache=self.cache,
+                log_fn=self.tracker.log,
+            )
+        self.run_dir.update_meta(base_ref=self.base.ref if self.base else None, phase1_ref=self.p1.ref, phase1_key=self.p1.key)
+        if cfg.similarity.mpd:
+            from cft.measures.similarity import mpd
+
+            self.step = "mpd"
+            alone, _ = finetune_base(
+                "phase2_alone",
+                base=self.base,
+                base_spec=self._base_spec,
+                data_spec=plain(cfg.phase2_data),
+                data=self.data2,
+                train=phase_train_config(cfg.train, "phase1"),
+                seed=self.seed,
+                cache=self.cache,
+                log_fn=self.tracker.log,
+            )
+            self.metrics.update(mpd(self.p1.folder(), alone.folder()).metrics("mpd"))
+        self.step = "phase1 evaluation"
+        scores1 = evaluate_cached(self.p1, plain(cfg.eval), self.eval_tasks, self.cache)
+        self.scores1 = scores1
+        self.metrics.update(keys.phased("phase1", scores1))
+
+    def phase2(self) -> None:
+        """The strategy's hooks around the one training loop; rank 0 saves the model."""
+        self.step = "phase2"
+        cfg = self.cfg
+        train2 = phase_train_config(cfg.train, "phase2")
+        settings = train_settings(train2, seed=self.seed)
+        rescued = rescue_dir(self.run_dir.path)
+        with zero3_init(settings):  # under ZeRO-3 the trained copy is created partitioned, apart from the plain one
+            model, tokenizer = self.p1.load(fresh=zero_stage(settings) == 3)  # else the one Phase-1 model, shared
+        ctx = StrategyContext(
+            base_ref=self.base.ref if self.base else "",
+            phase1_dir=Path(self.p1.folder()) if "base" in self.strategy.needs() else Path(self.p1.ref),
+            tokenizer=tokenizer,
+            cache_dir=self.cache.root,
+            run_dir=self.run_dir.path,
+            seed=self.seed,
+            phase2_size=len(self.data2),
+            phase1_key=self.p1.key,
+            counterpart=(lambda: list(self.counterpart.examples)) if self.counterpart else list,
+            counterpart_spec=self.counterpart_spec,
+            load_phase1=lambda: self.p1.load()[0].to(device()),
+            max_length=int(train2["max_length"]),
+            base=self.base,
+            phase1=self.p1,
+            cache=self.cache,
+        )
+        examples2 = self.strategy.phase2_data(list(self.data2.examples), ctx)
+        model = self.strategy.prepare(model, ctx)
+        if (rescued / layout.DONE).is_file():  # an earlier attempt trained this cell but could not save it
+            log.warning("Phase 2 was trained before but not saved: loading it from %s instead of training again", rescued)
+            from cft.models import load_model
+
+            model, tokenizer = load_model(str(rescued / "model"), dtype="fp32", what="rescued Phase-2 model")
+            stats2, tok2 = None, None
+        else:
+            model, stats2, tok2 = fit(
+                model,
+                tokenizer,
+                examples2,
+                settings=settings,
+                max_length=int(train2["max_length"]),
+                loss_on_prompt=bool(train2["loss_on_prompt"]),
+                hooks=self.strategy,
+                packing=bool(train2.get("packing", False)),
+                attn_implementation=train2.get("attn_implementation"),
+                phase="phase2",
+                checkpoint_dir=self.run_dir.path / layout.CHECKPOINTS / "phase2",
+                log_fn=self.tracker.log,
+            )
+        if not distributed.is_main():
+            return
+        model = self.strategy.finalize(model, ctx)
+        self._save(model, tokenizer, rescued)
+        self.model2, self.tokenizer2 = model, tokenizer
+        if stats2 is not None:
+            self.metrics.update({keys.train("phase2", k): v for k, v in asdict(stats2).items() if v is not None})
+            self.metrics[keys.train("phase2", "examples_truncated")] = tok2.truncated
+            self.metrics[keys.train("phase2", "examples_dropped")] = tok2.dropped
+            self.metrics[keys.train("phase2", "padding_fraction")] = tok2.padding_fraction  # padded micro-batches
+            self.metrics[keys.train("phase2", "padding_fraction_packed")] = tok2.padding_fraction_packed
+        if self.p1_stats:
+            self.metrics.update({keys.train("phase1", k): v for k, v in self.p1_stats.items() if v is not None})
+        self.metrics.update({keys.strategy(k): v for k, v in self.strategy.report().items()})
+        for name, (columns, rows) in self.strategy.tables().items():
+            self.tracker.log_table(f"strategy/{name}", columns, rows)
+        if self.cfg.similarity.layer_changes and self.base is not None:
+            record_layer_changes(
+                self.base, self.p1, self.run_dir.checkpoint, self.run_dir.path / layout.LAYER_CHANGES, self.tracker
+            )
+
+    def evaluate(self) -> None:
+        """The Phase-2 model, in memory."""
+        self.step = "phase2 evaluation"
+        scores2 = evaluate(
+            self.model2.to(device()),
+            self.tokenizer2,
+            self.eval_tasks,
+            limit=self.cfg.eval.get("limit"),
+            out_dir=self.run_dir.path / layout.EVAL_SAMPLES / "phase2",
+        )
+        self.metrics.update(keys.phased("phase2", scores2))
+        for name in keys.HEADLINE_AVERAGES:
+            if name in self.scores1 and name in scores2:
+                self.metrics[keys.delta(name)] = scores2[name] - self.scores1[name]
+
+    def record(self) -> None:
+        """metrics.json, the W&B summary and tables, then DONE (last)."""
+        self.step = "record"
+        self.run_dir.write_json(layout.METRICS, self.metrics)
+        self.tracker.summary(self.metrics)
+        self.tracker.log_table(
+            "scores_per_language", ["phase", "ability", "task", "language", "score"], keys.language_rows(self.metrics)
+        )
+        self.run_dir.mark_done()
+
+    def cleanup(self) -> None:
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def fail(self, exc: BaseException) -> None:
+        """Leave FAILED in the run folder (its step and message; no DONE), so the sweep and analyze.py say why."""
+        from cft.training.loop import Interrupted
+
+        if isinstance(exc, (Interrupted, KeyboardInterrupt)) or not distributed.is_main() or not self.run_dir.path.is_dir():
+            return  # stopped, not failed: the same command resumes
+        if self._lock is None and self.step == "setup" and isinstance(exc, CftError) and "is running this cell" in str(exc):
+            return  # another process holds the cell: its folder is not ours to mark
+        try:
+            layout.write_failure(
+                self.run_dir.path, phase=self.step, message=str(exc) or type(exc).__name__, error=type(exc).__name__
+            )
+        except OSError as write_error:  # a read-only or full disk: the message on the console is all we can leave
+            log.warning("could not write %s: %s", self.run_dir.path / layout.FAILED, write_error)
+
+    # ------------------------------------------------------------ helpers
+
+    def _base(self, *, required: bool) -> Checkpoint | None:
+        gguf = self.model_cfg.get("gguf_file")
+        if not self.model_cfg.get("base"):  # built in code (phase 0 of the demo runs here, once per cache)
+            ref = base_reference(self.model_cfg, self.cache.root)
+            self._base_spec = base_key(self.model_cfg, ref)
+            return Checkpoint(ref, key=key_of(self._base_spec), what="base model", cache=self.cache)
+        ref = str(self.model_cfg["base"])
+        self._base_spec = ref
+        base = Checkpoint(ref, key=key_of({"base": ref, "gguf_file": gguf}), what="base model", gguf_file=gguf, cache=self.cache)
+        try:
+            base.config()
+        except CftError:
+            if required:
+                raise
+            log.warning(
+                "The base model %s cannot be read (%s); this cell does not need it: layer changes are not recorded",
+                ref,
+                "offline?",
+            )
+            return None
+        return base
+
+    def _record_data(self) -> None:
+        m = self.metrics
+        for phase, data in (("phase1", self.data1), ("phase2", self.data2)):
+            if data is None:
+                continue
+            m.update({keys.data(phase, "n", lang): n for lang, n in data.sizes.items()})
+            m[keys.data(phase, "skipped")] = data.skipped
+            m[keys.data(phase, "n")] = len(data)
+            m.update({keys.data(phase, f"skipped_{reason}"): n for reason, n in getattr(data, "skipped_by", {}).items()})
+
+    def _save(self, model, tokenizer, rescued: Path) -> None:
+        """The final model into the run folder; when the disk refuses it (full, read-only), the weights are
+        kept outside the output root and the message names where: the same command then saves them
+        without training again."""
+        target = self.run_dir.checkpoint
+        try:
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.replace(target)
+        except OSError as exc:
+            shutil.rmtree(target.with_name(f".{target.name}.tmp"), ignore_errors=True)
+            kept = self._rescue(model, tokenizer, rescued)
+            raise CftError(
+                f"could not write the final model to {target}: {exc.strerror or exc}. "
+                + (
+                    f"The trained weights are kept in {kept}; free space or fix the permissions and run the same command "
+                    "again: it saves them without training again."
+                    if kept
+                    else "Keeping the weights elsewhere failed too: nothing of Phase 2 could be kept."
+                )
+            ) from None
+        shutil.rmtree(self.run_dir.path / layout.CHECKPOINTS, ignore_errors=True)
+        shutil.rmtree(rescued, ignore_errors=True)
+
+    @staticmethod
+    def _rescue(model, tokenizer, rescued: Path) -> Path | None:
+        try:
+            shutil.rmtree(rescued, ignore_errors=True)
+            (rescued / "model").mkdir(parents=True)
+            model.save_pretrained(rescued / "model")
+            tokenizer.save_pretrained(rescued / "model")
+            (rescued / layout.DONE).write_text("")
+            return rescued
+        except OSError:
+            return None
+
+
+def train_cell(cfg: DictConfig, *, run_dir: str | Path, choices: Mapping[str, str]) -> dict[str, Any]:
+    """Run one cell (train.py's task function)."""
+    return TrainRecipe(cfg, run_dir=run_dir, choices=choices).run()

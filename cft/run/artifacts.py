@@ -112,3 +112,18 @@ def _follow(root: Path, final: Path, kind: str, key: str, token: str, build, col
             joined = True
         else:
             time.sleep(1.0)
+
+
+class Cache:
+    """The artifact cache of a run (`paths.cache_dir`): the one way to make a cached thing, for the
+    recipe and for strategies alike (`ctx.artifact(kind, spec, build)`)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def artifact(self, kind: str, spec: Any, build: Callable[[Path], None], *, collective: bool = False) -> Path:
+        """The folder of artifact `kind` for `spec` (see `cached`)."""
+        return cached(self.root, kind, spec, build, collective=collective)
+
+    def key(self, spec: Any) -> str:
+        return key_of(spec)

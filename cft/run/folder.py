@@ -131,6 +131,7 @@ class RunDir:
         if not _main():
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / layout.FAILED).unlink(missing_ok=True)  # this attempt starts afresh
         (self.path / layout.CONFIG).write_text(
             yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=False, allow_unicode=True)
         )
@@ -155,7 +156,59 @@ class RunDir:
         f = self.path / layout.METRICS
         return json.loads(f.read_text()) if f.exists() else {}
 
+    def lock(self) -> RunLock:
+        """Hold this run folder for this process (see RunLock); ConfigError naming the holder if another has it."""
+        return RunLock(self.path).acquire()
+
     def mark_done(self) -> None:
         if not _main():
             return
         (self.path / layout.DONE).write_text("")
+
+
+class RunLock:
+    """One process per cell: the process that runs a cell holds `<run>/.run.lock` (an OS file lock, so
+    it is released when the process dies, even by SIGKILL) and writes who it is beside it. A second
+    process on the same cell (the same command started twice, or twice by a scheduler) stops at once
+    with a message naming the holder, before it writes anything into the folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = None
+
+    @property
+    def holder_file(self) -> Path:
+        return self.path / f"{layout.LOCK}.holder"
+
+    def acquire(self) -> RunLock:
+        from filelock import FileLock, Timeout
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path / layout.LOCK))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            try:
+                holder = json.loads(self.holder_file.read_text())
+                who = f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})"
+            except (OSError, json.JSONDecodeError):
+                who = "another process"
+            raise ConfigError(
+                f"{who} is running this cell ({self.path}); not starting it twice. "
+                "When that process ends, the same command skips the cell if it finished and resumes it if not."
+            ) from None
+        self._lock = lock
+        import time
+
+        holder = {"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            self.holder_file.write_text(json.dumps(holder))
+        except OSError:  # a read-only folder still gets the lock; the holder is just not named
+            pass
+        return self
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self.holder_file.unlink(missing_ok=True) if self.holder_file.exists() else None
+            self._lock.release()
+            self._lock = None

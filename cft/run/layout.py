@@ -8,9 +8,11 @@ parses them back here, and every file name inside a run folder is named here.
       cache/                                     paths.cache_dir: shared artifacts (cft.run.artifacts)
       evaluations/<checkpoint>/<suite>/          evaluate.py checkpoint=... (a run's own: <run>/evaluations/<suite>)
 
-`<variant>` names the plain-value overrides of a cell (`train.lr=1e-05`), so two cells of a sweep over
-a value never share a folder; a path in it is shortened to its last component, and a name too long
-for a file system keeps its readable start and ends with a hash of the whole.
+`<variant>` names the plain-value overrides of a cell (`train.lr@1e-05`), so two cells of a sweep over
+a value never share a folder. It uses only characters that Hydra takes unquoted, so a printed run
+folder can be passed back (`evaluate.py run_dir=<folder>`); where a value had to be shortened (a path
+to its last component, a list to `a.b`) or the name would be too long, a hash of the exact overrides
+ends it.
 
 Every name that becomes a path component (sweep id, group choices, variant parts) is checked:
 no separators, no `..`, no leading dot, at most `MAX_COMPONENT` characters.
@@ -106,9 +108,22 @@ def _short_value(value: str) -> str:
     return value
 
 
+# Characters a variant name keeps: those Hydra's override grammar takes unquoted, so a run folder can be
+# passed back as a value (evaluate.py run_dir=<folder>) without quotes; lists [a,b] read as a.b.
+_SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _safe(text: str) -> str:
+    out = "".join(c if c in _SAFE else ("." if c == "," else "") for c in text)
+    return out.strip(".") or "_"
+
+
 def variant_name(overrides: Iterable[Any] | None) -> str:
-    """The variant level of a cell from its command-line overrides ('' for a cell named by its choices)."""
-    kept = []
+    """The variant level of a cell from its command-line overrides ('' for a cell named by its choices):
+    `key@value` items joined by '+', e.g. `train.lr@1e-05+train.phase2.epochs@2`. Where a value had to be
+    shortened (a path, a list, characters a folder name or an override value cannot hold) or the name
+    would be too long, a hash of the exact overrides ends it (`+h1a2b3c4d`), so two cells never share a folder."""
+    kept, exact, altered = [], [], False
     for o in overrides or []:
         text = str(o)
         key, eq, value = text.partition("=")
@@ -119,15 +134,20 @@ def variant_name(overrides: Iterable[Any] | None) -> str:
         if key in GROUPS or key.startswith(NOT_IN_VARIANT):
             continue
         if deleted and not eq:
-            kept.append(f"~{key}")
+            item = f"{_safe(key)}@null"
         elif eq:
-            kept.append(f"{key}={_short_value(value)}".replace(" ", ""))
+            item = f"{_safe(key)}@{_safe(_short_value(value))}"
+        else:
+            continue
+        altered |= item != f"{key}@{value}"
+        kept.append(item)
+        exact.append(text)
     if not kept:
         return ""
-    name = ",".join(sorted(kept))
-    if len(name) > MAX_VARIANT:  # file systems refuse long names; config.yaml keeps the full list
-        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-        name = name[: MAX_VARIANT - 10].rstrip(",") + "~" + digest
+    name = "+".join(sorted(kept))
+    if altered or len(name) > MAX_VARIANT:
+        digest = hashlib.sha256("\n".join(sorted(exact)).encode()).hexdigest()[:8]
+        name = name[: MAX_VARIANT - 10].rstrip("+.") + f"+h{digest}"
     return name
 
 

@@ -41,12 +41,28 @@ class StrategyContext:
     counterpart: Callable[[], list[Example]] = list  # English counterpart of the Phase-2 data
     counterpart_spec: dict = field(default_factory=dict)  # its config, for cache keys
     phase1_key: str = ""  # cache key of the Phase-1 artifact, for keys of derived artifacts
-    load_phase1: Callable[[], Any] | None = None  # a fresh Phase-1 model (for generation)
+    load_phase1: Callable[[], Any] | None = None  # the Phase-1 model on the accelerator (for generation)
     max_length: int = 512
+    base: Any = None  # cft.models.handle.Checkpoint of the base model (None when the cell has none)
+    phase1: Any = None  # cft.models.handle.Checkpoint of the Phase-1 model
+    cache: Any = None  # cft.run.artifacts.Cache (None: one is made on cache_dir)
+
+    def artifact(self, kind: str, spec: Any, build: Callable[[Path], None]) -> Path:
+        """The one way a strategy makes a cached thing (cft.run.artifacts): folder of `kind` for `spec`."""
+        from cft.run.artifacts import Cache
+
+        return (self.cache or Cache(self.cache_dir)).artifact(kind, spec, build)
 
 
 class Strategy:
     """End-to-end fine-tuning: every hook is a no-op. Other strategies override what they need."""
+
+    # What the strategy reads beyond the model and the Phase-2 data, so the recipe checks it before any
+    # model work: "base" (the base checkpoint's weights), "counterpart" (the English counterpart data).
+    NEEDS: frozenset[str] = frozenset()
+
+    def needs(self) -> frozenset[str]:
+        return self.NEEDS
 
     def validate(self, model_config) -> None:
         """Raise ConfigError for options that cannot work with this model (before any training)."""

@@ -230,7 +230,7 @@ class CoFiTune(Strategy):
 
         from safetensors.torch import load_file
 
-        path = artifacts.cached(ctx.cache_dir, "cofitune_importance", spec, build)
+        path = ctx.artifact("cofitune_importance", spec, build)
         return {k: normalize(v) for k, v in load_file(str(path / "raw_importance.safetensors")).items()}
 
     def scales_for(self, model) -> list[tuple[torch.nn.Parameter, torch.Tensor, int]]:

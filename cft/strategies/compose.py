@@ -21,6 +21,9 @@ class Compose(Strategy):
         self.parts: dict[str, Strategy] = dict(parts or {})
         self._params: dict[str, Any] = {}
 
+    def needs(self) -> frozenset[str]:
+        return frozenset().union(*(part.needs() for part in self.parts.values() if isinstance(part, Strategy)))
+
     def validate(self, model_config) -> None:
         if not self.parts:
             raise ConfigError(

@@ -30,6 +30,8 @@ def counterpart_sample(ctx: StrategyContext, n: int, seed: int, what: str) -> li
 class EnglishReplay(Strategy):
     """Add `ratio` x |Phase-2 data| original English counterpart examples to the Phase-2 data."""
 
+    NEEDS = frozenset({"counterpart"})
+
     def __init__(self, ratio: float = 0.1, seed: int | None = None):
         self.ratio = ratio
         self.seed = seed

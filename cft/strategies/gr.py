@@ -19,7 +19,6 @@ from typing import Any
 from cft.data.format import render_prompt
 from cft.data.records import Example
 from cft.errors import ConfigError
-from cft.run import artifacts
 from cft.strategies.base import Strategy, StrategyContext, check_ratio
 from cft.strategies.er import counterpart_sample, replay_count
 
@@ -28,6 +27,8 @@ log = logging.getLogger(__name__)
 
 class GenerativeReplay(Strategy):
     """Mix `ratio` x |Phase-2 data| English examples answered by the Phase-1 model into Phase 2."""
+
+    NEEDS = frozenset({"counterpart"})
 
     def __init__(
         self,
@@ -104,7 +105,7 @@ class GenerativeReplay(Strategy):
             }
             (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
 
-        return artifacts.cached(ctx.cache_dir, "generative_replay", spec, build)
+        return ctx.artifact("generative_replay", spec, build)
 
     def phase2_data(self, examples: list[Example], ctx: StrategyContext) -> list[Example]:
         size = ctx.phase2_size or len(examples)

@@ -19,7 +19,6 @@ import pandas as pd
 import torch
 
 from cft.errors import CftError, ConfigError
-from cft.run import artifacts
 from cft.strategies.base import (
     Strategy,
     StrategyContext,
@@ -80,6 +79,8 @@ def head_changes(ref_a: Path, ref_b: Path, modules: Sequence[str], head_dim: int
 class ChangeRankedFreeze(Strategy):
     """Freeze, per module in `modules`, the k layers (or heads) that changed most in Phase 1."""
 
+    NEEDS = frozenset({"base"})
+
     def __init__(self, k: int = 10, modules: Sequence[str] = HEAD_MODULES, granularity: str = "layer"):
         self.k = k
         self.modules = list(modules or [])
@@ -109,8 +110,8 @@ class ChangeRankedFreeze(Strategy):
 
     def changes(self, ctx: StrategyContext, model_config) -> pd.DataFrame:
         """The change table base -> Phase 1, cached by (base, Phase-1 model, granularity)."""
-        base = local_checkpoint(ctx.base_ref, "base model")
-        phase1 = local_checkpoint(ctx.phase1_dir, "Phase-1 model")
+        base = ctx.base.folder() if ctx.base is not None else local_checkpoint(ctx.base_ref, "base model")
+        phase1 = ctx.phase1.folder() if ctx.phase1 is not None else local_checkpoint(ctx.phase1_dir, "Phase-1 model")
         spec = {"base": str(ctx.base_ref), "phase1": ctx.phase1_key or str(ctx.phase1_dir), "granularity": self.granularity}
 
         def build(tmp: Path) -> None:
@@ -124,7 +125,7 @@ class ChangeRankedFreeze(Strategy):
                 frame["rank"] = frame.groupby("module")["change"].rank(ascending=False, method="first").astype(int)
             frame.to_csv(tmp / "changes.csv", index=False)
 
-        path = artifacts.cached(ctx.cache_dir, "layer_changes", spec, build)
+        path = ctx.artifact("layer_changes", spec, build)
         return pd.read_csv(path / "changes.csv")
 
     def prepare(self, model, ctx: StrategyContext):

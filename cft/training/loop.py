@@ -121,9 +121,18 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], **overrides) -> TrainSettings:
-        known = {f for f in cls.__dataclass_fields__}
+        """The loop's settings from a phase's train config. Keys that shape the data rather than the loop
+        (FORMAT_KEYS) are `fit`'s arguments; any other unknown key is an error, never silently dropped."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(cfg) - known - set(FORMAT_KEYS))
+        if unknown:
+            raise ConfigError(f"train: unknown setting(s) {unknown}; known: {sorted(known | set(FORMAT_KEYS))}")
         values = {k: v for k, v in dict(cfg).items() if k in known}
         return cls(**{**values, **overrides})
+
+
+# Train settings that `fit` takes as arguments (how examples become token rows), not the loop.
+FORMAT_KEYS = ("max_length", "loss_on_prompt", "packing", "attn_implementation")
 
 
 @dataclass
@@ -439,6 +448,8 @@ def train_phase(
                             f"{phase}/lr": scheduler.get_last_lr()[0],
                             f"{phase}/epoch": step / steps_per_epoch,
                             f"{phase}/step": step,
+                            # real (non-padding) tokens per second since the phase (re)started, all ranks
+                            f"{phase}/tokens_per_second": tokens * world / max(time.time() - start, 1e-9),
                         }
                     )
                 loss_sum, loss_count = 0.0, 0

@@ -1,0 +1,147 @@
+"""Checking a composed config before any work: a Hydra callback that runs the schemas of
+`cft.config.schema` when Hydra has composed the config and before it creates any folder.
+
+A bad value stops the command with one line per problem (the key, the value, what is allowed) and
+exit status 2: nothing is written to the output root or the cache. In a multirun every cell of the
+sweep is composed and checked first, so a bad value in the last cell stops the sweep before the
+first cell trains. `check=true` checks and lists the cells, then exits without running anything:
+
+    python train.py -m model=mistral,llama strategy=gr5,gr10,lf_h2,lora,er10 check=true
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from cft.config import schema
+from cft.errors import ConfigError
+from cft.run import layout
+
+CHECKERS = {"train": schema.check_train, "evaluate": schema.check_evaluate, "analyze": schema.check_analyze}
+
+
+def resolved(config: DictConfig) -> dict[str, Any]:
+    """The config without its hydra node, every interpolation resolved (ConfigError naming a bad one)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    try:
+        return OmegaConf.to_container(plain, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(f"{key or 'config'}: {str(exc).splitlines()[0]}") from None
+
+
+def problems_of(kind: str, config: DictConfig) -> tuple[list[str], dict[str, Any] | None]:
+    """(problems, resolved config) of one composed config."""
+    try:
+        values = resolved(config)
+    except ConfigError as exc:
+        return [str(exc)], None
+    problems = CHECKERS[kind](values)
+    if kind == "train" and not problems:
+        problems += _cell_problems(config, values)
+    return problems, values
+
+
+def _cell_problems(config: DictConfig, values: dict[str, Any]) -> list[str]:
+    """The run folder must be a valid, contained path (names checked by cft.run.layout)."""
+    try:
+        choices = dict(config.hydra.runtime.choices)
+        cell = layout.cell_of(choices, values["seed"], list(config.hydra.overrides.task))
+        root = values["paths"]["output_root"]
+        layout.inside(layout.run_dir(root, values["sweep_id"], cell), root, "the run folder")
+    except ConfigError as exc:
+        return [str(exc)]
+    except Exception:  # no hydra node (a config composed by a test): nothing to check here
+        return []
+    return []
+
+
+def _run_folder(config: DictConfig, values: dict[str, Any]) -> str | None:
+    try:
+        cell = layout.cell_of(dict(config.hydra.runtime.choices), values["seed"], list(config.hydra.overrides.task))
+    except Exception:
+        return None
+    return str(layout.run_dir(values["paths"]["output_root"], values["sweep_id"], cell))
+
+
+def fail(problems: list[str], where: str = "") -> None:
+    """Print each problem as one line and exit with status 2 (no traceback)."""
+    for problem in dict.fromkeys(problems):
+        print(f"cft: error: {where}{problem}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def sweep_cells(config: DictConfig) -> list[list[str]] | None:
+    """The override lists of every cell of a multirun (None when the sweeper is not Hydra's basic one)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = str(config.hydra.sweeper.get("_target_", ""))
+    if not sweeper.endswith("BasicSweeper"):
+        return None
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    batches = BasicSweeper.split_arguments(parsed, None)
+    return [list(cell) for batch in batches for cell in batch]
+
+
+class Checks(Callback):
+    """Validates the composed config (every cell of a multirun) before Hydra creates any folder."""
+
+    def __init__(self, kind: str = "train"):
+        if kind not in CHECKERS:
+            raise ValueError(f"Checks(kind={kind!r}) must be one of {sorted(CHECKERS)}")
+        self.kind = kind
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        problems, values = problems_of(self.kind, config)
+        if problems:
+            fail(problems)
+        if values and values.get("check"):
+            where = _run_folder(config, values) if self.kind == "train" else None
+            print(f"cft: config OK{f': {where}' if where else ''}", flush=True)
+            sys.exit(0)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra import compose
+
+        cells = sweep_cells(config)
+        if cells is None:  # another sweeper (e.g. optuna) chooses cells as it goes: check the primary config
+            self.on_run_start(config)
+            return
+        name = config.hydra.job.config_name
+        problems: dict[str, list[str]] = {}  # a problem -> the cells that have it (a bad global value: every cell)
+        rows = []
+        for overrides in cells:
+            label = " ".join(overrides) or "(no overrides)"
+            try:
+                cell_config = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+            except Exception as exc:  # Hydra's own errors (an unknown group option) name the override
+                problems.setdefault(str(exc).splitlines()[0], []).append(label)
+                continue
+            found, values = problems_of(self.kind, cell_config)
+            for problem in found:
+                problems.setdefault(problem, []).append(label)
+            if not found and values and self.kind == "train":
+                cell = layout.cell_of(dict(cell_config.hydra.runtime.choices), values["seed"], overrides)
+                rows.append(str(cell.path()))
+        for problem, where in problems.items():
+            scope = (
+                "every cell"
+                if len(where) == len(cells)
+                else f"cell(s): {'; '.join(where[:3])}" + (" ..." if len(where) > 3 else "")
+            )
+            print(f"cft: error: {problem} [{scope}]", file=sys.stderr, flush=True)
+        failed = bool(problems)
+        if failed:
+            sys.exit(2)
+        if OmegaConf.select(config, "check", default=False):
+            print(f"cft: config OK: {len(cells)} cell(s)" + "".join(f"\n  {row}" for row in rows), flush=True)
+            sys.exit(0)

@@ -1,0 +1,73 @@
+"""What the recipes share: turning config nodes into the typed components they run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cft.errors import CftError, ConfigError
+from cft.training.loop import TrainSettings
+
+log = logging.getLogger(__name__)
+
+PHASE_KEYS = ("phase1", "phase2")
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain Python (interpolations resolved); anything else as it is."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build(node: Any) -> Any:
+    """hydra.utils.instantiate, letting a CftError raised by the object (a bad option, a missing
+    file) through as itself: Hydra wraps it in an InstantiationException, whose trace would bury it."""
+    try:
+        return instantiate(node)
+    except Exception as exc:
+        if isinstance(exc.__cause__, CftError):
+            raise exc.__cause__ from None
+        raise
+
+
+def build_eval_tasks(eval_cfg: Any) -> dict[str, Any]:
+    """The tasks of an evaluation suite, built (and so checked) before any model work."""
+    tasks = eval_cfg.get("tasks") or {}
+    if not tasks:
+        raise ConfigError("the eval config lists no tasks (eval.tasks is empty)")
+    # A task set to null is switched off (eval.tasks.mlqa=null).
+    built = {name: build(node) for name, node in tasks.items() if node is not None}
+    if not built:
+        raise ConfigError("every task of the eval suite is switched off (eval.tasks.* = null)")
+    return built
+
+
+def phase_train_config(train_cfg: Any, phase: str) -> dict[str, Any]:
+    """The train settings of one phase: the shared ones, updated by `train.<phase>` (e.g. train.phase2.lr)."""
+    train = plain(train_cfg)
+    shared = {k: v for k, v in train.items() if k not in PHASE_KEYS}
+    return {**shared, **{k: v for k, v in (train.get(phase) or {}).items() if v is not None}}
+
+
+def train_settings(train: Mapping[str, Any], *, seed: int = 0) -> TrainSettings:
+    """The loop's settings from one phase's train config (see `phase_train_config`)."""
+    return TrainSettings.from_config(train, seed=seed)
+
+
+def configure_threads(requested: int | None) -> None:
+    """Torch's thread count: cft.training.threads chooses it (OMP_NUM_THREADS and `threads=` win)."""
+    try:
+        from cft.training.threads import configure
+    except ImportError:  # TODO(lead): cft.training.threads is being written (issue 17); drop this fallback then
+        if requested:
+            torch.set_num_threads(int(requested))
+        return
+    configure(requested)
