@@ -1,6 +1,7 @@
-"""The lm-eval path on the tiny model: tasks on local files the tests write (MMLU = multiple choice,
-XQuAD = generative), the same scores as lm-eval's own CLI, AlpacaEval without a judge, the suites,
-bad input rejected before any model work; and integration runs on ../shared/data."""
+"""The lm-eval path on the tiny model: benchmarks (cft/evaluation/benchmarks/) on local files the
+tests write (MMLU = multiple choice, XQuAD = generative), the same scores as lm-eval's own CLI,
+AlpacaEval without a judge, the suites, bad input rejected before any model work; and integration
+runs on ../shared/data."""
 
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ from pathlib import Path
 import pytest
 
 from cft.errors import CftError, ConfigError, DataError
-from cft.evaluation import flatten
+from cft.evaluation import build_suite, flatten
 from cft.evaluation.alpaca_eval import AlpacaEvalTask
-from cft.evaluation.lmeval import MMLU_SUBJECTS, XQUAD_PROMPTS, LMEvalTask
+from cft.evaluation.benchmark import load_benchmark
+from cft.evaluation.lmeval import LMEvalTask
 from cft.evaluation.metrics import qa_exact, qa_f1
+from cft.evaluation.taskfiles import write_task_configs
 
 REPO = Path(__file__).resolve().parent.parent
-FAST = {"batch_size": 4, "gen_kwargs": {"max_gen_toks": 6}}
+FAST = {"batch_size": 4}  # multiple choice
+FAST_GEN = {"batch_size": 4, "gen_kwargs": {"max_gen_toks": 6}}  # generative
+MMLU_SUBJECTS = load_benchmark("mmlu").spec.subjects
+XQUAD_PROMPTS = {lang: v["prompt"] for lang, v in load_benchmark("xquad").spec.languages.items()}
 
 MMLU_ROWS = [
     ["What is 2 + 2?", "3", "4", "5", "6", "B"],
@@ -153,8 +159,8 @@ def read_samples(path: Path) -> list[dict]:
 
 def test_multiple_choice_task_in_process(tiny_model, bench_dir, tmp_path):
     model, tok = tiny_model
-    task = LMEvalTask("mmlu", data_dir=bench_dir, subjects=["anatomy", "virology"], num_fewshot=1, **FAST)
-    [scores] = task.run(model, tok, limit=3, out_dir=tmp_path)
+    task = LMEvalTask("mmlu", data_dir=bench_dir, subjects=["anatomy", "virology"], num_fewshot=1, limit=3, **FAST)
+    [scores] = task.run(model, tok, out_dir=tmp_path)
     samples = {s: read_samples(tmp_path / "samples" / f"cft_mmlu_{s}.jsonl") for s in ("anatomy", "virology")}
     assert [len(v) for v in samples.values()] == [3, 3]
     first = samples["anatomy"][0]
@@ -169,15 +175,15 @@ def test_multiple_choice_task_in_process(tiny_model, bench_dir, tmp_path):
     # The group score is lm-eval's size-weighted mean of the per-document accuracies.
     accs = [s["acc"] for v in samples.values() for s in v]
     assert scores.score == pytest.approx(sum(accs) / len(accs))
-    assert scores.name == "mmlu" and scores.ability == "ta" and scores.metrics == {"acc": scores.score}
+    assert scores.name == "mmlu" and scores.ability == "ta" and scores.metrics == {}  # acc is the headline
     assert (tmp_path / "lm_eval_results.json").is_file()
 
 
 def test_generative_task_in_process(tiny_model, bench_dir, tmp_path):
     model, tok = tiny_model
-    task = LMEvalTask("xquad", data_dir=bench_dir, languages=["de", "zh"], **FAST)
-    [scores] = task.run(model, tok, limit=None, out_dir=tmp_path)
-    per_lang = {}
+    task = LMEvalTask("xquad", data_dir=bench_dir, languages=["de", "zh"], **FAST_GEN)
+    [scores] = task.run(model, tok, out_dir=tmp_path)
+    per_lang, ems = {}, {}
     for lang, n_docs in (("de", 3), ("zh", 3)):
         samples = read_samples(tmp_path / "samples" / f"cft_xquad_{lang}.jsonl")
         assert len(samples) == n_docs
@@ -187,10 +193,19 @@ def test_generative_task_in_process(tiny_model, bench_dir, tmp_path):
             assert s["f1"] == pytest.approx(qa_f1(s["filtered_resps"][0], s["doc"]["answers"]["text"], lang))
             assert s["exact_match"] == qa_exact(s["filtered_resps"][0], s["doc"]["answers"]["text"], lang)
         per_lang[lang] = sum(s["f1"] for s in samples) / len(samples)
+        ems[lang] = sum(s["exact_match"] for s in samples) / len(samples)
     assert scores.per_language == pytest.approx(per_lang)
     assert scores.score == pytest.approx((per_lang["de"] + per_lang["zh"]) / 2)
     flat = flatten([scores])
-    assert {"la/xquad", "la/xquad/de", "la/xquad/zh", "la/xquad/de/em", "la/xquad/em", "la_avg"} <= set(flat)
+    # F1 is the headline (per language and the mean); exact match comes after ':', never as a language.
+    assert set(flat) == {
+        "la/xquad", "la/xquad/de", "la/xquad/zh", "la/xquad:em", "la/xquad/de:em", "la/xquad/zh:em",
+        "la_avg", "la_avg_tasks", "la_avg_over",
+    }  # fmt: skip
+    assert flat["la/xquad/zh:em"] == pytest.approx(ems["zh"]) and flat["la/xquad:em"] == pytest.approx(
+        (ems["de"] + ems["zh"]) / 2
+    )
+    assert flat["la_avg"] == flat["la/xquad"] and flat["la_avg_tasks"] == 1 and flat["la_avg_over"] == "xquad"
 
 
 @pytest.mark.parametrize("mode, expected", [("auto", "### Instruction:\nKontext: Anna"), (False, "Kontext: Anna")])
@@ -201,8 +216,8 @@ def test_prompt_format_without_a_tokenizer_chat_template(mode, expected, tiny_mo
     model, tok = tiny_model
     tok = copy.deepcopy(tok)
     tok.chat_template = None
-    LMEvalTask("xquad", data_dir=bench_dir, languages=["de"], apply_chat_template=mode, **FAST).run(
-        model, tok, limit=1, out_dir=tmp_path
+    LMEvalTask("xquad", data_dir=bench_dir, languages=["de"], apply_chat_template=mode, limit=1, **FAST_GEN).run(
+        model, tok, out_dir=tmp_path
     )
     prompt = read_samples(tmp_path / "samples" / "cft_xquad_de.jsonl")[0]["arguments"]["gen_args_0"]["arg_0"]
     assert prompt.startswith(expected if mode is False else "Below is an instruction") and expected in prompt
@@ -214,9 +229,7 @@ def test_project_tasks_xlsum_global_mmlu_lite_mlqa(tiny_model, bench_dir, tmp_pa
     from cft.evaluation.metrics import rouge_l
 
     model, tok = tiny_model
-    [xlsum] = LMEvalTask("xlsum", data_dir=bench_dir, languages=["zh", "ar"], **FAST).run(
-        model, tok, limit=None, out_dir=tmp_path / "x"
-    )
+    [xlsum] = LMEvalTask("xlsum", data_dir=bench_dir, languages=["zh", "ar"], **FAST_GEN).run(model, tok, out_dir=tmp_path / "x")
     for lang in ("zh", "ar"):
         samples = read_samples(tmp_path / "x" / "samples" / f"cft_xlsum_{lang}.jsonl")
         assert len(samples) == 2
@@ -225,12 +238,12 @@ def test_project_tasks_xlsum_global_mmlu_lite_mlqa(tiny_model, bench_dir, tmp_pa
         assert xlsum.per_language[lang] == pytest.approx(sum(s["rougeL"] for s in samples) / 2)
     assert "Summarize the following Arabic article in one sentence, in Arabic." in samples[0]["arguments"]["gen_args_0"]["arg_0"]
     [gmmlu] = LMEvalTask("global_mmlu_lite", data_dir=bench_dir, languages=["de"], num_fewshot=1, **FAST).run(
-        model, tok, limit=None, out_dir=tmp_path / "g"
+        model, tok, out_dir=tmp_path / "g"
     )
     samples = read_samples(tmp_path / "g" / "samples" / "cft_global_mmlu_lite_de.jsonl")
     assert [s["target"] for s in samples] == ["1", "0", "3"]
     assert gmmlu.per_language["de"] == pytest.approx(sum(s["acc"] for s in samples) / 3)
-    [mlqa] = LMEvalTask("mlqa", data_dir=bench_dir, languages=["de"], **FAST).run(model, tok, limit=2, out_dir=tmp_path / "m")
+    [mlqa] = LMEvalTask("mlqa", data_dir=bench_dir, languages=["de"], limit=2, **FAST_GEN).run(model, tok, out_dir=tmp_path / "m")
     samples = read_samples(tmp_path / "m" / "samples" / "cft_mlqa_de.jsonl")
     assert len(samples) == 2 and samples[0]["arguments"]["gen_args_0"]["arg_0"].count("Context: Anna lives in Berlin.") == 1
     assert set(mlqa.per_language) == {"de"}
@@ -241,10 +254,12 @@ def test_scores_equal_lm_eval_cli(tiny_model_dir, bench_dir, tmp_path):
     from cft.models import load_model
 
     model, tok = load_model(str(tiny_model_dir))
-    mmlu = LMEvalTask("mmlu", data_dir=bench_dir, subjects=["anatomy", "virology"], num_fewshot=1, **FAST)
-    xquad = LMEvalTask("xquad", data_dir=bench_dir, languages=["de"], num_fewshot=1, **FAST)  # the CLI's shots apply to all
-    [mmlu_scores] = mmlu.run(model, tok, limit=3, out_dir=tmp_path / "mmlu")
-    [xquad_scores] = xquad.run(model, tok, limit=3, out_dir=tmp_path / "xquad")
+    mmlu = LMEvalTask("mmlu", data_dir=bench_dir, subjects=["anatomy", "virology"], num_fewshot=1, limit=3, **FAST)
+    xquad = LMEvalTask(
+        "xquad", data_dir=bench_dir, languages=["de"], num_fewshot=1, limit=3, **FAST_GEN
+    )  # the CLI's shots apply to all
+    [mmlu_scores] = mmlu.run(model, tok, out_dir=tmp_path / "mmlu")
+    [xquad_scores] = xquad.run(model, tok, out_dir=tmp_path / "xquad")
 
     cli_tasks = tmp_path / "cli_tasks"  # both runs' generated task files, side by side
     cli_tasks.mkdir()
@@ -286,7 +301,7 @@ def test_scores_equal_lm_eval_cli(tiny_model_dir, bench_dir, tmp_path):
     cli = json.loads(results_file.read_text())["results"]
     assert cli["cft_mmlu"]["acc,none"] == mmlu_scores.score
     assert cli["cft_xquad_de"]["f1,none"] == xquad_scores.per_language["de"]
-    assert cli["cft_xquad_de"]["exact_match,none"] == xquad_scores.metrics["de/em"]
+    assert cli["cft_xquad_de"]["exact_match,none"] == xquad_scores.language_metrics["de"]["em"]
     # Beyond the (tiny, random) model's scores: the same prompts, log-likelihoods and generations.
     for task, run in (("cft_mmlu_anatomy", "mmlu"), ("cft_mmlu_virology", "mmlu"), ("cft_xquad_de", "xquad")):
         [cli_file] = list((tmp_path / "cli_out").rglob(f"samples_{task}_*.jsonl"))
@@ -303,8 +318,8 @@ def test_scores_equal_lm_eval_cli(tiny_model_dir, bench_dir, tmp_path):
 
 def test_alpaca_eval_saves_outputs_and_records_not_computed(tiny_model, bench_dir, tmp_path):
     model, tok = tiny_model
-    task = AlpacaEvalTask(data_dir=bench_dir, max_new_tokens=4, batch_size=2)
-    [scores] = task.run(model, tok, limit=2, out_dir=tmp_path)
+    task = AlpacaEvalTask(data_dir=bench_dir, max_new_tokens=4, batch_size=2, limit=2)
+    [scores] = task.run(model, tok, out_dir=tmp_path)
     outputs = json.loads((tmp_path / "model_outputs.json").read_text())
     assert [o["instruction"] for o in outputs] == ["Say hello 0.", "Say hello 1."]
     assert set(outputs[0]) == {"instruction", "output", "generator", "dataset"}
@@ -313,7 +328,7 @@ def test_alpaca_eval_saves_outputs_and_records_not_computed(tiny_model, bench_di
     assert scores.not_computed and "annotator" in scores.not_computed and math.isnan(scores.score)
     assert "not_computed" in json.loads((tmp_path / "score.json").read_text())
     # Recorded as missing with its reason (metrics.json, W&B), never as 0, and out of the TA average.
-    assert flatten([scores]) == {"not_computed/ta/alpaca_eval": scores.not_computed}
+    assert flatten([scores]) == {"not_computed/ta/alpaca_eval": scores.not_computed, "ta_avg_tasks": 0, "ta_avg_over": ""}
 
 
 def test_alpaca_eval_reasons_without_a_judge(bench_dir, monkeypatch):
@@ -346,18 +361,19 @@ def test_alpaca_eval_judged_win_rate(tiny_model, bench_dir, tmp_path, monkeypatc
     model, tok = tiny_model
     judge = tmp_path / "local_judge"  # a local annotator config folder
     judge.mkdir()
-    [scores] = AlpacaEvalTask(annotator=str(judge), data_dir=bench_dir, max_new_tokens=2).run(
-        model, tok, limit=2, out_dir=tmp_path / "a"
+    [scores] = AlpacaEvalTask(annotator=str(judge), data_dir=bench_dir, max_new_tokens=2, limit=2).run(
+        model, tok, out_dir=tmp_path / "a"
     )
     assert scores.not_computed is None and scores.score == 0.625
-    assert scores.metrics == {"win_rate": 0.625, "length_controlled_winrate": 0.5}
+    assert scores.metrics == {"length_controlled_winrate": 0.5}  # win_rate is the headline
     assert list(calls["reference_outputs"]["output"]) == ["Hello 0!", "Hello 1!"] and calls["annotators_config"] == str(judge)
     assert flatten([scores])["ta/alpaca_eval"] == 0.625
+    assert flatten([scores])["ta/alpaca_eval:length_controlled_winrate"] == 0.5
 
     broken = tmp_path / "broken"
     broken.mkdir()
-    [failed] = AlpacaEvalTask(annotator=str(broken), data_dir=bench_dir, max_new_tokens=2).run(
-        model, tok, limit=1, out_dir=tmp_path / "b"
+    [failed] = AlpacaEvalTask(annotator=str(broken), data_dir=bench_dir, max_new_tokens=2, limit=1).run(
+        model, tok, out_dir=tmp_path / "b"
     )
     assert failed.not_computed and "judge crashed" in failed.not_computed
     assert (tmp_path / "b" / "model_outputs.json").is_file()  # the outputs survive a failing judge
@@ -369,41 +385,52 @@ def test_hub_mode_uses_lm_eval_built_ins_where_they_work(tmp_path):
     builtin_dir = Path(lm_eval.__file__).parent / "tasks"
     expected = {"ifeval": "ifeval/ifeval.yaml", "hellaswag": "hellaswag/hellaswag.yaml", "mmlu": "mmlu/default/_mmlu.yaml"}
     for task, yaml_file in expected.items():
-        tasks, builtin_dirs = LMEvalTask(task).write_task_configs(tmp_path / task)
+        tasks = LMEvalTask(task).lm_tasks()
+        builtin_dirs = write_task_configs(tasks, tmp_path / task)
         assert [t.name for t in tasks] == [task] and not list((tmp_path / task).glob("*.yaml"))
         assert builtin_dirs == [(builtin_dir / yaml_file).parent] and (builtin_dir / yaml_file).is_file()
     [mlqa_de] = LMEvalTask("mlqa", languages=["de"]).lm_tasks()
     assert mlqa_de.name == "mlqa_de_de" and (builtin_dir / "mlqa" / "mlqa_de_de.yaml").is_file()
     # XQuAD, XLSUM, Global-MMLU-Lite and an MMLU subset are the project's tasks on the hub datasets.
-    tasks, builtin_dirs = LMEvalTask("xquad", languages=["th"]).write_task_configs(tmp_path / "xquad")
-    assert (
-        not builtin_dirs and tasks[0].config["dataset_path"] == "google/xquad" and tasks[0].config["dataset_name"] == "xquad.th"
-    )
-    assert 'dataset_name: "chinese_simplified"' in (
-        LMEvalTask("xlsum", languages=["zh"]).write_task_configs(tmp_path / "x")[0]
-        and (tmp_path / "x" / "cft_xlsum_zh.yaml").read_text()
-    )
+    tasks = LMEvalTask("xquad", languages=["th"]).lm_tasks()
+    assert not write_task_configs(tasks, tmp_path / "xquad")
+    assert tasks[0].config["dataset_path"] == "google/xquad" and tasks[0].config["dataset_name"] == "xquad.th"
+    write_task_configs(LMEvalTask("xlsum", languages=["zh"]).lm_tasks(), tmp_path / "x")
+    assert 'dataset_name: "chinese_simplified"' in (tmp_path / "x" / "cft_xlsum_zh.yaml").read_text()
     [group, member] = LMEvalTask("mmlu", subjects=["virology"]).lm_tasks()
     assert group.group_of == ["cft_mmlu_virology"] and member.config["dataset_path"] == "cais/mmlu"
+    assert member.config["description"].endswith("about virology.\n\n") and member.config["num_fewshot"] == 0
 
 
 # --- bad input, before any model work ----------------------------------------------------------
 
 
 def test_bad_input_is_rejected_at_construction(bench_dir, tmp_path):
-    with pytest.raises(ConfigError, match="Unknown evaluation task 'xquadd'.*xquad"):
+    with pytest.raises(ConfigError, match="Unknown benchmark 'xquadd': cft has global_mmlu_lite, hellaswag, ifeval, mlqa, mmlu,"):
         LMEvalTask("xquadd")
-    with pytest.raises(ConfigError, match=r"languages \['xx'\]"):
+    with pytest.raises(ConfigError, match=r"eval task xquad: languages \['xx'\] not available; xquad has ar, de"):
         LMEvalTask("xquad", languages=["de", "xx"])
+    with pytest.raises(
+        ConfigError, match=r"eval task ifeval: `languages` does not apply \(ifeval has neither languages nor subjects\)"
+    ):
+        LMEvalTask("ifeval", languages=["de"])
+    with pytest.raises(ConfigError, match=r"eval task xquad: `subjects` does not apply \(xquad has languages\)"):
+        LMEvalTask("xquad", subjects=["anatomy"])
+    with pytest.raises(ConfigError, match=r"eval task mmlu: subjects \['anatomyy'\] not available"):
+        LMEvalTask("mmlu", subjects=["anatomyy"])
     with pytest.raises(ConfigError, match="apply_chat_template must be"):
         LMEvalTask("xquad", apply_chat_template="yes")
-    with pytest.raises(ConfigError, match="metric 'f2'"):
+    with pytest.raises(ConfigError, match="eval task xquad: metric 'f2' is not one of f1, em"):
         LMEvalTask("xquad", metric="f2")
+    with pytest.raises(ConfigError, match="eval task mmlu: gen_kwargs apply to generative benchmarks"):
+        LMEvalTask("mmlu", gen_kwargs={"max_gen_toks": 4})
+    with pytest.raises(ConfigError, match="eval task xquad: limit must be a positive integer"):
+        LMEvalTask("xquad", limit=0)
     with pytest.raises(DataError, match="does not exist"):
         LMEvalTask("ifeval", data_dir=tmp_path / "nowhere")
     with pytest.raises(
         DataError,
-        match=r"lacks mlqa/test/test-context-ar-question-ar\.json\. Add the files, or leave the task out.*~eval\.tasks\.mlqa\)$",
+        match=r"lacks mlqa/test/test-context-ar-question-ar\.json\. Add the files, or leave the task out.*\(eval\.tasks\.mlqa=null\)$",
     ):
         LMEvalTask("mlqa", languages=["ar", "de"], data_dir=bench_dir)
     with pytest.raises(DataError, match=r"mlqa/dev/dev-context-de-question-de\.json"):  # shots need the dev split
@@ -428,7 +455,7 @@ def test_vllm_backend_needs_vllm():
 def test_hub_dataset_offline_says_to_use_data_dir(tiny_model, tmp_path):
     model, tok = tiny_model
     with pytest.raises(CftError, match="eval.data_dir"):
-        LMEvalTask("xlsum", languages=["ar"], **FAST).run(model, tok, limit=1, out_dir=tmp_path)
+        LMEvalTask("xlsum", languages=["ar"], limit=1, **FAST_GEN).run(model, tok, out_dir=tmp_path)
 
 
 # --- suites --------------------------------------------------------------------------------------
@@ -442,27 +469,28 @@ def compose_eval(option: str, *overrides: str):
 
 
 def test_suites_compose_and_validate_local_files(bench_dir):
-    import hydra
-
-    ta = compose_eval("ta", f"eval.data_dir={bench_dir}").eval
-    assert list(ta.tasks) == ["ifeval", "mmlu", "hellaswag", "alpaca_eval"]
-    tasks = {name: hydra.utils.instantiate(node) for name, node in ta.tasks.items()}
-    assert tasks["mmlu"].data_dir == bench_dir and tasks["mmlu"].num_fewshot == 5
-    assert {t.ability for t in tasks.values()} == {"ta"}
+    ta = build_suite(compose_eval("ta", f"eval.data_dir={bench_dir}").eval)
+    assert list(ta) == ["ifeval", "mmlu", "hellaswag", "alpaca_eval"]
+    # The suite's data_dir reaches every task that takes it; zero-shot as the paper.
+    assert ta["mmlu"].data_dir == bench_dir and ta["mmlu"].num_fewshot == 0 and ta["alpaca_eval"].data_dir == bench_dir
+    assert {t.ability for t in ta.values()} == {"ta"} and ta["alpaca_eval"].batch_size == 16 and ta["mmlu"].batch_size == "auto"
 
     paper = compose_eval("paper").eval
     assert set(paper.tasks) == {"ifeval", "mmlu", "hellaswag", "alpaca_eval", "xquad", "mlqa", "xlsum", "global_mmlu_lite"}
-    assert paper.limit is None
-    quick = compose_eval("quick", f"eval.data_dir={bench_dir}", "eval.backend=hf", "eval.apply_chat_template=false").eval
-    assert quick.limit == 4
-    ifeval = hydra.utils.instantiate(quick.tasks.ifeval)
+    assert paper.limit is None and dict(paper.averages) == {
+        "ta": ["ifeval", "alpaca_eval", "mmlu", "hellaswag"],
+        "la": ["mlqa", "xquad", "xlsum"],
+    }
+    no_data = ["eval.tasks.mlqa=null", "eval.tasks.xlsum=null", "eval.tasks.global_mmlu_lite=null"]
+    quick = build_suite(compose_eval("quick", f"eval.data_dir={bench_dir}", "eval.apply_chat_template=false", *no_data).eval)
+    ifeval = quick["ifeval"]
+    assert ifeval.limit == 4 and quick["xquad"].limit == 4 and quick["alpaca_eval"].limit == 4
     assert ifeval.gen_kwargs == {"max_gen_toks": 64} and ifeval.apply_chat_template is False and ifeval.backend == "hf"
+    assert quick.switched_off == {"mlqa": "la", "xlsum": "la"}  # in la_avg's definition: recorded as not computed
     # The written data has no MLQA: the LA suite stops before any model work, naming the file.
     la = compose_eval("la", f"eval.data_dir={bench_dir}").eval
-    with pytest.raises(Exception) as caught:  # Hydra wraps it; the entry scripts unwrap the CftError
-        hydra.utils.instantiate(la.tasks.mlqa)
-    assert isinstance(caught.value.__cause__, DataError)
-    assert "lacks mlqa/test/test-context-ar-question-ar.json" in str(caught.value.__cause__)
+    with pytest.raises(DataError, match="lacks mlqa/test/test-context-ar-question-ar.json"):
+        build_suite(la)
 
 
 # --- integration: the real benchmark files ------------------------------------------------------
@@ -480,8 +508,8 @@ def test_suites_compose_and_validate_local_files(bench_dir):
 )
 def test_real_benchmark_files(task, kwargs, shared_data, tiny_model, tmp_path):
     model, tok = tiny_model
-    lm_task = LMEvalTask(task, data_dir=shared_data, batch_size=4, **kwargs)
-    [scores] = lm_task.run(model, tok, limit=2, out_dir=tmp_path)
+    lm_task = LMEvalTask(task, data_dir=shared_data, batch_size=4, limit=2, **kwargs)
+    [scores] = lm_task.run(model, tok, out_dir=tmp_path)
     assert 0.0 <= scores.score <= 1.0 and scores.not_computed is None
     files = sorted((tmp_path / "samples").glob("*.jsonl"))
     assert files and all(len(read_samples(f)) == 2 for f in files)
@@ -493,7 +521,7 @@ def test_real_benchmark_files(task, kwargs, shared_data, tiny_model, tmp_path):
         doc = read_samples(files[0])[0]["doc"]
         assert doc["query"].startswith("Roof shingle removal: A man is sitting on a roof.") and doc["gold"] == 3
     if task == "ifeval":
-        assert set(scores.metrics) == {"prompt_strict", "inst_strict", "prompt_loose", "inst_loose"}
+        assert set(scores.metrics) == {"inst_strict", "prompt_loose", "inst_loose"}  # prompt_strict is the headline
 
 
 @pytest.mark.integration

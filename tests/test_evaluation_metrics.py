@@ -1,6 +1,7 @@
 """Metrics the project computes itself, against hand-computed values: XLSUM ROUGE-L in scripts
 without spaces and in Arabic/Devanagari, SQuAD-style QA normalisation, lm-eval results turned into
-TaskScores and the paper's averages, and IFEval's sentence counting without network."""
+TaskScores and flat keys (metrics after ':', English as `en`, the averages and what they cover),
+and IFEval's sentence counting without network."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from cft.evaluation import TaskScores, flatten
 from cft.evaluation.lmeval import LMEvalTask
 from cft.evaluation.metrics import mean, qa_exact, qa_f1, qa_tokens, rouge_l, rouge_tokens
+from cft.run import keys
 
 # --- XLSUM ROUGE-L ----------------------------------------------------------------------------
 
@@ -92,19 +94,21 @@ def test_mean():
 
 
 def test_per_language_scores_and_averages():
-    xquad = LMEvalTask("xquad", languages=["de", "zh"])
+    xquad = LMEvalTask("xquad", languages=["de", "zh", "en"])
     lm_results = {
         "cft_xquad_de": {"f1,none": 0.5, "exact_match,none": 0.25, "f1_stderr,none": 0.1},
         "cft_xquad_zh": {"f1,none": 0.3, "exact_match,none": 0.0},
+        "cft_xquad_en": {"f1,none": 0.9, "exact_match,none": 0.8},
     }
-    scores = xquad.scores(lm_results, xquad.lm_tasks())
-    assert scores.score == pytest.approx(0.4)
-    assert scores.per_language == {"de": 0.5, "zh": 0.3}
-    assert scores.metrics["em"] == pytest.approx(0.125)
-    assert scores.metrics["zh/f1"] == 0.3
+    scores, english = xquad.scores(lm_results, xquad.lm_tasks())
+    # LA counts the non-English languages only; English is its own ability.
+    assert (scores.ability, english.ability) == ("la", "en")
+    assert scores.score == pytest.approx(0.4) and scores.per_language == {"de": 0.5, "zh": 0.3}
+    assert scores.metrics == {"em": pytest.approx(0.125)} and scores.language_metrics == {"de": {"em": 0.25}, "zh": {"em": 0.0}}
+    assert english.score == 0.9 and english.metrics == {"em": 0.8} and not english.per_language
 
     ifeval = LMEvalTask("ifeval", metric="inst_loose")
-    ife = ifeval.scores(
+    [ife] = ifeval.scores(
         {
             "ifeval": {
                 "prompt_level_strict_acc,none": 0.2,
@@ -115,17 +119,36 @@ def test_per_language_scores_and_averages():
         },
         ifeval.lm_tasks(),
     )
-    assert ife.score == 0.5 and ife.metrics["prompt_strict"] == 0.2
+    assert ife.score == 0.5 and ife.metrics == {"prompt_strict": 0.2, "inst_strict": 0.3, "prompt_loose": 0.4}
 
     skipped = TaskScores("alpaca_eval", "ta", math.nan, not_computed="no annotator")
-    flat = flatten([scores, ife, TaskScores("mmlu", "ta", 0.3), skipped])
-    assert flat["la/xquad"] == pytest.approx(0.4)
-    assert flat["la/xquad/de"] == 0.5
-    assert flat["la/xquad/de/em"] == 0.25
-    assert flat["ta/ifeval/prompt_strict"] == 0.2
-    assert flat["ta_avg"] == pytest.approx((0.5 + 0.3) / 2)  # not-computed AlpacaEval is left out, not 0
-    assert flat["la_avg"] == pytest.approx(0.4)
-    assert not any(k.startswith("ta/alpaca_eval") for k in flat)
+    flat = flatten([scores, english, ife, TaskScores("mmlu", "ta", 0.3), skipped])
+    assert flat == {
+        "la/xquad": pytest.approx(0.4),
+        "la/xquad/de": 0.5,
+        "la/xquad/zh": 0.3,
+        "la/xquad:em": pytest.approx(0.125),
+        "la/xquad/de:em": 0.25,
+        "la/xquad/zh:em": 0.0,
+        "en/xquad": 0.9,
+        "en/xquad:em": 0.8,
+        "ta/ifeval": 0.5,
+        "ta/ifeval:prompt_strict": 0.2,
+        "ta/ifeval:inst_strict": 0.3,
+        "ta/ifeval:prompt_loose": 0.4,
+        "ta/mmlu": 0.3,
+        "not_computed/ta/alpaca_eval": "no annotator",
+        # Not-computed AlpacaEval is left out, not 0, and the average says what it covers.
+        "ta_avg": pytest.approx((0.5 + 0.3) / 2),
+        "ta_avg_tasks": 2,
+        "ta_avg_over": "ifeval,mmlu",
+        "la_avg": pytest.approx(0.4),  # English (0.9) is not in it
+        "la_avg_tasks": 1,
+        "la_avg_over": "xquad",
+    }
+    # Every key parses back to what it says: the metric after ':' is never a language.
+    assert keys.parse("la/xquad/de:em") == keys.ScoreKey("la", "xquad", lang="de", metric="em")
+    assert keys.languages(flat, "xquad") == ["de", "zh"] and keys.metrics_of(flat, "xquad", "la") == ["em"]
 
 
 def test_missing_lm_eval_metric_is_an_error_not_a_zero():
@@ -141,7 +164,7 @@ import nltk
 def no_download(*a, **k):
     raise AssertionError("nltk.download called")
 nltk.download = no_download
-from cft.evaluation.tasks.utils import ensure_nltk_offline, ifeval_process_results
+from cft.evaluation.benchmarks.hooks import ensure_nltk_offline, ifeval_process_results
 ensure_nltk_offline()
 from lm_eval.tasks.ifeval import instructions_util
 assert instructions_util.count_sentences("Hello Mr. Smith. How are you? I am fine! See e.g. this one.") == 4, \

@@ -23,11 +23,15 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from cft.data.format import render_prompt
 from cft.data.records import Example
 from cft.errors import ConfigError, DataError
-from cft.evaluation import TaskScores
+from cft.evaluation.harness import fit_generation, model_context
+from cft.evaluation.scores import TaskScores
 from cft.models.generate import generate
 
 log = logging.getLogger(__name__)
@@ -68,33 +72,39 @@ def read_alpaca_eval(path: str | Path) -> list[dict]:
 
 
 class AlpacaEvalTask:
-    """AlpacaEval as an `EvalTask`.
-
-    Args:
-        annotator: alpaca_eval annotator config (name or folder); None = generate and save only.
-        data_dir: folder in the layout of the shared data folder; None = the hub file.
-        max_new_tokens, batch_size: generation settings.
-        generator: the name of the model in alpaca_eval's leaderboard.
-        metric: "win_rate" or "length_controlled_winrate" (when alpaca_eval computes it).
-    """
+    """AlpacaEval as an evaluation task (see the module docstring)."""
 
     def __init__(
         self,
-        annotator: str | None = None,
-        data_dir: str | Path | None = None,
-        ability: str = "ta",
-        name: str = "alpaca_eval",
-        max_new_tokens: int = 1024,
-        batch_size: int = 16,
-        generator: str = "cft_model",
-        metric: str = "win_rate",
+        annotator: Annotated[
+            str | None,
+            Field(description="alpaca_eval annotator config (a name, or a local judge folder); null = generate and save only"),
+        ] = None,
+        data_dir: Annotated[
+            str | Path | None, Field(description="folder in the layout of the shared data folder; null = the hub file")
+        ] = None,
+        ability: Annotated[Literal["ta", "la"], Field(description="ta (the paper's) or la")] = "ta",
+        name: Annotated[str, Field(description="the task's name in metric keys")] = "alpaca_eval",
+        max_new_tokens: Annotated[
+            int, Field(ge=1, description="the longest answer, in tokens (clipped to the model's context)")
+        ] = 1024,
+        batch_size: Annotated[int, Field(ge=1, description="prompts per generation batch (cft.models.generate)")] = 16,
+        generator: Annotated[str, Field(description="the model's name in alpaca_eval's leaderboard")] = "cft_model",
+        metric: Annotated[
+            Literal["win_rate", "length_controlled_winrate"],
+            Field(description="the headline metric (when alpaca_eval computes it)"),
+        ] = "win_rate",
+        limit: Annotated[int | None, Field(ge=1, description="the first N of the 805 instructions; null = all")] = None,
     ):
         if ability not in ("ta", "la"):
             raise ConfigError(f"eval task {name}: ability must be 'ta' or 'la', not {ability!r}")
         if metric not in ("win_rate", "length_controlled_winrate"):
             raise ConfigError(f"eval task {name}: metric must be win_rate or length_controlled_winrate, not {metric!r}")
+        for option, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size), ("limit", limit)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"eval task {name}: {option} must be a positive integer, not {value!r}")
         self.annotator = annotator or None
-        self.ability, self.name, self.metric = ability, name, metric
+        self.ability, self.name, self.metric, self.limit = ability, name, metric, limit
         self.max_new_tokens, self.batch_size, self.generator = max_new_tokens, batch_size, generator
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
         if self.data_dir is not None and not (self.data_dir / LOCAL_FILE).is_file():
@@ -127,15 +137,16 @@ class AlpacaEvalTask:
             return f"annotator {self.annotator} is an OpenAI judge and OPENAI_API_KEY is not set"
         return None
 
-    def run(self, model, tokenizer, *, limit: int | None, out_dir: Path) -> list[TaskScores]:
+    def run(self, model, tokenizer, *, out_dir: Path) -> list[TaskScores]:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         records = self.load()
-        if limit:
-            records = records[:limit]
+        if self.limit:
+            records = records[: self.limit]
         prompts = [render_prompt(tokenizer, Example(instruction=r["instruction"], output="")) for r in records]
+        max_new_tokens = fit_generation(self.name, self.max_new_tokens, model_context(model, tokenizer))
         outputs = generate(
-            model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, desc="alpaca_eval"
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=self.batch_size, desc="alpaca_eval"
         )
         model_outputs = [
             {"instruction": r["instruction"], "output": o, "generator": self.generator, "dataset": r.get("dataset", "")}
@@ -168,7 +179,8 @@ class AlpacaEvalTask:
         if self.metric not in result:
             reason = f"alpaca_eval reported no {self.metric} (only {sorted(result)})"
             return [TaskScores(self.name, self.ability, math.nan, not_computed=reason)]
-        return [TaskScores(self.name, self.ability, result[self.metric], metrics=result)]
+        others = {k: v for k, v in result.items() if k != self.metric}
+        return [TaskScores(self.name, self.ability, result[self.metric], metrics=others)]
 
     def _judge(self, model_outputs: list[dict], references: list[dict], out_dir: Path) -> dict[str, float]:
         import pandas as pd

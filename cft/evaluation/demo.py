@@ -8,32 +8,40 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from cft.data.demo import make_examples
 from cft.data.format import render_prompt
-from cft.evaluation import TaskScores
+from cft.evaluation.scores import TaskScores
 from cft.models.generate import generate
 
 
 class DemoExactMatch:
     def __init__(
         self,
-        tasks: Sequence[str],
-        languages: Sequence[str],
-        english: str = "en",
-        per_task_language: int = 40,
-        seed: int = 1234,
-        max_new_tokens: int = 24,
-        batch_size: int = 64,
+        tasks: Annotated[
+            list[str], Field(min_length=1, description="demo task families (cft.data.demo), e.g. [repeat, reverse, number]")
+        ],
+        languages: Annotated[list[str], Field(min_length=1, description="languages evaluated (the English one is task ability)")],
+        english: Annotated[str, Field(description="the language scored as task ability (ta/<task>)")] = "en",
+        per_task_language: Annotated[int, Field(ge=1, description="held-out examples per task and language")] = 40,
+        seed: Annotated[int, Field(ge=0, le=2**32 - 1, description="seed of the held-out examples")] = 1234,
+        max_new_tokens: Annotated[int, Field(ge=1, description="the longest answer, in tokens")] = 24,
+        batch_size: Annotated[int, Field(ge=1, description="prompts per generation batch")] = 64,
+        limit: Annotated[
+            int | None, Field(ge=1, description="at most this many examples per task and language; null = all")
+        ] = None,
     ):
         self.tasks, self.languages, self.english = list(tasks), list(languages), english
         self.n, self.seed, self.max_new_tokens, self.batch_size = per_task_language, seed, max_new_tokens, batch_size
+        self.limit = limit
         make_examples(self.tasks, self.languages, 0, seed)  # reject unknown tasks/languages before any model work
 
-    def run(self, model, tokenizer, *, limit: int | None, out_dir: Path) -> list[TaskScores]:
-        n = min(self.n, limit) if limit else self.n
+    def run(self, model, tokenizer, *, out_dir: Path) -> list[TaskScores]:
+        n = min(self.n, self.limit) if self.limit else self.n
         examples = make_examples(self.tasks, self.languages, n, self.seed, split="test")
         outputs = generate(
             model,

@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cft.errors import CftError, ConfigError
+from cft.errors import CftError
 from cft.training.loop import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -38,16 +38,12 @@ def build(node: Any) -> Any:
         raise
 
 
-def build_eval_tasks(eval_cfg: Any) -> dict[str, Any]:
-    """The tasks of an evaluation suite, built (and so checked) before any model work."""
-    tasks = eval_cfg.get("tasks") or {}
-    if not tasks:
-        raise ConfigError("the eval config lists no tasks (eval.tasks is empty)")
-    # A task set to null is switched off (eval.tasks.mlqa=null).
-    built = {name: build(node) for name, node in tasks.items() if node is not None}
-    if not built:
-        raise ConfigError("every task of the eval suite is switched off (eval.tasks.* = null)")
-    return built
+def build_eval_tasks(eval_cfg: Any):
+    """The tasks of an evaluation suite, built (and so checked) before any model work: a
+    cft.evaluation.Suite (the suite's shared defaults passed to its tasks; `Suite.evaluate`)."""
+    from cft.evaluation import build_suite
+
+    return build_suite(eval_cfg)
 
 
 def phase_train_config(train_cfg: Any, phase: str) -> dict[str, Any]:

@@ -43,10 +43,9 @@ class EvalRecipe:
             self.record()
         finally:
             self.cleanup()
-        from tabulate import tabulate
+        from cft.evaluation.summary import evaluation_table
 
-        table = tabulate(sorted(self.scores.items()), headers=["score", self.suite], floatfmt=".3f")
-        print(f"\n{table}\n\nWritten to {self.out_dir / layout.METRICS}")
+        print(f"\n{evaluation_table(self.scores, self.suite)}\n\nWritten to {self.out_dir / layout.METRICS}")
         return self.scores
 
     def setup(self) -> None:

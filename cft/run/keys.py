@@ -9,6 +9,8 @@ metrics.json, the W&B summary, the analysis tables and the dashboard all speak t
     <phase>/<ability>_avg                      the mean of the headline scores that count in it (ta_avg, la_avg)
     <phase>/<ability>_avg_tasks                how many benchmarks that mean covers (3 where AlpacaEval has no judge)
     <phase>/<ability>_avg_over                 which ones, comma-separated
+    <phase>/<ability>_avg_of                   the benchmarks the suite defines the average over (conf/eval `averages`:
+                                               the paper's), comma-separated; only where the suite defines it
     <phase>/not_computed/<ability>/<task>      why a score is missing (never recorded as 0)
     delta/<ability>_avg                        Phase 2 minus Phase 1
     des, mpd, mpd/<...>                        dataset similarity and model distance (the paper's Definitions 1, 2)
@@ -64,8 +66,24 @@ def average_over(ability: str, *, phase: str | None = None) -> str:
     return _join(phase, f"{ability}_avg_over")
 
 
+def average_of(ability: str, *, phase: str | None = None) -> str:
+    """The benchmarks a suite defines an average over (present only where the suite defines them)."""
+    return _join(phase, f"{ability}_avg_of")
+
+
 def not_computed(ability: str, task: str, *, phase: str | None = None) -> str:
     return _join(phase, NOT_COMPUTED, ability, task)
+
+
+def parse_not_computed(key: str) -> ScoreKey | None:
+    """The phase, ability and task of a `[<phase>/]not_computed/<ability>/<task>` key, or None for any other key."""
+    parts = key.split("/")
+    phase = None
+    if parts and parts[0] in PHASES:
+        phase, parts = parts[0], parts[1:]
+    if len(parts) != 3 or parts[0] != NOT_COMPUTED or parts[1] not in ABILITIES or not parts[2]:
+        return None
+    return ScoreKey(ability=parts[1], task=parts[2], phase=phase)
 
 
 def delta(name: str) -> str:

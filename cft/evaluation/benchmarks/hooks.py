@@ -1,8 +1,6 @@
-"""Hooks of the project's lm-eval task YAMLs (`!function utils.<name>` in the files next to this one).
-
-lm-eval loads this file by path for the YAMLs of this folder, and as `cft.evaluation.tasks.utils`
-for the per-run YAMLs that `cft.evaluation.lmeval.write_task_configs` generates, so that the same
-configs run in-process and with `lm-eval run --include_path <dir>`.
+"""Hooks of the benchmarks' lm-eval task templates and benchmark files: the functions they name as
+`!function cft.evaluation.benchmarks.hooks.<name>`. lm-eval imports them by that dotted name, so
+the same task YAMLs run in-process and with `lm-eval run --include_path <dir>`.
 
 Documents are normalised here so one YAML serves both the hub copy of a benchmark and a local
 copy in the layout of the shared data folder (SQuAD-style nested JSON for XQuAD/MLQA, header-less
@@ -32,8 +30,8 @@ from cft.evaluation import metrics
 
 log = logging.getLogger(__name__)
 
-# lm-eval loads this file under the bare module name "utils", so `datasets` fingerprints these
-# functions by name, not code: a cached map() result would outlive a change of the code.
+# `datasets` fingerprints these functions by name, not code: a cached map() result would outlive a
+# change of the code.
 _NO_CACHE = {"load_from_cache_file": False}
 
 # ---------------------------------------------------------------------------------------------
@@ -118,9 +116,15 @@ def _qa_results(doc, results, lang):
     }
 
 
-QA_LANGUAGES = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
-for _lang in QA_LANGUAGES:
-    globals()[f"qa_results_{_lang}"] = partial(_qa_results, lang=_lang)
+def __getattr__(name: str):
+    """`qa_results_<lang>`: the QA scorer with the normalisation of any language (articles, scripts),
+    so a benchmark file names it per language without a list of languages here."""
+    if name.startswith("qa_results_") and name != "qa_results_":
+        scorer = partial(_qa_results, lang=name.removeprefix("qa_results_"))
+        scorer.__name__ = name  # lm-eval and `datasets` read a function's name
+        return scorer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # ---------------------------------------------------------------------------------------------
 # XLSUM

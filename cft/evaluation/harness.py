@@ -1,0 +1,196 @@
+"""Running lm-evaluation-harness in-process on the model in memory: the prompt format (chat
+template), the lm-eval model (hf or vllm), generation lengths that fit the model's context, and the
+samples and results saved next to the scores.
+
+Prompts are formatted as in training: with the tokenizer's chat template (lm-eval's
+apply_chat_template, few-shot examples as turns) or, for a tokenizer without one, with the Alpaca
+prompt that cft.data.format trains such models with; `apply_chat_template=false` gives plain prompts.
+Under a chat template, generation also stops at the template's end-of-turn marker (e.g. Llama-3's
+`<|eot_id|>`, which is not its tokenizer's eos token, the one stop lm-eval adds itself).
+
+Context length: a generation length that leaves less than `prompt_room(context)` tokens of the
+model's context for the prompt is clipped to what leaves that room, with a warning naming the task
+and both numbers (lm-eval would otherwise stop with an AssertionError once the generation length
+reaches the context, and cut prompts to almost nothing just below it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cft.data.format import ALPACA_PROMPT
+from cft.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# cft.data.format's Alpaca prompt (used in training for tokenizers without a chat template) as a
+# chat template, so that lm-eval's multi-turn few-shot prompts take the same form.
+_ALPACA_BEFORE, _ALPACA_AFTER = ALPACA_PROMPT.split("{instruction}")
+ALPACA_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}"
+    + _ALPACA_BEFORE
+    + "{{ m['content'] }}"
+    + _ALPACA_AFTER
+    + "{% else %}{{ m['content'] }}{{ eos_token }}\n\n{% endif %}"
+    "{% endfor %}"
+)
+# The most tokens of the context a prompt is guaranteed (half of a context shorter than twice this).
+PROMPT_ROOM = 256
+
+
+def chat_template(mode: bool | str, tokenizer, task: str) -> str | None:
+    """The chat template lm-eval formats prompts with: the tokenizer's, the Alpaca prompt, or none."""
+    has_own = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "auto":
+        # As in training (cft.data.format.render_prompt): the tokenizer's template, else the Alpaca prompt.
+        return tokenizer.chat_template if has_own else ALPACA_CHAT_TEMPLATE
+    if mode == "alpaca":
+        return ALPACA_CHAT_TEMPLATE
+    if mode is True and not has_own:
+        raise ConfigError(
+            f"eval task {task}: apply_chat_template=true but the tokenizer has no chat template (use auto or alpaca)"
+        )
+    return tokenizer.chat_template if mode is True else None
+
+
+def turn_end(tokenizer, template: str) -> str | None:
+    """The text `template` puts after an assistant turn (its end-of-turn marker), or None."""
+    marker = "\x00cft-answer\x00"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}], chat_template=template, tokenize=False
+        )
+    except Exception:  # a template that refuses this conversation: no marker, lm-eval's eos stop remains
+        return None
+    after = text.partition(marker)[2].strip()
+    return after or None
+
+
+def prompt_room(context: int) -> int:
+    """Tokens of the context kept for the prompt when a generation length is clipped."""
+    return min(PROMPT_ROOM, context // 2)
+
+
+def fit_generation(task: str, max_gen_toks: int, context: int) -> int:
+    """`max_gen_toks`, or the most that leaves `prompt_room(context)` tokens for the prompt (with a warning)."""
+    most = context - prompt_room(context)
+    if max_gen_toks <= most:
+        return max_gen_toks
+    log.warning(
+        "eval task %s: a generation length of %d tokens does not fit the model's context of %d tokens with room "
+        "for a prompt; clipped to %d (leaving %d tokens for the prompt)",
+        task,
+        max_gen_toks,
+        context,
+        most,
+        context - most,
+    )
+    return most
+
+
+def model_context(model, tokenizer, max_length: int | None = None) -> int:
+    """The context length as lm-eval's HF model reads it: `max_length`, else the model config's
+    (n_positions, max_position_embeddings, n_ctx), else the tokenizer's model_max_length, else 2048."""
+    if max_length:
+        return int(max_length)
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, attr, None)
+        if value is not None:
+            return int(value)
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if limit is not None and limit < 10**9 else 2048
+
+
+def make_lm(
+    backend: str,
+    model,
+    tokenizer,
+    *,
+    batch_size: int | str,
+    max_length: int | None,
+    seed: int,
+    vllm_kwargs: Mapping[str, Any],
+    scratch: Path,
+):
+    """lm-eval's model object: HFLM on the in-memory model, or VLLM on a scratch copy of it."""
+    if backend == "vllm":
+        from lm_eval.models.vllm_causallms import VLLM
+
+        if hasattr(model, "peft_config"):
+            raise ConfigError("backend=vllm needs a plain model: merge the LoRA weights first (or use backend=hf)")
+        # vLLM loads weights from disk only: a scratch copy, removed after the run.
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        kwargs = {"max_model_len": max_length} if max_length else {}
+        kwargs.update(vllm_kwargs)
+        return VLLM(pretrained=str(scratch), tokenizer=str(scratch), batch_size=batch_size, seed=seed, **kwargs)
+    from lm_eval.models.huggingface import HFLM
+
+    if isinstance(batch_size, str):
+        device = getattr(model, "device", None)
+        if device is None or getattr(device, "type", "cpu") == "cpu":
+            batch_size = 16  # lm-eval's batch-size search is for GPUs
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=str(model.device))
+
+
+class Session:
+    """One lm-eval run on the caller's model and tokenizer: sets the chat template and eval mode,
+    builds the lm-eval model, and leaves both as they were (and removes a vLLM scratch copy) on exit."""
+
+    def __init__(self, model, tokenizer, *, template: str | None, backend: str, out_dir: Path, **lm_kwargs):
+        self.model, self.tokenizer, self.template = model, tokenizer, template
+        self.backend, self.out_dir, self.lm_kwargs = backend, out_dir, lm_kwargs
+        self.scratch: Path | None = None
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.own_template = getattr(self.tokenizer, "chat_template", None)
+        self.model.eval()
+        if self.template is not None:
+            self.tokenizer.chat_template = self.template  # restored on exit: the tokenizer is the caller's
+        if self.backend == "vllm":
+            self.scratch = Path(tempfile.mkdtemp(prefix="vllm-model-", dir=self.out_dir))
+        self.lm = make_lm(self.backend, self.model, self.tokenizer, scratch=self.scratch or self.out_dir, **self.lm_kwargs)
+        return self
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+        self.tokenizer.chat_template = self.own_template
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        return False
+
+
+def save(results: dict, out_dir: Path) -> None:
+    """lm-eval's samples in the format of its CLI's --log_samples files (`samples/<task>.jsonl`), and
+    its aggregated results and task configs (`lm_eval_results.json`)."""
+    from lm_eval.utils import handle_non_serializable, sanitize_list
+
+    samples_dir = out_dir / "samples"
+    samples_dir.mkdir(exist_ok=True)
+    for task_name, records in (results.get("samples") or {}).items():
+        with open(samples_dir / f"{task_name}.jsonl", "w", encoding="utf-8") as f:
+            for record in records:
+                record = dict(record)
+                record["arguments"] = {
+                    f"gen_args_{i}": {f"arg_{j}": value for j, value in enumerate(args)}
+                    for i, args in enumerate(record["arguments"])
+                }
+                record["resps"] = sanitize_list(record["resps"])
+                record["filtered_resps"] = sanitize_list(record["filtered_resps"])
+                record["target"] = str(record["target"])
+                f.write(json.dumps(record, ensure_ascii=False, default=handle_non_serializable) + "\n")
+    summary = {k: v for k, v in results.items() if k != "samples"}
+    (out_dir / "lm_eval_results.json").write_text(
+        json.dumps(summary, indent=2, ensure_ascii=False, default=handle_non_serializable)
+    )

@@ -1,0 +1,91 @@
+"""What an evaluation task returns (`TaskScores`) and how a suite's results become flat metric keys.
+
+Every key is built by `cft.run.keys` (`<ability>/<task>[/<lang>][:<metric>]`, see its docstring):
+
+    ta/ifeval                  headline score of a TA benchmark
+    ta/ifeval:inst_loose       another of its metrics
+    la/xquad                   an LA benchmark: the mean over its non-English languages
+    la/xquad/de, la/xquad/de:em   one language: headline, another metric
+    la/xquad:em                another metric, mean over the non-English languages
+    en/xquad, en/xquad:em      the English part of a multilingual benchmark (never inside la_avg)
+    ta_avg, la_avg             the mean of the headline scores of the benchmarks the average is defined over
+    ta_avg_tasks, ta_avg_over  how many and which of them had a score (AlpacaEval without a judge: 3 of 4)
+    ta_avg_of                  the benchmarks the suite defines the average over (only where it defines them)
+    not_computed/ta/alpaca_eval    why a score is missing (never recorded as 0)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cft.evaluation.metrics import mean
+from cft.run import keys
+
+log = logging.getLogger(__name__)
+
+# Abilities with a headline average (ta_avg, la_avg); `en` is recorded beside LA, never averaged.
+AVERAGED = tuple(a for a in keys.ABILITIES if keys.average(a) in keys.HEADLINE_AVERAGES)
+
+
+@dataclass
+class TaskScores:
+    """The result of one task for one ability: a headline score in [0, 1], and any further metrics."""
+
+    name: str
+    ability: str  # "ta", "la" or "en" (cft.run.keys.ABILITIES)
+    score: float
+    per_language: dict[str, float] = field(default_factory=dict)  # headline score per language
+    metrics: dict[str, float] = field(default_factory=dict)  # the other metrics (e.g. "inst_loose"), overall
+    language_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # lang -> the other metrics there
+    not_computed: str | None = None  # reason, when the score could not be computed (never reported as 0)
+
+
+def flatten(results: Iterable[TaskScores], averages: Mapping[str, Sequence[str]] | None = None) -> dict[str, float | int | str]:
+    """Turn task results into flat metric keys, with the headline averages.
+
+    `averages` maps an ability ("ta", "la") to the task names its average is defined over (a suite's
+    `averages`, the paper's in conf/eval); an ability it does not name averages every task of that
+    ability. A task without a score is left out of the average, the average records how many and
+    which tasks it covers, and a task of the definition that has no score and no reason yet gets one.
+    """
+    results = list(results)
+    flat: dict[str, float | int | str] = {}
+    scored: dict[str, dict[str, float]] = {a: {} for a in keys.ABILITIES}
+    seen: dict[str, list[str]] = {a: [] for a in keys.ABILITIES}
+    for r in results:
+        if r.ability not in keys.ABILITIES:
+            raise ValueError(f"task {r.name}: ability must be one of {keys.ABILITIES}, not {r.ability!r}")
+        seen[r.ability].append(r.name)
+        if r.not_computed:
+            log.warning("%s/%s not computed: %s", r.ability, r.name, r.not_computed)
+            flat[keys.not_computed(r.ability, r.name)] = r.not_computed
+            continue
+        scored[r.ability][r.name] = float(r.score)
+        flat[keys.score(r.ability, r.name)] = float(r.score)
+        for lang, value in r.per_language.items():
+            flat[keys.score(r.ability, r.name, lang)] = float(value)
+        for metric, value in r.metrics.items():
+            flat[keys.score(r.ability, r.name, metric=metric)] = float(value)
+        for lang, values in r.language_metrics.items():
+            for metric, value in values.items():
+                flat[keys.score(r.ability, r.name, lang, metric)] = float(value)
+    for ability in AVERAGED:
+        declared = averages is not None and ability in averages
+        defined = list(averages[ability]) if declared else list(dict.fromkeys(seen[ability]))
+        if not defined:
+            continue
+        covered = [name for name in defined if name in scored[ability]]
+        for name in defined:
+            if name not in scored[ability] and keys.not_computed(ability, name) not in flat:
+                flat[keys.not_computed(ability, name)] = (
+                    f"no {ability} score from {name} (none of its languages counts for {ability})"
+                )
+        if covered:
+            flat[keys.average(ability)] = mean(scored[ability][name] for name in covered)
+        flat[keys.average_tasks(ability)] = len(covered)
+        flat[keys.average_over(ability)] = ",".join(covered)
+        if declared:
+            flat[keys.average_of(ability)] = ",".join(defined)
+    return flat

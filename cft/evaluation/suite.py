@@ -1,0 +1,134 @@
+"""An evaluation suite (conf/eval/<suite>.yaml) built and checked before any model work.
+
+`build_suite(eval_node)` checks the suite-level keys (`SuiteConfig`), instantiates every task with
+the suite's shared defaults (limit, data_dir, batch_size, backend, apply_chat_template: passed to a
+task whose constructor takes them unless its node sets them) and its suite name, and checks the
+averages' definition. An unknown benchmark, language, metric or option and a missing local file
+stop here with a ConfigError or DataError. `Suite.evaluate` runs the tasks and returns flat keys
+without a phase prefix (the training recipe adds `phase1/`, `phase2/` with cft.run.keys.phased).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from cft.errors import ConfigError
+from cft.evaluation.config import SHARED, SuiteConfig
+from cft.evaluation.scores import TaskScores, flatten
+
+log = logging.getLogger(__name__)
+
+
+class Suite(Mapping):
+    """The tasks of a suite, by name, with the definition of its averages."""
+
+    def __init__(
+        self, tasks: Mapping[str, Any], *, averages: Mapping[str, list[str]] | None = None, switched_off: Mapping[str, str] = ()
+    ):
+        self.tasks = dict(tasks)
+        self.averages = {k: list(v) for k, v in averages.items()} if averages else None
+        self.switched_off = dict(switched_off)  # name -> ability, for tasks of an average set to null
+
+    def __getitem__(self, name: str):
+        return self.tasks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def evaluate(self, model, tokenizer, *, out_dir: str | Path) -> dict[str, float | int | str]:
+        """Run every task (outputs in `out_dir/<task>`) and return the flat metric keys."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results: list[TaskScores] = []
+        for name, task in self.tasks.items():
+            log.info("Evaluating %s", name)
+            results.extend(task.run(model, tokenizer, out_dir=out_dir / name))
+        for name, ability in self.switched_off.items():
+            reason = f"switched off in the suite (eval.tasks.{name}=null)"
+            results.append(TaskScores(name, ability, math.nan, not_computed=reason))
+        return flatten(results, self.averages)
+
+
+def _plain(node: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(node, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(node, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return node
+
+
+def _task_class(target: Any, where: str):
+    if not isinstance(target, str) or "." not in target:
+        raise ConfigError(
+            f"{where}._target_={target!r}: must name a class as module.Class (e.g. cft.evaluation.lmeval.LMEvalTask)"
+        )
+    module_name, _, attr = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{where}._target_={target!r} cannot be imported ({exc})") from None
+
+
+def build_task(name: str, node: Mapping[str, Any], defaults: Mapping[str, Any]):
+    """One task of a suite: its class with the node's options, the suite's shared defaults where the
+    class takes them and the node leaves them out or null, and `name` (its key in the suite) as its name."""
+    where = f"eval.tasks.{name}"
+    if not isinstance(node, Mapping) or "_target_" not in node:
+        raise ConfigError(f"{where}: expected a node with _target_ (e.g. cft.evaluation.lmeval.LMEvalTask) and its options")
+    cls = _task_class(node["_target_"], where)
+    params = inspect.signature(cls).parameters
+    options = {k: v for k, v in node.items() if not k.startswith("_")}
+    unknown = [k for k in options if k not in params]
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; {cls.__name__} takes {', '.join(params)}")
+    for key, value in defaults.items():
+        # A shared key the node leaves out, or sets to null, takes the suite's value.
+        if key in params and options.get(key) is None:
+            options[key] = value
+    if "name" in params and "name" not in options:
+        options["name"] = name
+    return cls(**options)
+
+
+def build_suite(eval_node: Mapping[str, Any]) -> Suite:
+    """The tasks of a suite (conf/eval/<suite>.yaml), each built and checked before any model work."""
+    plain = _plain(eval_node)
+    try:
+        config = SuiteConfig.model_validate(plain)
+    except ValidationError as exc:
+        problems = "; ".join(f"eval.{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(problems) from None
+    if not config.tasks:
+        raise ConfigError("the eval config lists no tasks (eval.tasks is empty)")
+    defaults = {key: plain[key] for key in SHARED if key in plain}
+    tasks = {name: build_task(name, node, defaults) for name, node in config.tasks.items() if node is not None}
+    if not tasks:
+        raise ConfigError("every task of the eval suite is switched off (eval.tasks.* = null)")
+    switched_off = {}
+    for ability, names in (config.averages or {}).items():
+        for name in names:
+            if name not in config.tasks:
+                raise ConfigError(
+                    f"eval.averages.{ability} names {name!r}, which is not a task of the suite ({', '.join(config.tasks)})"
+                )
+            if name not in tasks:
+                switched_off[name] = ability
+                continue
+            own = getattr(tasks[name], "ability", ability)
+            if own != ability:
+                raise ConfigError(f"eval.averages.{ability} names {name!r}, a {own} task")
+    return Suite(tasks, averages=config.averages, switched_off=switched_off)
