@@ -210,7 +210,10 @@ def _load(folder: Path) -> Benchmark:
     try:
         spec = BenchmarkSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            ".".join(map(str, e["loc"])) + (": " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
         raise ConfigError(f"{path}: {problems}") from None
     bench = Benchmark(folder.name, folder, spec)
     if not bench.template_path.is_file():

@@ -71,6 +71,20 @@ def _plain(node: Any) -> Any:
     return node
 
 
+def _problems(exc: ValidationError) -> str:
+    """One line per bad key: `eval.<key>=<value>: <what is wrong>` (the alternatives of a union joined by 'or')."""
+    by_key: dict[str, tuple[Any, list[str]]] = {}
+    for err in exc.errors():
+        # pydantic names the member of a union it tried (constrained-int, literal[...]): not part of the key.
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p in _UNION_TAGS or p.startswith(_UNION_PREFIXES)))]
+        by_key.setdefault(".".join(["eval", *loc]), (err.get("input"), []))[1].append(err["msg"])
+    return "; ".join(f"{key}={value!r}: {' or '.join(dict.fromkeys(msgs))}" for key, (value, msgs) in by_key.items())
+
+
+_UNION_TAGS = {"int", "str", "bool", "float", "none", "list[str]", "[key]"}
+_UNION_PREFIXES = ("constrained-", "literal[", "function-", "dict[")
+
+
 def _task_class(target: Any, where: str):
     if not isinstance(target, str) or "." not in target:
         raise ConfigError(
@@ -110,8 +124,7 @@ def build_suite(eval_node: Mapping[str, Any]) -> Suite:
     try:
         config = SuiteConfig.model_validate(plain)
     except ValidationError as exc:
-        problems = "; ".join(f"eval.{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(problems) from None
+        raise ConfigError(_problems(exc)) from None
     if not config.tasks:
         raise ConfigError("the eval config lists no tasks (eval.tasks is empty)")
     defaults = {key: plain[key] for key in SHARED if key in plain}
