@@ -41,7 +41,7 @@ def run_script(
     return proc
 
 
-def compose(overrides: list[str], config_name: str = "config"):
+def compose(overrides: list[str], config_name: str = "config", *, hydra: bool = False):
     """The real conf/ tree composed with overrides, as Hydra would for train.py."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -50,7 +50,7 @@ def compose(overrides: list[str], config_name: str = "config"):
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides)
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra)
 
 
 def write_jsonl(path: Path, records: list) -> Path:

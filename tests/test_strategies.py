@@ -164,7 +164,7 @@ def test_lf_h2_freezes_the_layers_that_changed_most(tmp_path, tok, base_dir):
         ("o_proj", 1, None): 9.0,
     }  # o_proj is not ranked: no effect on the choice
     phase1 = perturbed_checkpoint(base_dir, tmp_path / "phase1", moved)
-    strategy = ChangeRankedFreeze(k=2)
+    strategy = ChangeRankedFreeze(k=2, selection="layer", change="relative")
     strategy.validate(model_config())
     ctx = context(tmp_path, tok, base_dir, phase1_dir=phase1)
     model = strategy.prepare(fresh(phase1), ctx)
@@ -181,7 +181,7 @@ def test_lf_h2_freezes_the_layers_that_changed_most(tmp_path, tok, base_dir):
     assert len(rows) == 7 * 4 and "lf_h2_changes" in strategy.tables()  # every projection of every layer
     assert sum(r["frozen"] == "True" for r in rows) == 6
     # The change is computed once per (base, Phase-1 model): a second run reuses it.
-    again = ChangeRankedFreeze(k=1, modules=["v_proj"])
+    again = ChangeRankedFreeze(k=1, modules=["v_proj"], selection="layer", change="relative")
     again.prepare(fresh(phase1), ctx)
     assert again.selected == {"v_proj": [2]}
     assert len([p for p in (tmp_path / "cache" / "layer_changes").iterdir() if p.is_dir()]) == 1
@@ -190,7 +190,7 @@ def test_lf_h2_freezes_the_layers_that_changed_most(tmp_path, tok, base_dir):
     assert_frozen_exactly(before, model, frozen)
 
 
-def test_lf_h2_head_granularity_keeps_the_most_changed_heads(tmp_path, tok, base_dir):
+def test_lf_h2_top_heads_keeps_the_most_changed_heads_anywhere(tmp_path, tok, base_dir):
     from cft.strategies.lf_h2 import ChangeRankedFreeze
 
     moved = {
@@ -202,7 +202,7 @@ def test_lf_h2_head_granularity_keeps_the_most_changed_heads(tmp_path, tok, base
         ("v_proj", 0, 1): 0.4,
     }
     phase1 = perturbed_checkpoint(base_dir, tmp_path / "phase1", moved)
-    strategy = ChangeRankedFreeze(k=2, granularity="head")
+    strategy = ChangeRankedFreeze(k=2, selection="top_heads", change="relative")
     strategy.validate(model_config())
     model = strategy.prepare(fresh(phase1), context(tmp_path, tok, base_dir, phase1_dir=phase1))
     assert strategy.selected == {"q_proj": [(0, 1), (2, 3)], "k_proj": [(1, 0), (3, 1)], "v_proj": [(0, 0), (0, 1)]}
@@ -222,6 +222,70 @@ def test_lf_h2_head_granularity_keeps_the_most_changed_heads(tmp_path, tok, base
                     others[head2 * HEAD_DIM : (head2 + 1) * HEAD_DIM] = False
             if others.any():
                 assert not torch.equal(after[name][others], before[name][others])
+
+
+def test_lf_h2_per_head_freezes_each_heads_top_layers_exactly(tmp_path, tok, base_dir):
+    """The paper's LF_H2: for every head and each of q/k/v, the k layers where that head's slice changed most
+    (by ||W_p1 - W_base||) stay bit-identical; every other slice trains. K/V heads are the 2 KV heads (GQA)."""
+    from cft.strategies.lf_h2 import ChangeRankedFreeze
+
+    # Per (module, layer, head): how far Phase 1 moved that slice (the rest moves a little everywhere).
+    moved = {
+        ("q_proj", 3, 0): 0.9, ("q_proj", 1, 0): 0.8,  # head 0 of q: layers 3 and 1
+        ("q_proj", 0, 1): 0.9, ("q_proj", 2, 1): 0.7,  # head 1 of q: layers 0 and 2
+        ("k_proj", 2, 1): 0.9, ("k_proj", 3, 1): 0.6,  # KV head 1 of k: layers 2 and 3
+        ("v_proj", 0, 0): 0.9, ("v_proj", 1, 0): 0.8,  # KV head 0 of v: layers 0 and 1
+    }  # fmt: skip
+    phase1 = perturbed_checkpoint(base_dir, tmp_path / "phase1", moved)
+    strategy = ChangeRankedFreeze(k=2)  # the default: selection=per_head, change=norm
+    strategy.validate(model_config())
+    model = strategy.prepare(fresh(phase1), context(tmp_path, tok, base_dir, phase1_dir=phase1))
+    chosen = {m: {(layer, head) for layer, head in units} for m, units in strategy.selected.items()}
+    assert {(3, 0), (1, 0), (0, 1), (2, 1)} <= chosen["q_proj"]
+    assert {(2, 1), (3, 1)} <= chosen["k_proj"] and {(0, 0), (1, 0)} <= chosen["v_proj"]
+    # k layers for every head of every module: 4 q heads, 2 KV heads of k and v.
+    heads = {"q_proj": 4, "k_proj": 2, "v_proj": 2}
+    for module, n in heads.items():
+        for head in range(n):
+            assert len([u for u in chosen[module] if u[1] == head]) == 2, (module, head)
+    assert strategy.report()["frozen_slices"] == 2 * (4 + 2 + 2)
+    # The ranking is by the norm of the difference, per head: check one head by hand.
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "run" / "lf_h2_frozen.csv")
+    before_p1 = dict(fresh(base_dir).named_parameters())
+    after_p1 = dict(fresh(phase1).named_parameters())
+    for layer in range(4):
+        name = f"model.layers.{layer}.self_attn.q_proj.weight"
+        by_hand = float(torch.linalg.vector_norm((after_p1[name] - before_p1[name]).detach()[0:HEAD_DIM]))
+        row = table[(table.module == "q_proj") & (table.layer == layer) & (table["head"] == 0)].iloc[0]
+        assert row["change"] == pytest.approx(by_hand, rel=1e-5)
+    # Head by head: the chosen slices are bit-identical after training, every other slice changed.
+    before = snapshot(model)
+    model = train(model, tok, data(), strategy)
+    after = dict(model.named_parameters())
+    for module, n in heads.items():
+        for layer in range(4):
+            name = f"model.layers.{layer}.self_attn.{module}.weight"
+            for head in range(n):
+                rows = slice(head * HEAD_DIM, (head + 1) * HEAD_DIM)
+                same = torch.equal(after[name][rows], before[name][rows])
+                assert same == ((layer, head) in chosen[module]), (module, layer, head)
+
+
+def test_lf_h2_refuses_a_phase1_model_identical_to_the_base_and_ranks_ties_by_layer(tmp_path, tok, base_dir):
+    from cft.measures.layers import layer_changes, rank_layers
+    from cft.strategies.lf_h2 import ChangeRankedFreeze
+
+    strategy = ChangeRankedFreeze(k=2)
+    with pytest.raises(ConfigError, match="every change from the base to the Phase-1 model is zero: they are the same weights"):
+        strategy.prepare(fresh(base_dir), context(tmp_path, tok, base_dir, phase1_dir=base_dir))
+    # Equal changes rank in layer order (not in the string order of tensor names: layers.10 < layers.2).
+    frame = layer_changes(base_dir, base_dir)
+    frame["change"] = 0.0
+    ranks = rank_layers(frame)
+    q = ranks[ranks.module == "q_proj"].sort_values("layer")
+    assert list(q["rank"]) == [1, 2, 3, 4]
 
 
 # ---------------------------------------------------------------- replay
@@ -520,9 +584,10 @@ def test_every_strategy_config_instantiates(tmp_path):
     [
         ("lf_h1", {"k": 10}, "strategy.k=10 must be an integer from 1 to 4"),
         ("lf_h2", {"k": 5}, "strategy.k=5 must be an integer from 1 to 4"),
-        ("lf_h2", {"k": 9, "granularity": "head"}, "strategy.k=9 must be an integer from 1 to 8"),
+        ("lf_h2", {"k": 9, "selection": "top_heads"}, "strategy.k=9 must be an integer from 1 to 8"),
+        ("lf_h2", {"k": 5}, "strategy.k=5 must be an integer from 1 to 4 (the model has 4 layers, ranked per head)"),
         ("lf_h2", {"modules": ["query"]}, "unknown module name(s) ['query']"),
-        ("lf_h2", {"granularity": "neuron", "k": 2}, "strategy.granularity='neuron'"),
+        ("lf_h2", {"selection": "neuron", "k": 2}, "strategy.selection='neuron'"),
         ("er10", {"ratio": 1.5}, "strategy.ratio=1.5 must be a number in (0, 1]"),
         ("gr5", {"ratio": 0}, "strategy.ratio=0 must be a number in (0, 1]"),
         ("lora", {"target_modules": ["q_proj", "qkv"]}, "strategy.target_modules: unknown module name(s) ['qkv']"),

@@ -31,7 +31,7 @@ phase1 = perturbed_checkpoint(base_dir, tmp / "phase1", {("q_proj", 0, 1): 0.9, 
 from cft.training.gradients import full_value, numel
 from cft.training.loop import TrainSettings, zero3_init
 ds = {"zero_optimization": {"stage": stage}}
-strategy = Compose({"lf": RandomLayerFreeze(k=1), "heads": ChangeRankedFreeze(k=2, modules=["q_proj"], granularity="head")})
+strategy = Compose({"lf": RandomLayerFreeze(k=1), "heads": ChangeRankedFreeze(k=2, modules=["q_proj"], selection="top_heads")})
 with zero3_init(TrainSettings(lr=1e-2, global_batch_size=4, micro_batch_size=2, deepspeed=ds)):
     model = fresh(phase1)  # as the recipe loads it: partitioned from the start under ZeRO-3
 partitioned = sum(p.numel() != numel(p) for p in model.parameters())

@@ -8,6 +8,7 @@ skipped and unfinished ones resume.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 
@@ -41,6 +42,7 @@ class SweepId(Callback):
         sweep = str(pinned) if pinned else sweep_id_for(list(config.hydra.overrides.task))
         os.environ[ENV] = sweep
         os.environ[START_ENV] = str(time.time())
+        os.environ.pop(CELLS_ENV, None)  # set by cft.config.checks for this sweep (after this callback)
         print(f"cft: sweep_id={sweep}", flush=True)
 
     def on_multirun_end(self, config, **kwargs) -> None:
@@ -49,13 +51,17 @@ class SweepId(Callback):
         sweep = os.environ.get(ENV)
         if not sweep:
             return
-        failed = failed_cells(config.paths.output_root, sweep, since=float(os.environ.get(START_ENV, "0")))
+        since = float(os.environ.get(START_ENV, "0"))
+        failed = failed_cells(config.paths.output_root, sweep, since=since)
+        cells = os.environ.get(CELLS_ENV)
+        if cells:  # the cells this command ran (cft.config.checks lists them): also those that left no FAILED
+            failed = unfinished_cells(config.paths.output_root, sweep, json.loads(cells), since=since, failed=failed)
         if failed:
             from tabulate import tabulate
 
             rows = [[cell, record.get("phase", "?"), _one_line(record.get("message", ""))] for cell, record in failed]
             print(
-                f"\ncft: {len(failed)} cell(s) of sweep {sweep} failed:\n"
+                f"\ncft: {len(failed)} cell(s) of sweep {sweep} failed or did not finish:\n"
                 + tabulate(rows, headers=["cell", "step", "reason"], tablefmt="simple")
                 + "\nFix the cause and run the same command again: finished cells are skipped, failed and "
                 "unfinished ones run again.",
@@ -68,6 +74,7 @@ class SweepId(Callback):
 
 
 START_ENV = "CFT_SWEEP_START"
+CELLS_ENV = "CFT_SWEEP_CELLS"  # JSON list of the sweep's cells (run folders relative to the sweep folder)
 
 
 def _one_line(message: str, width: int = 100) -> str:
@@ -88,6 +95,29 @@ def failed_cells(output_root: str, sweep_id: str, *, since: float = 0.0) -> list
     return out
 
 
+def unfinished_cells(
+    output_root: str, sweep_id: str, cells: list[str], *, since: float = 0.0, failed: list[tuple[str, dict]] = ()
+) -> list[tuple[str, dict]]:
+    """`failed` and, of `cells`, every one without DONE: one another process holds (the run lock), or one
+    whose process ended with neither DONE nor FAILED (killed: an out-of-memory kill, a crashed job)."""
+    from cft.run.folder import RunLock
+
+    folder = layout.sweep_dir(output_root, sweep_id)
+    out = dict(failed)
+    for cell in cells:
+        run = folder / cell
+        if cell in out or (run / layout.DONE).exists():
+            continue
+        holder = RunLock(run).held_by()
+        if holder:
+            out[cell] = {"phase": "-", "message": f"not run here: {holder} is running it"}
+        elif (run / layout.FAILED).is_file() and (run / layout.FAILED).stat().st_mtime >= since:
+            out[cell] = layout.read_failure(run) or {}
+        else:
+            out[cell] = {"phase": "?", "message": "did not finish and left no FAILED (its process was killed?)"}
+    return sorted(out.items())
+
+
 def evaluation_dir(run_dir: str | None, checkpoint: str | None, output_root: str, suite: str) -> str:
     """Where evaluate.py writes: inside the run folder it re-evaluates (given, or with neither
     run_dir nor checkpoint the latest finished run), else under output_root."""
@@ -106,9 +136,20 @@ def sweep_dir(output_root: str, sweep_id: str) -> str:
     return str(layout.sweep_dir(output_root, sweep_id))
 
 
+def on_multi_gpu(value):
+    """`value` when this process is one of several GPU ranks (torchrun / SLURM set WORLD_SIZE), else None:
+    train=paper becomes a DeepSpeed ZeRO-3 run exactly when it is launched on several GPUs."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    import torch
+
+    return value if torch.cuda.is_available() else None
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
+    OmegaConf.register_new_resolver("cft_on_multi_gpu", on_multi_gpu, replace=True)
     OmegaConf.register_new_resolver("cft_eval_dir", evaluation_dir, replace=True)
     OmegaConf.register_new_resolver("cft_cell_dir", cell_dir, replace=True)
     OmegaConf.register_new_resolver("cft_sweep_dir", sweep_dir, replace=True)

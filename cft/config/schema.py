@@ -191,7 +191,10 @@ class TrainConfig(Schema):
     precision: Literal["auto", "bf16", "fp16", "no"] = Field(
         "auto", description="auto = bf16 on GPUs that have it, fp32 elsewhere"
     )
-    deepspeed: dict[str, Any] | None = Field(None, description="a DeepSpeed config (train=deepspeed_zero2/3)")
+    deepspeed: dict[str, Any] | None = Field(None, description="a DeepSpeed config (train=deepspeed_zero2/3); null = none")
+    multi_gpu_deepspeed: dict[str, Any] | None = Field(
+        None, description="the DeepSpeed config train=paper uses when launched on several GPUs (train.deepspeed interpolates it)"
+    )
     max_length: Count = Field(1024, description="tokens per example; longer ones are truncated (and counted)")
     loss_on_prompt: StrictBool = Field(False, description="also train on the prompt tokens")
     packing: StrictBool = Field(False, description="share rows within each micro-batch (no attention across examples)")
@@ -226,6 +229,7 @@ class TrackingConfig(Schema):
 class PathsConfig(Schema):
     output_root: str = Field(description="where sweeps and the cache go (CFT_OUTPUT_ROOT)")
     cache_dir: str = Field(description="the shared artifact cache")
+    verify: Literal["checksum", "size"] = Field("checksum", description="how a cached artifact is checked on reuse")
 
 
 class SimilarityConfig(Schema):
@@ -289,6 +293,8 @@ def _target_object(target: Any, where: str):
 def options_model(obj) -> type[BaseModel]:
     """A pydantic model of the keyword options a class (its __init__) or function takes."""
     func = obj.__init__ if inspect.isclass(obj) else obj
+    if func is object.__init__:  # a class without options (strategy=full)
+        return create_model(f"{obj.__name__}Options", __config__=ConfigDict(extra="forbid"))
     signature = inspect.signature(func)
     hints = typing.get_type_hints(func, include_extras=True)
     fields: dict[str, Any] = {}

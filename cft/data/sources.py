@@ -35,8 +35,9 @@ LOCAL_SUFFIXES = READABLE_SUFFIXES
 class SFTData:
     name: str
     examples: list[Example]
-    skipped: int = 0
+    skipped: int = 0  # bad records skipped (on_bad_record=skip)
     sizes: dict[str, int] = field(default_factory=dict)
+    skipped_by: dict[str, int] = field(default_factory=dict)  # skipped records by reason: bad_record, empty_output
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -52,7 +53,7 @@ def _files_by_language(folder: Path) -> dict[str, Path]:
     return by_lang
 
 
-def _read_local(path: Path, languages: Sequence[str] | None, fields, on_bad_record) -> tuple[list[Example], int]:
+def _read_local(path: Path, languages: Sequence[str] | None, fields, reading) -> tuple[list[Example], int]:
     if path.is_dir():
         by_lang = _files_by_language(path)
         wanted = list(languages) if languages else sorted(by_lang)
@@ -64,7 +65,7 @@ def _read_local(path: Path, languages: Sequence[str] | None, fields, on_bad_reco
         out, skipped = [], 0
         for lang in wanted:
             # The file name says the language; a per-record language field must not contradict it.
-            ex, sk = read_examples(by_lang[lang], fields={**fields, "lang": None}, lang=lang, on_bad_record=on_bad_record)
+            ex, sk = read_examples(by_lang[lang], fields={**fields, "lang": None}, lang=lang, **reading)
             out.extend(ex)
             skipped += sk
         return out, skipped
@@ -79,7 +80,7 @@ def _read_local(path: Path, languages: Sequence[str] | None, fields, on_bad_reco
         default = None
     else:
         default = languages[0] if languages else "en"
-    examples, skipped = read_examples(path, fields=fields, lang=default or "?", on_bad_record=on_bad_record)
+    examples, skipped = read_examples(path, fields=fields, lang=default or "?", **reading)
     if default is None and any(e.lang == "?" for e in examples):
         raise DataError(
             f"{path}: records have no '{fields.get('lang')}' field, so the file cannot be split into languages "
@@ -88,14 +89,14 @@ def _read_local(path: Path, languages: Sequence[str] | None, fields, on_bad_reco
     return examples, skipped
 
 
-def _hub_error(source: str, exc: Exception) -> DataError:
+def _hub_error(source: str, exc: Exception, key: str) -> DataError:
     return DataError(
         f"could not load dataset '{source}' from the hub ({type(exc).__name__}: {str(exc)[:300]}). "
-        "Offline? Download it and pass a local copy with <group>.path=/path/to/file_or_folder"
+        f"Offline? Download it and pass a local copy with {key}.path=/path/to/file_or_folder"
     )
 
 
-def _read_hub_files(source: str, pattern: str, languages: Sequence[str], fields, on_bad_record) -> tuple[list[Example], int]:
+def _read_hub_files(source: str, pattern: str, languages: Sequence[str], fields, reading) -> tuple[list[Example], int]:
     from huggingface_hub import hf_hub_download
 
     out, skipped = [], 0
@@ -103,29 +104,29 @@ def _read_hub_files(source: str, pattern: str, languages: Sequence[str], fields,
         try:
             local = hf_hub_download(repo_id=source, filename=pattern.format(lang=lang), repo_type="dataset")
         except Exception as exc:  # offline, not found, auth: all mean "use a local copy"
-            raise _hub_error(source, exc) from exc
-        ex, sk = read_examples(local, fields={**fields, "lang": None}, lang=lang, on_bad_record=on_bad_record)
+            raise _hub_error(source, exc, reading["config_key"]) from exc
+        ex, sk = read_examples(local, fields={**fields, "lang": None}, lang=lang, **reading)
         out.extend(ex)
         skipped += sk
     return out, skipped
 
 
 def _read_hub(
-    source: str, split: str, languages, fields, on_bad_record, *, presample: int | None, seed: int
+    source: str, split: str, languages, fields, reading, *, presample: int | None, seed: int
 ) -> tuple[list[Example], int]:
     import datasets
 
     try:
         ds = datasets.load_dataset(source, split=split)
     except Exception as exc:  # the hub client raises many types; all mean "not reachable or not found"
-        raise _hub_error(source, exc) from exc
+        raise _hub_error(source, exc, reading["config_key"]) from exc
     rows = list(range(len(ds)))
     if presample and len(ds) > presample:
         # Large hub sets (OpenOrca: 4.2M rows) are subsampled before validation, by the same seed.
         rows = sorted(random.Random(seed).sample(rows, presample))
         ds = ds.select(rows)
     located = ((f"{source}[{split}] row {i}", dict(raw)) for i, raw in zip(rows, ds))
-    out, skipped = convert_records(located, fields, lang="en", on_bad_record=on_bad_record)
+    out, skipped = convert_records(located, fields, lang="en", **reading)
     if languages:
         out = [e for e in out if e.lang in languages]
     return out, skipped
@@ -182,15 +183,20 @@ def load_sft(
     on_bad_record: str = "error",
     demo: Mapping[str, Any] | None = None,
     hint: str | None = None,
+    skip_empty_output: bool = False,
+    config_key: str = "<group>",
 ) -> SFTData:
-    """Load, validate and subsample one instruction dataset. A local `path` wins over `source`."""
+    """Load, validate and subsample one instruction dataset. A local `path` wins over `source`.
+    `config_key` is where the dataset's config lives (e.g. phase2_data.counterpart): messages name it."""
     if on_bad_record not in ("error", "skip"):
-        raise ConfigError(f"dataset '{name}': on_bad_record must be 'error' or 'skip', not {on_bad_record!r}")
+        raise ConfigError(f"{config_key}.on_bad_record={on_bad_record!r} must be 'error' or 'skip'")
+    tally: Counter = Counter()
+    reading = {"on_bad_record": on_bad_record, "skip_empty_output": skip_empty_output, "config_key": config_key, "tally": tally}
     languages = list(languages) if languages else None
     available = list(available_languages) if available_languages else None
     fields = {**DEFAULT_FIELDS, **(dict(fields) if fields else {})}
     if path:
-        examples, skipped = _read_local(Path(str(path)).expanduser(), languages, fields, on_bad_record)
+        examples, skipped = _read_local(Path(str(path)).expanduser(), languages, fields, reading)
         where = str(path)
     elif source == "demo":
         spec = dict(demo or {})
@@ -204,10 +210,10 @@ def load_sft(
             wanted = languages or available
             if not wanted:
                 raise ConfigError(f"dataset '{name}': hub_files needs `languages` (or `available_languages`)")
-            examples, skipped = _read_hub_files(source, hub_files, wanted, fields, on_bad_record)
+            examples, skipped = _read_hub_files(source, hub_files, wanted, fields, reading)
         else:
             presample = None if (languages or max_per_language or balance) else max_examples
-            examples, skipped = _read_hub(source, split, languages, fields, on_bad_record, presample=presample, seed=seed)
+            examples, skipped = _read_hub(source, split, languages, fields, reading, presample=presample, seed=seed)
         where = source
     else:
         raise ConfigError(f"dataset '{name}' has neither a source (hub id) nor a path" + (f". {hint}" if hint else ""))
@@ -235,9 +241,10 @@ def load_sft(
 NOT_LOADER_KEYS = ("counterpart", "use_instruct_checkpoint")
 
 
-def load_config(node: Mapping[str, Any]) -> SFTData:
+def load_config(node: Mapping[str, Any], key: str = "<group>") -> SFTData:
     """Load a dataset from its config node (a phase1_data / phase2_data option, or a counterpart):
-    the one place where a config node becomes loader arguments."""
+    the one place where a config node becomes loader arguments. `key` is the node's place in the
+    config (phase2_data.counterpart), which error messages name."""
     if node.get("use_instruct_checkpoint"):
-        raise ConfigError(f"dataset '{node.get('name')}' has no data: it takes the model's Instruct checkpoint")
-    return load_sft(**{k: v for k, v in node.items() if k not in NOT_LOADER_KEYS})
+        raise ConfigError(f"{key}={node.get('name')} has no data: it takes the model's Instruct checkpoint")
+    return load_sft(**{k: v for k, v in node.items() if k not in NOT_LOADER_KEYS}, config_key=key)

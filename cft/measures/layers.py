@@ -163,9 +163,10 @@ def rank_layers(changes: pd.DataFrame) -> pd.DataFrame:
 
     Tensors outside the decoder layers are dropped (they have no layer to rank).
     """
-    frame = changes[changes["layer"].notna()].copy()
+    # Sorted by layer first, so equal changes rank in layer order (not in the string order of tensor names).
+    frame = changes[changes["layer"].notna()].sort_values(["module", "layer"]).copy()
     frame["rank"] = frame.groupby("module")["change"].rank(ascending=False, method="first").astype(int)
-    return frame.sort_values(["module", "layer"]).reset_index(drop=True)
+    return frame.reset_index(drop=True)
 
 
 def top_k_layers(changes: pd.DataFrame, module: str, k: int) -> list[int]:

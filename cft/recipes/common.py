@@ -16,6 +16,8 @@ from cft.training.loop import TrainSettings
 log = logging.getLogger(__name__)
 
 PHASE_KEYS = ("phase1", "phase2")
+# Train config keys that only feed the config itself (train.deepspeed interpolates multi_gpu_deepspeed).
+CONFIG_ONLY_KEYS = ("multi_gpu_deepspeed",)
 
 
 def plain(node: Any) -> Any:
@@ -49,7 +51,7 @@ def build_eval_tasks(eval_cfg: Any):
 def phase_train_config(train_cfg: Any, phase: str) -> dict[str, Any]:
     """The train settings of one phase: the shared ones, updated by `train.<phase>` (e.g. train.phase2.lr)."""
     train = plain(train_cfg)
-    shared = {k: v for k, v in train.items() if k not in PHASE_KEYS}
+    shared = {k: v for k, v in train.items() if k not in PHASE_KEYS + CONFIG_ONLY_KEYS}
     return {**shared, **{k: v for k, v in (train.get(phase) or {}).items() if v is not None}}
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -57,8 +56,8 @@ log = logging.getLogger(__name__)
 __all__ = ["TrainRecipe", "train_cell", "base_reference", "finetune_base", "evaluate_cached", "phase_train_config"]
 
 
-def load_data(data_cfg: Any) -> SFTData:
-    return load_config(plain(data_cfg))
+def load_data(data_cfg: Any, key: str) -> SFTData:
+    return load_config(plain(data_cfg), key)
 
 
 # ---------------------------------------------------------------- the base model
@@ -214,7 +213,9 @@ def record_layer_changes(base: Checkpoint, phase1: Checkpoint, phase2_dir: Path,
 def rescue_dir(run_path: Path) -> Path:
     """Where a trained Phase-2 model goes when its run folder cannot take it (full or read-only disk):
     outside the output root, named by the run folder, so the same command finds it again."""
-    return Path(tempfile.gettempdir()) / "cft-rescue" / key_of(str(run_path.resolve()))
+    from cft.run.folder import rescue_dir as of_run
+
+    return of_run(run_path)  # defined beside RunDir, which clears it when the folder's config changes
 
 
 # ---------------------------------------------------------------- the recipe
@@ -228,7 +229,7 @@ class TrainRecipe:
         self.choices = dict(choices)
         self.run_dir = RunDir(run_dir)
         self.seed = int(cfg.seed)
-        self.cache = Cache(cfg.paths.cache_dir)
+        self.cache = Cache(cfg.paths.cache_dir, verify=cfg.paths.get("verify", "checksum"))  # artifacts checked on reuse
         self.metrics: dict[str, Any] = {}
         self.step = "setup"  # the step running now: what FAILED names
         self.tracker: Tracker | None = None
@@ -277,11 +278,13 @@ class TrainRecipe:
         self.strategy = build(cfg.strategy)
         self.strategy.validate(model_shape(self.model_cfg))  # k <= layers etc., before phase 0 or Phase 1
         self.use_instruct = bool(cfg.phase1_data.get("use_instruct_checkpoint", False))
-        self.data1 = None if self.use_instruct else load_data(cfg.phase1_data)
-        self.data2 = load_data(cfg.phase2_data)
+        self.data1 = None if self.use_instruct else load_data(cfg.phase1_data, "phase1_data")
+        self.data2 = load_data(cfg.phase2_data, "phase2_data")
         counterpart_cfg = plain(cfg.phase2_data.get("counterpart"))
         needs = self.strategy.needs()
-        self.counterpart = load_data(counterpart_cfg) if counterpart_cfg and "counterpart" in needs else None
+        self.counterpart = (
+            load_data(counterpart_cfg, "phase2_data.counterpart") if counterpart_cfg and "counterpart" in needs else None
+        )
         if "counterpart" in needs and self.counterpart is None:
             raise ConfigError(
                 f"strategy {self.choices.get('strategy')} replays the English counterpart of the Phase-2 data, "
@@ -405,11 +408,11 @@ class TrainRecipe:
         )
         examples2 = self.strategy.phase2_data(list(self.data2.examples), ctx)
         model = self.strategy.prepare(model, ctx)
-        if (rescued / layout.DONE).is_file():  # an earlier attempt trained this cell but could not save it
-            log.warning("Phase 2 was trained before but not saved: loading it from %s instead of training again", rescued)
+        saved = self._trained_before(rescued)
+        if saved is not None:  # an earlier attempt trained this cell, then failed to save it or to finish
             from cft.models import load_model
 
-            model, tokenizer = load_model(str(rescued / "model"), dtype="fp32", what="rescued Phase-2 model")
+            model, tokenizer = load_model(str(saved), dtype="fp32", what="saved Phase-2 model")
             stats2, tok2 = None, None
         else:
             model, stats2, tok2 = fit(
@@ -429,7 +432,8 @@ class TrainRecipe:
         if not distributed.is_main():
             return
         model = self.strategy.finalize(model, ctx)
-        self._save(model, tokenizer, rescued)
+        if saved != self.run_dir.checkpoint:
+            self._save(model, tokenizer, rescued)
         self.model2, self.tokenizer2 = model, tokenizer
         if stats2 is not None:
             self.metrics.update({keys.train("phase2", k): v for k, v in asdict(stats2).items() if v is not None})
@@ -521,13 +525,27 @@ class TrainRecipe:
 
     def _record_data(self) -> None:
         m = self.metrics
-        for phase, data in (("phase1", self.data1), ("phase2", self.data2)):
+        for phase, data in (("phase1", self.data1), ("phase2", self.data2), ("counterpart", self.counterpart)):
             if data is None:
                 continue
             m.update({keys.data(phase, "n", lang): n for lang, n in data.sizes.items()})
             m[keys.data(phase, "skipped")] = data.skipped
             m[keys.data(phase, "n")] = len(data)
-            m.update({keys.data(phase, f"skipped_{reason}"): n for reason, n in getattr(data, "skipped_by", {}).items()})
+            m.update({keys.data(phase, f"skipped_{reason}"): n for reason, n in data.skipped_by.items()})
+
+    def _trained_before(self, rescued: Path) -> Path | None:
+        """The Phase-2 model of an earlier attempt at this cell: rescued when its run folder refused it, or saved
+        in the run folder by an attempt that failed after saving (evaluation, metrics.json); None: train it."""
+        if (rescued / layout.DONE).is_file():
+            log.warning("Phase 2 was trained before but not saved: loading it from %s instead of training again", rescued)
+            return rescued / "model"
+        if (self.run_dir.checkpoint / "config.json").is_file():  # renamed into place whole (_save)
+            log.warning(
+                "Phase 2 was trained and saved by an earlier attempt (%s): loading it instead of training again",
+                self.run_dir.checkpoint,
+            )
+            return self.run_dir.checkpoint
+        return None
 
     def _save(self, model, tokenizer, rescued: Path) -> None:
         """The final model into the run folder; when the disk refuses it (full, read-only), the weights are

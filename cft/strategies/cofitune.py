@@ -18,10 +18,11 @@ import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from cft.data.records import Example
@@ -139,13 +140,18 @@ def unit_importance(
 class CoFiTune(Strategy):
     def __init__(
         self,
-        modules: Sequence[str] = ("up_proj", "down_proj"),
-        layers: Sequence[int] | None = None,
-        fine: bool = True,
-        importance_examples: int = 256,
-        importance_batch_size: int = 8,
-        dropout: float = 0.1,
-        seed: int | None = None,
+        modules: Annotated[Sequence[str], Field(min_length=1, description="modules trained in the layer range")] = (
+            "up_proj",
+            "down_proj",
+        ),
+        layers: Annotated[
+            Sequence[Annotated[int, Field(ge=0)]] | None, Field(description="0-based layers trained; null = (N/4, N/2]")
+        ] = None,
+        fine: Annotated[bool, Field(description="also scale unit gradients by (1 - importance)")] = True,
+        importance_examples: Annotated[int, Field(ge=1, description="Phase-2 examples for the importance estimate")] = 256,
+        importance_batch_size: Annotated[int, Field(ge=1, description="batch size of the importance estimate")] = 8,
+        dropout: Annotated[float, Field(ge=0, lt=1, description="dropout of the two passes at the masked units")] = 0.1,
+        seed: Annotated[int | None, Field(ge=0, description="seed of the estimate; null = the run's seed")] = None,
     ):
         self.modules = list(modules or [])
         self.layers = list(layers) if layers is not None else None

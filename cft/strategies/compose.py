@@ -10,14 +10,18 @@ hooks run in order, and `finalize` runs in reverse order (e.g. a LoRA merge last
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from cft.errors import ConfigError
 from cft.strategies.base import Strategy, StrategyContext, parameter_report
 
 
 class Compose(Strategy):
-    def __init__(self, parts: Mapping[str, Strategy] | None = None):
+    def __init__(
+        self, parts: Annotated[Mapping[str, Any] | None, Field(description="the strategies combined, by name, in order")] = None
+    ):
         self.parts: dict[str, Strategy] = dict(parts or {})
         self._params: dict[str, Any] = {}
 

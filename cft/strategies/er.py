@@ -4,7 +4,9 @@ Phase 2, `ratio` x the Phase-2 size of them (paper: 10%), drawn with a fixed see
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from cft.data.records import Example
 from cft.errors import ConfigError
@@ -32,7 +34,11 @@ class EnglishReplay(Strategy):
 
     NEEDS = frozenset({"counterpart"})
 
-    def __init__(self, ratio: float = 0.1, seed: int | None = None):
+    def __init__(
+        self,
+        ratio: Annotated[float, Field(gt=0, le=1, description="replayed examples as a share of the Phase-2 size")] = 0.1,
+        seed: Annotated[int | None, Field(ge=0, description="which counterpart examples; null = the run's seed")] = None,
+    ):
         self.ratio = ratio
         self.seed = seed
         self._report: dict[str, Any] = {}

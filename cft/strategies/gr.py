@@ -14,7 +14,9 @@ import logging
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from cft.data.format import render_prompt
 from cft.data.records import Example
@@ -32,14 +34,14 @@ class GenerativeReplay(Strategy):
 
     def __init__(
         self,
-        ratio: float = 0.1,
-        seed: int | None = None,
-        max_new_tokens: int = 256,
-        batch_size: int = 16,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        keep_empty: bool = False,
+        ratio: Annotated[float, Field(gt=0, le=1, description="generated examples as a share of the Phase-2 size")] = 0.1,
+        seed: Annotated[int | None, Field(ge=0, description="which instructions are answered; null = the run's seed")] = None,
+        max_new_tokens: Annotated[int, Field(ge=1, description="longest generated response, in tokens")] = 256,
+        batch_size: Annotated[int, Field(ge=1, description="prompts per generate call")] = 16,
+        do_sample: Annotated[bool, Field(description="sample (temperature, top_p) instead of greedy decoding")] = False,
+        temperature: Annotated[float, Field(gt=0, description="sampling temperature (do_sample=true)")] = 1.0,
+        top_p: Annotated[float, Field(gt=0, le=1, description="nucleus sampling mass (do_sample=true)")] = 1.0,
+        keep_empty: Annotated[bool, Field(description="keep empty responses in the replay data")] = False,
     ):
         self.ratio = ratio
         self.seed = seed

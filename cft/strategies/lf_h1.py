@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from cft.strategies.base import (
     Strategy,
@@ -22,7 +24,12 @@ from cft.strategies.base import (
 class RandomLayerFreeze(Strategy):
     """Freeze k random decoder layers (all their parameters), or only the listed `modules` in them."""
 
-    def __init__(self, k: int = 10, modules: Sequence[str] | None = None, seed: int | None = None):
+    def __init__(
+        self,
+        k: Annotated[int, Field(ge=1, description="layers frozen (paper: 10 of 32)")] = 10,
+        modules: Annotated[Sequence[str] | None, Field(description="modules frozen in those layers; null = all")] = None,
+        seed: Annotated[int | None, Field(ge=0, description="which layers; null = the run's seed")] = None,
+    ):
         self.k = k
         self.modules = list(modules) if modules else None
         self.seed = seed

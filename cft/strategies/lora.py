@@ -6,7 +6,9 @@ and the saved checkpoint see a plain model."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from cft.errors import ConfigError
 from cft.strategies.base import Strategy, StrategyContext, check_modules, parameter_report
@@ -15,10 +17,18 @@ from cft.strategies.base import Strategy, StrategyContext, check_modules, parame
 class LoRA(Strategy):
     def __init__(
         self,
-        r: int = 8,
-        alpha: float = 16,
-        dropout: float = 0.05,
-        target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        r: Annotated[int, Field(ge=1, description="LoRA rank")] = 8,
+        alpha: Annotated[float, Field(gt=0, description="LoRA scale numerator (scale = alpha / r)")] = 16,
+        dropout: Annotated[float, Field(ge=0, lt=1, description="dropout on the LoRA input")] = 0.05,
+        target_modules: Annotated[Sequence[str], Field(min_length=1, description="modules that get adapters")] = (
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ),
     ):
         self.r = r
         self.alpha = alpha

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from cft.strategies.base import (
@@ -53,7 +54,11 @@ def top_count(fraction: float, n: int) -> int:
 
 
 class Spectrum(Strategy):
-    def __init__(self, fraction: float = 0.25, modules: Sequence[str] = DEFAULT_MODULES):
+    def __init__(
+        self,
+        fraction: Annotated[float, Field(gt=0, le=1, description="share of layers trained per module type, by SNR")] = 0.25,
+        modules: Annotated[Sequence[str], Field(min_length=1, description="module types ranked by SNR")] = DEFAULT_MODULES,
+    ):
         self.fraction = fraction
         self.modules = list(modules or [])
         self.rows: list[list[Any]] = []
