@@ -22,15 +22,23 @@ def _spec(node) -> dict:
 
 
 def test_alpaca_5000(shared_data):
+    from cft.data.sources import load_config
+
     cfg = compose(["phase1_data=alpaca", f"phase1_data.path={shared_data / 'alpaca' / 'alpaca_5000.json'}"])
-    # Two records of the published file have an empty output: by default the run stops there.
-    with pytest.raises(
-        DataError, match=r"alpaca_5000.json:1 \(record 2336\): field 'output' \(output\) is empty.*on_bad_record=skip"
-    ):
-        load_sft(**_spec(cfg.phase1_data))
-    data = load_sft(**{**_spec(cfg.phase1_data), "on_bad_record": "skip"})
-    assert data.sizes == {"en": 4998} and data.skipped == 2
+    node = OmegaConf.to_container(cfg.phase1_data, resolve=True)
+    # Two records of the published file have an empty output: phase1_data=alpaca skips and counts them.
+    data = load_config(node, "phase1_data")
+    assert data.sizes == {"en": 4998} and data.skipped == 0 and data.skipped_by == {"empty_output": 2}
     assert sum(bool(e.input) for e in data.examples) == 1943  # as SOURCES.md counts (no input in the 2 skipped)
+    # Without that setting the run stops there, naming the record and the keys that would skip it.
+    with pytest.raises(
+        DataError,
+        match=r"alpaca_5000.json:1 \(record 2336\): field 'output' \(output\) is empty \(the dataset's authors shipped some "
+        r"records so: set phase1_data.skip_empty_output=true to skip and count them, or phase1_data.on_bad_record=skip",
+    ):
+        load_config({**node, "skip_empty_output": False}, "phase1_data")
+    # A malformed record still stops the run with file:line, even with skip_empty_output.
+    assert load_sft(**{**_spec(cfg.phase1_data), "on_bad_record": "skip", "skip_empty_output": False}).skipped == 2
 
 
 def test_multialpaca_es_ja_with_null_inputs(shared_data):
@@ -39,11 +47,10 @@ def test_multialpaca_es_ja_with_null_inputs(shared_data):
             "phase2_data=multialpaca",
             f"phase2_data.path={shared_data / 'multialpaca'}",
             "phase2_data.languages=[es,ja]",
-            "phase2_data.on_bad_record=skip",
         ]
-    )  # ja.jsonl:9554 has an empty output
+    )  # ja.jsonl:9554 has an empty output: skipped and counted by phase2_data=multialpaca
     data = load_sft(**_spec(cfg.phase2_data))
-    assert data.sizes == {"es": 9958, "ja": 9958} and data.skipped == 1  # equal proportions: the smaller language's size (es)
+    assert data.sizes == {"es": 9958, "ja": 9958} and data.skipped_by == {"empty_output": 1}  # equal proportions: es's size
     assert sum(e.input == "" for e in data.examples if e.lang == "es") == 6062  # null inputs read as empty
     with pytest.raises(Exception, match=r"no file for language\(s\) \['fr'\] \(found: es, ja, pt\)"):
         load_sft(**{**_spec(cfg.phase2_data), "languages": ["fr"]})
@@ -75,12 +82,10 @@ def test_two_training_steps_on_alpaca_and_multialpaca(shared_data, tmp_path):
             "phase1_data=alpaca",
             f"phase1_data.path={shared_data / 'alpaca' / 'alpaca_5000.json'}",
             "phase1_data.max_examples=64",
-            "phase1_data.on_bad_record=skip",
             "phase2_data=multialpaca",
             f"phase2_data.path={shared_data / 'multialpaca'}",
             "phase2_data.languages=[es,ja]",
             "phase2_data.max_examples=64",
-            "phase2_data.on_bad_record=skip",
             "train.max_steps=2",
             "train.global_batch_size=8",
             "train.micro_batch_size=4",
@@ -95,7 +100,8 @@ def test_two_training_steps_on_alpaca_and_multialpaca(shared_data, tmp_path):
     m = json.loads((folder / "metrics.json").read_text())
     assert (m["data/phase1/n/en"], m["data/phase2/n/es"], m["data/phase2/n/ja"]) == (64, 32, 32)
     assert m["train/phase1/steps"] == 2 and m["train/phase2/steps"] == 2
-    assert (m["data/phase1/skipped"], m["data/phase2/skipped"]) == (2, 1)
+    assert (m["data/phase1/skipped"], m["data/phase2/skipped"]) == (0, 0)  # no malformed record
+    assert (m["data/phase1/skipped_empty_output"], m["data/phase2/skipped_empty_output"]) == (2, 1)  # shipped empty
 
 
 def test_two_training_steps_on_the_openorca_sample(shared_data):

@@ -231,7 +231,7 @@ def test_unknown_language_empty_dataset_and_missing_path(tmp_path, multi_folder)
         load_sft(name="b", path=str(bad_only), on_bad_record="skip")
     with pytest.raises(ConfigError, match="mOpenOrca is not on the hub"):
         load_sft(name="mopenorca", hint="mOpenOrca is not on the hub: build it")
-    with pytest.raises(ConfigError, match="on_bad_record must be 'error' or 'skip'"):
+    with pytest.raises(ConfigError, match=r"<group>.on_bad_record='ignore' must be 'error' or 'skip'"):
         load_sft(name="m", path=str(multi_folder), on_bad_record="ignore")
 
 
@@ -324,3 +324,35 @@ def test_hub_paths_without_network(tmp_path, monkeypatch, multi_folder):
     assert len(a) + a.skipped == 30 and a.examples == load_sft(**spec, on_bad_record="skip").examples
     with pytest.raises(DataError, match=r"Open-Orca/OpenOrca\[train\] row 7: field 'response' \(output\) is empty"):
         load_sft(**{**spec, "max_examples": None})
+
+
+def test_records_shipped_with_an_empty_output_are_skipped_and_counted_where_the_config_says(tmp_path):
+    """Named datasets (skip_empty_output: true) skip and count them; other bad records still stop with file:line."""
+    from collections import Counter
+
+    from cft.data.records import read_examples
+
+    path = tmp_path / "d.jsonl"
+    rows = [{"instruction": "a", "output": "x"}, {"instruction": "b", "output": ""}, {"instruction": "c", "output": "  "}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tally = Counter()
+    examples, skipped = read_examples(path, skip_empty_output=True, tally=tally)
+    assert [e.instruction for e in examples] == ["a"] and skipped == 0 and tally == {"empty_output": 2}
+    with pytest.raises(
+        DataError, match=r"d.jsonl:2: field 'output' \(output\) is empty .*set phase1_data.skip_empty_output=true"
+    ):
+        read_examples(path, config_key="phase1_data")
+    # An empty instruction is malformed, not "shipped empty": it stops even with skip_empty_output.
+    path.write_text(json.dumps({"instruction": "", "output": "x"}) + "\n")
+    with pytest.raises(DataError, match=r"d.jsonl:1: field 'instruction' \(instruction\) is empty \(to skip such records"):
+        read_examples(path, skip_empty_output=True)
+
+
+def test_a_bad_counterpart_record_names_the_exact_key(tmp_path):
+    from cft.data.sources import load_config
+
+    bad = tmp_path / "en.jsonl"
+    bad.write_text(json.dumps({"instruction": "x"}) + "\n")  # no output field
+    node = {"name": "alpaca", "path": str(bad), "languages": ["en"], "on_bad_record": "error"}
+    with pytest.raises(DataError, match=r"en.jsonl:1: missing field 'output' .*set phase2_data.counterpart.on_bad_record=skip"):
+        load_config(node, "phase2_data.counterpart")

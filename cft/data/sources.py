@@ -225,15 +225,17 @@ def load_sft(
             f"{where}: dataset '{name}' is empty" + (f" after filtering to languages {languages}" if languages else "")
         )
     sizes = dict(sorted(Counter(e.lang for e in examples).items()))
+    empty = tally["empty_output"]
     log.info(
-        "Loaded %s from %s: %d examples, per language %s%s",
+        "Loaded %s from %s: %d examples, per language %s%s%s",
         name,
         where,
         len(examples),
         sizes,
         f", {skipped} bad records skipped" if skipped else "",
+        f", {empty} records shipped with an empty output skipped" if empty else "",
     )
-    return SFTData(name=name, examples=examples, skipped=skipped, sizes=sizes)
+    return SFTData(name=name, examples=examples, skipped=skipped, sizes=sizes, skipped_by=dict(tally))
 
 
 # Keys of a dataset config node that are not loader arguments: the English counterpart (a dataset
