@@ -1,11 +1,13 @@
-"""Analyse a sweep (tables, figures, report, W&B), the DES of datasets, or models' representations.
+"""Analyse a sweep (tables, figures, report, W&B), publish its W&B dashboard, or compare datasets or models.
 
-    python analyze.py sweep_id=<id>
-    python analyze.py sweep_id=<id> source=wandb entity=<entity> project=<project>
-    python analyze.py mode=similarity datasets=[alpaca,multialpaca]
-    python analyze.py mode=representations 'models={phase1: /ckpt/p1, full: /ckpt/full}'
+    python analyze.py sweep_id=<id>                                      # mode=sweep, the default
+    python analyze.py sweep_id=<id> source=wandb entity=<e> project=<p>
+    python analyze.py mode=dashboard sweep_id=<id> entity=<e> project=<p>
+    python analyze.py mode=similarity similarity.datasets=[alpaca,multialpaca]
+    python analyze.py mode=representations 'representations.models={phase1: /ckpt/p1, full: /ckpt/full}'
+    python analyze.py mode=layers 'layers.models={base: /ckpt/base, phase1: /ckpt/p1}'
 
-See conf/analyze.yaml for every option.
+See conf/analyze.yaml and conf/mode/ for every option.
 """
 
 from pathlib import Path

@@ -1,5 +1,6 @@
-"""analyze.py on a sweep folder written by hand: tables match hand-made Markdown, figures are PNGs,
-bad input (unknown sweep, nothing finished, disagreeing metric keys) is reported clearly."""
+"""analyze.py on a sweep folder written by hand: tables match hand-made Markdown, figures are PNGs
+with their data beside them, bad input (unknown sweep, nothing finished, disagreeing metric keys) is
+reported clearly. The helpers here (write_run, scores, paper_sweep) also serve the other analysis tests."""
 
 from __future__ import annotations
 
@@ -11,26 +12,36 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from cft.analysis import analyze_sweep, des_report
+from cft.analysis.publish import Tracking
 from cft.analysis.runs import collect_local, collect_wandb
+from cft.analysis.similarity import des_report
+from cft.analysis.sweep import analyze_sweep
 from cft.analysis.tables import Stat, Table
 from cft.errors import CftError
+
+OFF = Tracking(mode="disabled")
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def write_run(root: Path, cell: str, seed: int, metrics: dict, *, done: bool = True, sweep_id: str = "sw") -> Path:
+def write_run(
+    root: Path, cell: str, seed: int, metrics: dict, *, done: bool = True, sweep_id: str = "sw", config: dict | None = None
+) -> Path:
+    """A run folder as train.py leaves it (cell = '<p1>-<p2>/<model>/<strategy>'), metrics.json written sorted."""
+    from cft.run import layout
+
     p1p2, model, strategy = cell.split("/")
     p1, p2 = p1p2.split("-")
-    run = root / sweep_id / cell / f"seed{seed}"
+    run = layout.run_dir(root, sweep_id, layout.Cell(p1, p2, model, strategy, seed))
     run.mkdir(parents=True)
     choices = {"model": model, "phase1_data": p1, "phase2_data": p2, "strategy": strategy, "eval": "demo", "train": "demo"}
-    (run / "run_meta.json").write_text(json.dumps({"sweep_id": sweep_id, "seed": seed, "choices": choices}))
-    (run / "config.yaml").write_text(f"seed: {seed}\n")
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / layout.META).write_text(json.dumps({"sweep_id": sweep_id, "seed": seed, "choices": choices}))
+    (run / layout.CONFIG).write_text(yaml.safe_dump({"seed": seed, **(config or {})}))
+    (run / layout.METRICS).write_text(json.dumps(metrics, sort_keys=True))
     if done:
-        (run / "DONE").write_text("")
+        (run / layout.DONE).write_text("")
     return run
 
 
@@ -41,15 +52,77 @@ def scores(ta1, ta2, la1, la2, **extra) -> dict:
         out.update(
             {
                 f"{phase}/ta/ifeval": ta,
-                f"{phase}/ta/ifeval/inst_loose": ta,
+                f"{phase}/ta/ifeval:inst_loose": ta,
                 f"{phase}/ta_avg": ta,
                 f"{phase}/la/xquad": la + 0.05,
+                f"{phase}/la/xquad:em": la,
                 f"{phase}/la/xquad/de": la,
+                f"{phase}/la/xquad/de:em": la - 0.1,
                 f"{phase}/la/xquad/es": la + 0.1,
                 f"{phase}/la_avg": la + 0.05,
             }
         )
     return {**out, **extra}
+
+
+# The paper's suites as cft records them (cft.run.keys): AlpacaEval without a judge (not computed),
+# three LA benchmarks with their non-English languages, the English parts under `en`.
+PAPER_TA = ("ifeval", "mmlu", "hellaswag")
+PAPER_LA = {
+    "mlqa": ("ar", "de", "es", "hi", "vi", "zh"),
+    "xquad": ("ar", "de", "el", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"),
+    "xlsum": ("ar", "zh", "fr", "hi", "ja", "es"),
+}
+PAPER_CONFIG = {"eval": {"tasks": {task: {"languages": ["en", *langs]} for task, langs in PAPER_LA.items()}}}
+PAPER_GAIN = {"full": 0.20, "lf_h2": 0.15, "gr5": 0.18, "lora": 0.05}  # LA gain by strategy
+PAPER_LOSS = {"full": 0.10, "lf_h2": 0.04, "gr5": 0.02, "lora": 0.01}  # TA loss by strategy
+
+
+def paper_metrics(strategy: str, seed: int) -> dict:
+    """metrics.json of a paper-shaped cell: every key the paper's suites record, seed-dependent values."""
+    from cft.run import keys
+
+    m = {}
+    for phase, after in (("phase1", 0.0), ("phase2", 1.0)):
+        jitter = 0.01 * seed * after
+        ta = {t: 0.6 + 0.05 * i - after * PAPER_LOSS[strategy] + jitter for i, t in enumerate(PAPER_TA)}
+        for t, v in ta.items():
+            m[keys.score("ta", t, phase=phase)] = v
+        m[keys.score("ta", "ifeval", metric="inst_loose", phase=phase)] = ta["ifeval"] + 0.05
+        m[keys.not_computed("ta", "alpaca_eval", phase=phase)] = "no judge (eval.tasks.alpaca_eval.annotator is null)"
+        m[keys.average("ta", phase=phase)] = sum(ta.values()) / len(ta)
+        m[keys.average_tasks("ta", phase=phase)] = len(ta)
+        m[keys.average_over("ta", phase=phase)] = ",".join(PAPER_TA)
+        task_means = []
+        for k, (task, langs) in enumerate(PAPER_LA.items()):
+            per = {lang: 0.2 + 0.02 * i + 0.01 * k + after * PAPER_GAIN[strategy] + jitter for i, lang in enumerate(langs)}
+            for lang, v in per.items():
+                m[keys.score("la", task, lang, phase=phase)] = v
+                m[keys.score("la", task, lang, metric="em", phase=phase)] = v - 0.1
+            m[keys.score("la", task, phase=phase)] = sum(per.values()) / len(per)
+            m[keys.score("en", task, phase=phase)] = 0.7 - 0.02 * after
+            task_means.append(sum(per.values()) / len(per))
+        m[keys.average("la", phase=phase)] = sum(task_means) / len(task_means)
+        m[keys.average_tasks("la", phase=phase)] = len(PAPER_LA)
+        m[keys.average_over("la", phase=phase)] = ",".join(PAPER_LA)
+    for ability in ("ta", "la"):
+        m[keys.delta(keys.average(ability))] = m[keys.average(ability, phase="phase2")] - m[keys.average(ability, phase="phase1")]
+    m["des"] = 0.41
+    m[keys.MPD] = 11.0 + seed
+    m.update({keys.mpd_layer(i): 1.0 + 0.1 * i for i in range(4)})
+    m[keys.strategy("trainable_fraction")] = 1.0
+    m[keys.train("phase2", "steps")] = 10
+    return m
+
+
+def paper_sweep(root: Path, strategies=("lora", "full", "gr5", "lf_h2"), seeds=(0, 1), sweep_id: str = "paper") -> list[Path]:
+    """A Table-3-shaped sweep (Mistral Instruct -> MultiAlpaca, several strategies and seeds), written in a
+    shuffled strategy order so the tables' order must come from the paper, not from the folders."""
+    return [
+        write_run(root, f"instruct-multialpaca/mistral/{s}", seed, paper_metrics(s, seed), sweep_id=sweep_id, config=PAPER_CONFIG)
+        for s in strategies
+        for seed in seeds
+    ]
 
 
 @pytest.fixture
@@ -69,14 +142,25 @@ def sweep_root(tmp_path) -> Path:
     return tmp_path
 
 
-SUMMARY_MD = """\
+NOTES = (
+    "*Note: TA avg covers 1 benchmark (ifeval) in 3 run(s), Phase 1 and Phase 2; the paper's TA average covers 4 "
+    "(ifeval, alpaca_eval, mmlu, hellaswag): do not compare the two.*\n"
+    "*Note: LA avg covers 1 benchmark (xquad) in 3 run(s), Phase 1 and Phase 2; the paper's LA average covers 3 "
+    "(mlqa, xquad, xlsum): do not compare the two.*\n"
+)
+
+SUMMARY_MD = (
+    """\
 ### TA and LA averages (%), Phase 1 vs Phase 2
 
 | Phase 1 data | Phase 2 data | Model | Strategy | Seeds | TA P1 | TA P2 | LA P1 | LA P2 |
 |---|---|---|---|---:|---:|---:|---:|---:|
 | alpaca | multialpaca | tiny | full | 2 | **50.0 ± 0.0** | 45.0 ± 7.1 | **25.0 ± 0.0** | **40.0 ± 7.1** |
 | alpaca | multialpaca | tiny | lf_h2 | 1 | **50.0** | **48.0** | **25.0** | 35.0 |
+
 """
+    + NOTES
+)
 
 LANG_MD = """\
 ### xquad per language (%), Phase 1 vs Phase 2 (paper Tables B3 to B5)
@@ -87,14 +171,19 @@ LANG_MD = """\
 | alpaca | multialpaca | tiny | lf_h2 | 1 | **20.0** | 30.0 | **30.0** | 40.0 |
 """
 
-STRATEGIES_MD = """\
-### Strategies after Phase 2 (%), with the change from Phase 1 (paper Tables 3, C6)
+STRATEGIES_MD = (
+    """\
+### Strategies after Phase 2 (%), with the Phase-1 model and the change from it (paper Tables 3, C6)
 
 | Phase 1 data | Phase 2 data | Model | Strategy | Seeds | ifeval | TA avg | xquad | LA avg | ΔTA | ΔLA |
 |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|
+| alpaca | multialpaca | tiny | Phase 1 | 2 | 50.0 ± 0.0 | 50.0 ± 0.0 | 25.0 ± 0.0 | 25.0 ± 0.0 | — | — |
 | alpaca | multialpaca | tiny | full | 2 | 45.0 ± 7.1 | 45.0 ± 7.1 | **40.0 ± 7.1** | **40.0 ± 7.1** | -5.0 ± 7.1 | **15.0 ± 7.1** |
 | alpaca | multialpaca | tiny | lf_h2 | 1 | **48.0** | **48.0** | 35.0 | 35.0 | **-2.0** | 10.0 |
+
 """
+    + NOTES
+)
 
 MPD_MD = """\
 ### Model parameter distance (MPD) to the base fine-tuned on the Phase-2 data alone
@@ -107,7 +196,7 @@ MPD_MD = """\
 
 
 def test_sweep_tables_figures_and_report(sweep_root, capsys):
-    result = analyze_sweep("sw", output_root=sweep_root, tracking_mode="disabled")
+    result = analyze_sweep("sw", output_root=sweep_root, tracking=OFF)
     out = sweep_root / "sw" / "analysis"
     assert result.out_dir == out
     assert (out / "summary.md").read_text() == SUMMARY_MD
@@ -118,7 +207,7 @@ def test_sweep_tables_figures_and_report(sweep_root, capsys):
         "| Phase 1 data | Phase 2 data | Runs | DES |\n|---|---|---:|---:|\n| alpaca | multialpaca | 3 | 0.750 ± 0.000 |"
         in (out / "des.md").read_text()
     )
-    assert "| phase1->phase2 | v_proj | 2 | 1 |" in (out / "layer_changes_alpaca-multialpaca_tiny_lf_h2.md").read_text()
+    assert "| phase1->phase2 | v_proj | 2 | 1 |" in (out / "layer_ranks_alpaca-multialpaca_tiny_lf_h2.md").read_text()
     ta = (out / "ta.md").read_text()
     assert "| ifeval P1 | ifeval P2 | Avg P1 | Avg P2 |" in ta and "inst_loose" not in ta
     tex = (out / "summary.tex").read_text()
@@ -126,12 +215,14 @@ def test_sweep_tables_figures_and_report(sweep_root, capsys):
     csv_lines = (out / "summary.csv").read_text().splitlines()
     assert csv_lines[0] == "phase1_data,phase2_data,model,strategy,column,mean,std,n,best"
     assert "alpaca,multialpaca,tiny,lf_h2,TA P2,0.48,,1,1" in csv_lines
-    for name in ("ta_la_phases", "ta_la_tradeoff", "layer_changes_alpaca-multialpaca_tiny_lf_h2"):
+    for name in ("ta_la_phases", "ta_la_tradeoff", "la_gain_per_language", "layer_changes_alpaca-multialpaca_tiny_lf_h2"):
         png = (out / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
         assert (out / f"{name}.svg").stat().st_size > 1000
+        assert len((out / f"{name}.csv").read_text().splitlines()) > 1, name
     report = (out / "report.md").read_text()
-    assert "Finished runs: 3; unfinished runs: 1." in report and "- `alpaca-multialpaca/tiny/gr5/seed0`" in report
+    assert "Finished runs: 3; failed: 0; unfinished: 1." in report and "- `alpaca-multialpaca/tiny/gr5/seed0`" in report
+    assert "## Unfinished cells" in report and "## Failed cells" not in report
     assert "![ta_la_phases](ta_la_phases.png)" in report and SUMMARY_MD in report
     printed = capsys.readouterr().out
     assert SUMMARY_MD in printed and "1 unfinished run(s)" in printed and "alpaca-multialpaca/tiny/gr5/seed0" in printed
@@ -139,7 +230,7 @@ def test_sweep_tables_figures_and_report(sweep_root, capsys):
 
 def test_disagreeing_metric_keys_are_reported(sweep_root):
     write_run(sweep_root, "alpaca-multialpaca/tiny/lora", 0, scores(0.5, 0.45, 0.2, 0.3))  # no des, no mpd
-    result = analyze_sweep("sw", output_root=sweep_root, tracking_mode="disabled", echo=False)
+    result = analyze_sweep("sw", output_root=sweep_root, tracking=OFF, echo=False)
     assert result.problems == ["run alpaca-multialpaca/tiny/lora/seed0 lacks 2 metric key(s) that other runs have: des, mpd"]
     assert "## Problems" in result.report.read_text()
     assert "| alpaca | multialpaca | tiny | lora | 1 | — | — |" in (result.out_dir / "mpd.md").read_text()
@@ -148,23 +239,20 @@ def test_disagreeing_metric_keys_are_reported(sweep_root):
 def test_unknown_sweep_and_nothing_finished(tmp_path):
     write_run(tmp_path, "alpaca-multialpaca/tiny/full", 0, {}, done=False, sweep_id="pending")
     with pytest.raises(CftError, match=r"unknown sweep_id='nope': no folder .*nope\. Sweeps found in .*: pending\."):
-        analyze_sweep("nope", output_root=tmp_path, tracking_mode="disabled")
-    with pytest.raises(CftError, match=r"has no finished run .* Unfinished runs:\n  - alpaca-multialpaca/tiny/full/seed0"):
-        analyze_sweep("pending", output_root=tmp_path, tracking_mode="disabled")
+        analyze_sweep("nope", output_root=tmp_path, tracking=OFF)
+    with pytest.raises(
+        CftError,
+        match=r"has no finished run .* 1 unfinished run\(s\), left out of the tables:\n  - alpaca-multialpaca/tiny/full/seed0",
+    ):
+        analyze_sweep("pending", output_root=tmp_path, tracking=OFF)
 
 
 def test_no_sweep_id_reads_the_sweep_of_the_latest_finished_run(sweep_root):
     later = write_run(sweep_root, "alpaca-multialpaca/tiny/full", 0, scores(0.5, 0.3, 0.2, 0.3), sweep_id="later")
     os.utime(later / "DONE", (time.time() + 60, time.time() + 60))
-    assert (
-        analyze_sweep(None, output_root=sweep_root, tracking_mode="disabled", echo=False).out_dir
-        == sweep_root / "later" / "analysis"
-    )
+    assert analyze_sweep(None, output_root=sweep_root, tracking=OFF, echo=False).out_dir == sweep_root / "later" / "analysis"
     os.utime(later / "DONE", (time.time() - 3600, time.time() - 3600))
-    assert (
-        analyze_sweep(None, output_root=sweep_root, tracking_mode="disabled", echo=False).out_dir
-        == sweep_root / "sw" / "analysis"
-    )
+    assert analyze_sweep(None, output_root=sweep_root, tracking=OFF, echo=False).out_dir == sweep_root / "sw" / "analysis"
 
 
 def test_cli_unknown_sweep_exits_with_message(tmp_path):
@@ -178,7 +266,7 @@ def test_cli_unknown_sweep_exits_with_message(tmp_path):
 
 def test_analysis_run_is_logged_offline(sweep_root, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(sweep_root / "wandb"))
-    result = analyze_sweep("sw", output_root=sweep_root, tracking_mode="offline", echo=False)
+    result = analyze_sweep("sw", output_root=sweep_root, tracking=Tracking(mode="offline"), echo=False)
     runs = list((result.out_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
 
@@ -199,9 +287,8 @@ def test_wandb_source_reads_runs_through_the_api():
             return [FakeRun(0, "finished"), FakeRun(1, "finished"), FakeRun(2, "crashed"), FakeRun(3, "finished", "analyze")]
 
     sweep = collect_wandb("ent", "proj", "sw", api=FakeApi())
-    assert [r.name for r in sweep.finished] == ["run0 (id0)", "run1 (id1)"] and [r.name for r in sweep.unfinished] == [
-        "run2 (id2)"
-    ]
+    assert [r.name for r in sweep.finished] == ["run0 (id0)", "run1 (id1)"] and not sweep.unfinished
+    assert [r.name for r in sweep.failed] == ["run2 (id2)"] and sweep.failed[0].failure["error"] == "crashed"
     assert sweep.finished[1].metrics == {"phase1/ta_avg": 0.5, "phase2/ta_avg": 0.5}
     assert sweep.finished[0].cell == ("a", "b", "tiny", "full")
 
@@ -220,7 +307,7 @@ def test_override_folders_are_separate_cells(tmp_path):
         run.rename(target)
     sweep = collect_local(tmp_path, "sw")
     assert sorted(r.choices["variant"] for r in sweep.runs) == ["train.lr=1e-5", "train.lr=2e-5", "train.lr=2e-5"]
-    md = analyze_sweep("sw", output_root=tmp_path, tracking_mode="disabled", echo=False).out_dir / "summary.md"
+    md = analyze_sweep("sw", output_root=tmp_path, tracking=OFF, echo=False).out_dir / "summary.md"
     assert "| Overrides | Seeds |" in md.read_text() and "| train.lr=2e-5 | 2 |" in md.read_text()
 
 
@@ -247,22 +334,27 @@ def test_des_matrix_command(tmp_path):
     result = des_report(
         {"a": tmp_path / "a.jsonl", "b": tmp_path / "b", "demo": None},
         embedder={"_target_": "cft.measures.similarity.HashingEmbedder"},
-        n=10,
+        n=30,
         out_dir=tmp_path / "out",
         conf_dir=REPO / "conf",
-        tracking_mode="disabled",
+        tracking=OFF,
         echo=False,
     )
     md = (result.out_dir / "des.md").read_text()
     assert "| dataset | a | b | demo |" in md and "| a | 1.000 |" in md
-    assert (result.out_dir / "des.png").read_bytes()[:4] == b"\x89PNG"
+    assert (result.out_dir / "des_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    # n is a cap: a and b have 20 examples and use all of them; the demo option (900 examples) uses 30.
+    report = result.report.read_text()
+    assert "at most 30 samples per dataset (a dataset with fewer uses all of them)" in report
+    assert "Samples embedded: a: 20 of 20 (all of them); b: 20 of 20 (all of them); demo: 30 of 900." in report
+    assert "| demo | 900 | 30 |" in (result.out_dir / "des_samples.md").read_text()
     with pytest.raises(CftError, match="'nosuch' is not an option of conf/phase1_data or conf/phase2_data"):
         des_report(
             ["nosuch"],
             embedder={"_target_": "cft.measures.similarity.HashingEmbedder"},
             conf_dir=REPO / "conf",
             out_dir=tmp_path / "x",
-            tracking_mode="disabled",
+            tracking=OFF,
         )
 
 
@@ -280,7 +372,7 @@ def test_cli_similarity_and_layers(tmp_path, tiny_model_dir):
     proc = _cli(
         [
             "mode=similarity",
-            f"datasets={{a: {tmp_path / 'a.jsonl'}, b: {tmp_path / 'a.jsonl'}}}",
+            f"similarity.datasets={{a: {tmp_path / 'a.jsonl'}, b: {tmp_path / 'a.jsonl'}}}",
             "embedder=hashing",
             "similarity.n=3",
         ],
@@ -295,13 +387,14 @@ def test_cli_similarity_and_layers(tmp_path, tiny_model_dir):
         (tmp_path / phase).mkdir()
         save_file({**tensors, name: tensors[name] * factor}, str(tmp_path / phase / "model.safetensors"))
     proc = _cli(
-        ["mode=layers", f"models={{base: {tiny_model_dir}, phase1: {tmp_path / 'p1'}, phase2: {tmp_path / 'p2'}}}"], tmp_path
+        ["mode=layers", f"layers.models={{base: {tiny_model_dir}, phase1: {tmp_path / 'p1'}, phase2: {tmp_path / 'p2'}}}"],
+        tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     frame = __import__("pandas").read_csv(tmp_path / "layers" / "layer_changes.csv")
     k1 = frame[(frame.module == "k_proj") & (frame.layer == 1)].set_index("transition")["change"]
     assert k1["base->phase1"] == pytest.approx(1.0, rel=1e-5) and k1["phase1->phase2"] == pytest.approx(0.5, rel=1e-5)
     assert "| base->phase1 | k_proj | 2 | 1 |" in (tmp_path / "layers" / "layer_ranks.md").read_text()
-    assert (tmp_path / "layers" / "layer_ranks.png").read_bytes()[:4] == b"\x89PNG"
-    proc = _cli(["mode=layers", f"models={{base: {tiny_model_dir}}}"], tmp_path)
-    assert proc.returncode == 2 and "mode=layers needs models=" in proc.stderr
+    assert (tmp_path / "layers" / "layer_changes_qkv.png").read_bytes()[:4] == b"\x89PNG"
+    proc = _cli(["mode=layers", f"layers.models={{base: {tiny_model_dir}}}"], tmp_path)
+    assert proc.returncode == 2 and "mode=layers needs layers.models=" in proc.stderr

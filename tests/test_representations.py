@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cft.analysis import representations_report
+from cft.analysis.publish import Tracking
+from cft.analysis.representations import representations_report
 from cft.errors import CftError
 from cft.measures.representations import (
     covariance_difference,
@@ -98,7 +99,7 @@ def test_representations_report_end_to_end(tiny_model_dir, tmp_path):
         parallel_dir=str(flores),
         parallel_languages=["spa_Latn"],
         out_dir=tmp_path / "out",
-        tracking_mode="disabled",
+        tracking=Tracking(mode="disabled"),
     )
     diffs = json.loads((result.out_dir / "covariance_difference.json").read_text())
     assert diffs["same"] == [0.0, 0.0, 0.0]
@@ -109,7 +110,7 @@ def test_representations_report_end_to_end(tiny_model_dir, tmp_path):
 
 
 def test_models_of_a_sweep(tmp_path, tiny_model_dir):
-    from cft.analysis import sweep_models
+    from cft.analysis.representations import sweep_models
 
     run = tmp_path / "sw" / "a-b" / "tiny" / "full" / "seed0"
     (run / "checkpoint").mkdir(parents=True)

@@ -2,7 +2,8 @@
 
 Run folders are laid out and parsed by `cft.run.layout`; each holds `config.yaml`, `run_meta.json`
 (sweep_id, seed, choices), `metrics.json` (the flat keys of `cft.run.keys`) and `DONE`, written
-last. A folder without `DONE` is an unfinished run: it is listed, never silently dropped.
+last. A folder with `FAILED` and no `DONE` is a failed cell (its phase and reason are kept); one
+with neither is unfinished. Both are listed, never silently dropped.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import Any
 from cft.errors import CftError
 from cft.run import keys, layout
 from cft.run.layout import CELL_KEYS
+from cft.run.tracking import Logged
 
 log = logging.getLogger(__name__)
 
-ANALYSIS_DIR = layout.ANALYSIS
+# The keys naming which benchmarks an average covers (text values kept from a W&B summary).
+AVERAGE_OVER = {keys.average_over(a, phase=p) for a in keys.ABILITIES for p in (None, *keys.PHASES)}
 
 
 @dataclass
@@ -33,6 +36,12 @@ class Run:
     finished: bool
     path: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    failure: dict[str, Any] | None = None  # the FAILED record (phase, error, message, time) of a failed cell
+    logged: Logged | None = None  # what a W&B run (source=wandb) logged; run folders hold their .wandb files
+
+    @property
+    def failed(self) -> bool:
+        return not self.finished and self.failure is not None
 
     @property
     def cell(self) -> tuple[str, ...]:
@@ -51,8 +60,22 @@ class Sweep:
         return [r for r in self.runs if r.finished]
 
     @property
+    def failed(self) -> list[Run]:
+        """Cells that stopped with an error (FAILED, no DONE)."""
+        return [r for r in self.runs if r.failed]
+
+    @property
     def unfinished(self) -> list[Run]:
-        return [r for r in self.runs if not r.finished]
+        """Cells neither finished nor failed: running, killed, or not started past their first file."""
+        return [r for r in self.runs if not r.finished and not r.failed]
+
+
+def failure_line(run: Run) -> str:
+    """One line saying where and why a cell failed: '<cell>: phase2: OSError: disk full'."""
+    f = run.failure or {}
+    error = f.get("error") or "?"
+    message = " ".join(str(f.get("message") or "").split())  # one line, however the message was written
+    return f"{run.name}: {f.get('phase') or '?'}: {error}: {message}"
 
 
 def _read_json(path: Path, problems: list[str]) -> dict[str, Any]:
@@ -73,7 +96,7 @@ def existing_sweeps(output_root: Path) -> list[str]:
     return sorted(
         p.name
         for p in output_root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and p.name != "cache" and any(p.rglob("run_meta.json"))
+        if p.is_dir() and not p.name.startswith(".") and p.name != layout.CACHE and any(p.rglob(layout.META))
     )
 
 
@@ -86,13 +109,24 @@ def sweep_folder(output_root: str | Path, sweep_id: str) -> Path:
         raise CftError(
             f"unknown sweep_id={sweep_id!r}: no folder {folder.resolve()}. "
             + (f"Sweeps found in {root.resolve()}: {', '.join(found)}." if found else f"No sweeps found in {root.resolve()}.")
-            + " (Set output_root=... or CFT_OUTPUT_ROOT if the runs live elsewhere.)"
+            + " (Set paths.output_root=... or CFT_OUTPUT_ROOT if the runs live elsewhere.)"
         )
     return folder
 
 
+def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
+    import yaml
+
+    try:
+        value = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        problems.append(f"{path}: unreadable ({type(exc).__name__})")
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def collect_local(output_root: str | Path, sweep_id: str) -> Sweep:
-    """All runs of a sweep from its folder: finished (DONE) and unfinished ones, plus any problems found."""
+    """All runs of a sweep from its folder: finished (DONE), failed (FAILED) and unfinished ones, plus any problems found."""
     folder = sweep_folder(output_root, sweep_id)
     problems: list[str] = []
     runs: list[Run] = []
@@ -117,7 +151,20 @@ def collect_local(output_root: str | Path, sweep_id: str) -> Sweep:
         seed = meta.get("seed")
         if seed is None and cell is not None:
             seed = cell.seed
-        runs.append(Run(name=str(rel), choices=choices, seed=seed, metrics=metrics, finished=finished, path=run_dir))
+        config_file = run_dir / layout.CONFIG
+        config = _read_config(config_file, problems) if config_file.exists() else {}
+        runs.append(
+            Run(
+                name=str(rel),
+                choices=choices,
+                seed=seed,
+                metrics=metrics,
+                finished=finished,
+                path=run_dir,
+                config=config,
+                failure=None if finished else layout.read_failure(run_dir),
+            )
+        )
     return Sweep(sweep_id=str(sweep_id), source=str(folder), runs=runs, problems=problems)
 
 
@@ -179,8 +226,24 @@ def collect_wandb(entity: str | None, project: str, sweep_id: str, *, api=None) 
         if getattr(r, "job_type", None) == "analyze":
             continue
         config = _plain(dict(r.config))
-        summary = {k: v for k, v in _plain(dict(r.summary)).items() if not k.startswith("_") and isinstance(v, (int, float))}
+        # Numbers, and the names an average covers (text); tables and images are dicts, other text is not a score.
+        summary = {
+            k: v
+            for k, v in _plain(dict(r.summary)).items()
+            if not k.startswith("_") and (isinstance(v, (int, float)) or (k in AVERAGE_OVER and isinstance(v, str)))
+        }
         choices = _choices_from_config(config)
+        history = (getattr(r, "_attrs", None) or {}).get("historyKeys") or {}
+        seen = history.get("keys") or {} if isinstance(history, Mapping) else {}
+        tables = {k for k, v in seen.items() if "table-file" in json.dumps(v)}
+        wb_logged = Logged(
+            group=str(getattr(r, "group", "") or ""),
+            job_type=str(getattr(r, "job_type", "") or ""),
+            config=config,
+            history={k for k in seen if not k.startswith("_") and k not in tables},
+            tables=tables,
+            summary=set(summary),
+        )
         if not choices:
             problems.append(f"W&B run {r.id} ({r.name}): no choices in its config; it is left out of the tables")
         runs.append(
@@ -191,6 +254,10 @@ def collect_wandb(entity: str | None, project: str, sweep_id: str, *, api=None) 
                 metrics=summary,
                 finished=r.state == "finished",
                 config=config,
+                failure={"phase": "?", "error": r.state, "message": f"W&B state {r.state}"}
+                if r.state in ("failed", "crashed")
+                else None,
+                logged=wb_logged,
             )
         )
     if not runs:

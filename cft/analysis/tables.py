@@ -1,28 +1,35 @@
 """The paper's tables from the finished runs of a sweep, as Markdown, CSV and LaTeX.
 
-Rows are cells of the study (Phase-1 data, Phase-2 data, model, strategy); several seeds of a
-cell are shown as mean ± std (sample std). Scores in [0, 1] are shown as percentages. The best
-value of each score column is marked (bold in Markdown and LaTeX, `best` in the CSV).
+Rows are cells of the study (Phase-1 data, Phase-2 data, model, strategy), in the paper's order of
+strategies (`cft.analysis.paper`); several seeds of a cell are shown as mean ± std (sample std).
+Scores in [0, 1] are shown as percentages. The best value of each score column is marked (bold in
+Markdown and LaTeX, `best` in the CSV). Metric keys are read through `cft.run.keys` only.
 
 - `summary`        TA and LA averages after Phase 1 and Phase 2 (the table `analyze.py` always prints)
 - `ta`             TA per benchmark, Phase 1 vs Phase 2, with averages (Tables 1, A1)
 - `la`             LA per benchmark likewise (Tables 2, A2)
-- `la_<task>`      one LA benchmark per language (Tables B3 to B5)
-- `strategies`     the strategy comparison after Phase 2, with the change from Phase 1 (Tables 3, C6)
+- `la_<task>`      one LA benchmark per language, the paper's languages in its order (Tables B3 to B5)
+- `en`             the English part of the multilingual benchmarks (recorded beside LA, never in it)
+- `strategies`     the strategy comparison after Phase 2: a Phase-1 row, then the strategies (Tables 3, C6)
 - `des`, `mpd`     DES per data pair; MPD per cell, normalised by the largest MPD of the same model
+
+A table with a TA or LA average that covers other benchmarks than the paper's (fewer, or others:
+`<phase>/ta_avg_tasks`, `<phase>/ta_avg_over`) carries a footnote saying so.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import re
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cft.analysis.runs import CELL_KEYS, Run
+from cft.analysis import paper
+from cft.analysis.runs import Run
+from cft.run import keys
+from cft.run.layout import CELL_KEYS
 
 INDEX_LABELS = {
     "phase1_data": "Phase 1 data",
@@ -33,8 +40,6 @@ INDEX_LABELS = {
     "transition": "Transition",
     "module": "Module",
 }
-# Rows follow the paper's order of strategies; unknown ones come after, alphabetically.
-STRATEGY_ORDER = ["full", "lf_h1", "lf_h2", "gr5", "gr10", "er10", "lora", "cofitune", "spectrum"]
 MISSING = "—"
 
 
@@ -46,7 +51,7 @@ class Stat:
 
 
 def stat(values: Sequence[float]) -> Stat | None:
-    values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    values = [float(v) for v in values if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))]
     if not values:
         return None
     return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
@@ -67,6 +72,8 @@ class Table:
     note: str = ""
     counts: list[int] = field(default_factory=list)  # runs per row (the Seeds column)
     count_label: str = "Seeds"
+    footnotes: list[str] = field(default_factory=list)  # printed under the table (what an average covers, ...)
+    reference_rows: set[int] = field(default_factory=set)  # rows shown for comparison, never marked best
 
     def fmt(self, s: Stat | None) -> str:
         if s is None:
@@ -82,7 +89,11 @@ class Table:
         if not self.mark_best:
             return marks
         for j in range(len(self.columns)):
-            shown = {i: round(row[j].mean * self.scale, self.digits) for i, row in enumerate(self.cells) if row[j] is not None}
+            shown = {
+                i: round(row[j].mean * self.scale, self.digits)
+                for i, row in enumerate(self.cells)
+                if row[j] is not None and i not in self.reference_rows
+            }
             if len(shown) < 2:
                 continue
             target = max(shown.values()) if self.higher_is_better else min(shown.values())
@@ -97,7 +108,7 @@ class Table:
         marks = self.best()
         out = []
         for i, idx in enumerate(self.index):
-            row = [idx[k] for k in self.index_cols] + ([str(self.counts[i])] if self.counts else [])
+            row = [idx.get(k, "") for k in self.index_cols] + ([str(self.counts[i])] if self.counts else [])
             row += [bold(self.fmt(s)) if marks[i][j] else self.fmt(s) for j, s in enumerate(self.cells[i])]
             out.append(row)
         return out
@@ -110,6 +121,8 @@ class Table:
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < len(self.index_cols) else "---:" for i in range(len(header))) + "|")
         lines += ["| " + " | ".join(r) + " |" for r in self._rows(lambda t: f"**{t}**")]
+        if self.footnotes:
+            lines += [""] + [f"*Note: {f}*" for f in self.footnotes]
         return "\n".join(lines) + "\n"
 
     def to_latex(self) -> str:
@@ -119,6 +132,7 @@ class Table:
         for row in self._rows(lambda t: "\x00" + t + "\x01"):
             cells = [_latex_escape(c).replace("\x00", r"\textbf{").replace("\x01", "}") for c in row]
             body.append(" & ".join(cells) + r" \\")
+        notes = [rf"\par\footnotesize {_latex_escape(f)}" for f in self.footnotes]
         return "\n".join(
             [
                 r"\begin{table}[t]",
@@ -130,6 +144,7 @@ class Table:
                 *body,
                 r"\bottomrule",
                 r"\end{tabular}",
+                *notes,
                 r"\end{table}",
                 "",
             ]
@@ -145,7 +160,7 @@ class Table:
                 for j, col in enumerate(self.columns):
                     s = self.cells[i][j]
                     w.writerow(
-                        [idx[k] for k in self.index_cols]
+                        [idx.get(k, "") for k in self.index_cols]
                         + [
                             col,
                             "" if s is None else repr(s.mean),
@@ -189,10 +204,6 @@ def _latex_escape(text: str) -> str:
 # ----------------------------------------------------------------------------- building
 
 
-def _strategy_key(name: str) -> tuple[int, str]:
-    return (STRATEGY_ORDER.index(name), "") if name in STRATEGY_ORDER else (len(STRATEGY_ORDER), name)
-
-
 def cell_keys(runs: Iterable[Run]) -> tuple[str, ...]:
     """The row keys: the four choices, plus the overrides folder when any run has one."""
     return CELL_KEYS + (("variant",) if any(r.choices.get("variant") for r in runs) else ())
@@ -208,7 +219,7 @@ def group_cells(runs: Iterable[Run], keys: Sequence[str] | None = None) -> list[
 
     def order(item):
         values = dict(zip(keys, item[0]))
-        return tuple(_strategy_key(values[k]) if k == "strategy" else (0, values[k]) for k in keys)
+        return tuple(paper.strategy_key(values[k]) if k == "strategy" else (0, values[k]) for k in keys)
 
     return [(dict(zip(keys, k)), v) for k, v in sorted(groups.items(), key=order)]
 
@@ -246,46 +257,112 @@ def _get(key: str) -> Callable[[dict], float | None]:
 
 
 def _delta(after: str, before: str) -> Callable[[dict], float | None]:
-    return lambda m: m[after] - m[before] if after in m and before in m else None
+    def fn(m: dict) -> float | None:
+        a, b = m.get(after), m.get(before)
+        return a - b if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+
+    return fn
 
 
-def task_names(runs: Iterable[Run], ability: str) -> list[str]:
-    """Benchmarks of one ability (ta or la) with a headline score in any run, in first-seen order."""
-    pattern = re.compile(rf"^phase[12]/{ability}/([^/]+)$")
+def _all_keys(runs: Iterable[Run]) -> list[str]:
+    return list(dict.fromkeys(k for r in runs for k in r.metrics))
+
+
+def _covered(runs: Iterable[Run], ability: str) -> list[str]:
+    """The benchmarks the runs say their average of `ability` covers, in their order."""
     seen: dict[str, None] = {}
     for r in runs:
-        for k in r.metrics:
-            m = pattern.match(k)
-            if m:
-                seen[m.group(1)] = None
+        for phase in keys.PHASES:
+            over = r.metrics.get(keys.average_over(ability, phase=phase))
+            if isinstance(over, str):  # a value (a comma-separated list of names), not a key
+                seen.update(dict.fromkeys(t.strip() for t in over.split(",") if t.strip()))
     return list(seen)
 
 
-def languages(runs: Iterable[Run], task: str) -> list[str]:
-    pattern = re.compile(rf"^phase[12]/la/{re.escape(task)}/([^/]+)$")
-    return sorted({m.group(1) for r in runs for k in r.metrics if (m := pattern.match(k))})
+def task_names(runs: Iterable[Run], ability: str) -> list[str]:
+    """Benchmarks of one ability with a headline score in any run: the paper's in its column order,
+    then the others in the order the runs' averages list them, then as first seen."""
+    runs = list(runs)
+    found = keys.tasks(_all_keys(runs), ability)
+    return paper.order(paper.order(found, _covered(runs, ability)), paper.COLUMNS.get(ability, ()))
+
+
+def languages(runs: Iterable[Run], task: str, ability: str = "la") -> list[str]:
+    """The languages of `task` with a score, in the paper's order (Tables B3 to B5)."""
+    runs = list(runs)
+    return paper.language_order(task, keys.languages(_all_keys(runs), task, ability), [r.config for r in runs])
+
+
+def average_footnotes(runs: Iterable[Run], abilities: Sequence[str]) -> list[str]:
+    """One footnote per distinct coverage of an average that differs from the paper's (fewer or
+    other benchmarks), with how many runs and which phases it concerns."""
+    notes: dict[tuple, dict] = {}
+    for ability in abilities:
+        expected = paper.AVERAGES.get(ability)
+        if not expected:
+            continue
+        for r in runs:
+            for phase in keys.PHASES:
+                if not isinstance(r.metrics.get(keys.average(ability, phase=phase)), (int, float)):
+                    continue
+                count = r.metrics.get(keys.average_tasks(ability, phase=phase))
+                over = r.metrics.get(keys.average_over(ability, phase=phase))
+                names = tuple(t.strip() for t in over.split(",") if t.strip()) if isinstance(over, str) else None
+                if not isinstance(count, (int, float)):
+                    # A run from before `<ability>_avg_tasks` existed: its average is over the headline scores it has.
+                    names = tuple(keys.tasks([k for k in r.metrics if (p := keys.parse(k)) and p.phase == phase], ability))
+                    count = len(names)
+                if int(count) >= len(expected) and (names is None or set(names) == set(expected)):
+                    continue
+                entry = notes.setdefault((ability, int(count), names), {"runs": set(), "phases": set()})
+                entry["runs"].add(r.name)
+                entry["phases"].add(phase)
+    out = []
+    for (ability, count, names), entry in notes.items():
+        label = paper.ABILITY_NAMES.get(ability, ability)
+        which = f" ({', '.join(names)})" if names else " (which ones is not recorded)"
+        phases = " and ".join(paper.PHASE_NAMES[p] for p in keys.PHASES if p in entry["phases"])
+        out.append(
+            f"{label} avg covers {count} benchmark{'s' if count != 1 else ''}{which} in {len(entry['runs'])} run(s), "
+            f"{phases}; the paper's {label} average covers {len(paper.AVERAGES[ability])} "
+            f"({', '.join(paper.AVERAGES[ability])}): do not compare the two."
+        )
+    return out
 
 
 def summary_table(runs: list[Run]) -> Table | None:
-    cols = [(f"{a} P{p}", _get(f"phase{p}/{a.lower()}_avg")) for a in ("TA", "LA") for p in (1, 2)]
-    return _table("summary", "TA and LA averages (%), Phase 1 vs Phase 2", runs, cols)
+    cols = [(f"{a.upper()} {paper.PHASE_SHORT[p]}", _get(keys.average(a, phase=p))) for a in ("ta", "la") for p in keys.PHASES]
+    return _table(
+        "summary", "TA and LA averages (%), Phase 1 vs Phase 2", runs, cols, footnotes=average_footnotes(runs, ("ta", "la"))
+    )
+
+
+PHASE_TABLE_TITLES = {
+    "ta": "Task ability (TA, %) per benchmark, Phase 1 vs Phase 2 (paper Tables 1, A1)",
+    "la": "Language ability (LA, %) per benchmark, Phase 1 vs Phase 2 (paper Tables 2, A2)",
+    "en": "English part of the multilingual benchmarks (%), Phase 1 vs Phase 2 (recorded beside LA, not in it)",
+}
 
 
 def phase_table(runs: list[Run], ability: str) -> Table | None:
     tasks = task_names(runs, ability)
-    cols = [(f"{t} P{p}", _get(f"phase{p}/{ability}/{t}")) for t in tasks for p in (1, 2)]
-    cols += [(f"Avg P{p}", _get(f"phase{p}/{ability}_avg")) for p in (1, 2)]
-    which = {
-        "ta": "Task ability (TA, %) per benchmark, Phase 1 vs Phase 2 (paper Tables 1, A1)",
-        "la": "Language ability (LA, %) per benchmark, Phase 1 vs Phase 2 (paper Tables 2, A2)",
-    }[ability]
-    return _table(ability, which, runs, cols if tasks else [])
+    cols = [(f"{t} {paper.PHASE_SHORT[p]}", _get(keys.score(ability, t, phase=p))) for t in tasks for p in keys.PHASES]
+    if ability in paper.AVERAGES:
+        cols += [(f"Avg {paper.PHASE_SHORT[p]}", _get(keys.average(ability, phase=p))) for p in keys.PHASES]
+    return _table(
+        ability, PHASE_TABLE_TITLES[ability], runs, cols if tasks else [], footnotes=average_footnotes(runs, (ability,))
+    )
 
 
 def language_tables(runs: list[Run]) -> list[Table]:
+    """Tables B3 to B5: one LA benchmark per language, Phase 1 vs Phase 2 (English is the `en` ability, not here)."""
     tables = []
     for task in task_names(runs, "la"):
-        cols = [(f"{lang} P{p}", _get(f"phase{p}/la/{task}/{lang}")) for lang in languages(runs, task) for p in (1, 2)]
+        cols = [
+            (f"{lang} {paper.PHASE_SHORT[p]}", _get(keys.score("la", task, lang, phase=p)))
+            for lang in languages(runs, task)
+            for p in keys.PHASES
+        ]
         t = _table(f"la_{task}", f"{task} per language (%), Phase 1 vs Phase 2 (paper Tables B3 to B5)", runs, cols)
         if t:
             tables.append(t)
@@ -293,10 +370,48 @@ def language_tables(runs: list[Run]) -> list[Table]:
 
 
 def strategy_table(runs: list[Run]) -> Table | None:
-    cols = [(t, _get(f"phase2/ta/{t}")) for t in task_names(runs, "ta")] + [("TA avg", _get("phase2/ta_avg"))]
-    cols += [(t, _get(f"phase2/la/{t}")) for t in task_names(runs, "la")] + [("LA avg", _get("phase2/la_avg"))]
-    cols += [("ΔTA", _delta("phase2/ta_avg", "phase1/ta_avg")), ("ΔLA", _delta("phase2/la_avg", "phase1/la_avg"))]
-    return _table("strategies", "Strategies after Phase 2 (%), with the change from Phase 1 (paper Tables 3, C6)", runs, cols)
+    """Tables 3 and C6: per model and data pair, the Phase-1 model's scores, then each strategy's after Phase 2."""
+    ta, la = task_names(runs, "ta"), task_names(runs, "la")
+
+    def columns(phase: str) -> list[tuple[str, Callable[[dict], float | None]]]:
+        cols = [(t, _get(keys.score("ta", t, phase=phase))) for t in ta] + [("TA avg", _get(keys.average("ta", phase=phase)))]
+        cols += [(t, _get(keys.score("la", t, phase=phase))) for t in la] + [("LA avg", _get(keys.average("la", phase=phase)))]
+        return cols
+
+    after = columns("phase2") + [
+        ("ΔTA", _delta(keys.average("ta", phase="phase2"), keys.average("ta", phase="phase1"))),
+        ("ΔLA", _delta(keys.average("la", phase="phase2"), keys.average("la", phase="phase1"))),
+    ]
+    before = columns("phase1") + [("ΔTA", lambda m: None), ("ΔLA", lambda m: None)]
+    row_keys = cell_keys(runs)
+    block_keys = [k for k in row_keys if k != "strategy"]
+    index, cells, counts, reference = [], [], [], set()
+    for block, block_runs in group_cells(runs, block_keys):
+        # The Phase-1 model is shared by the strategies of a block: one run per seed, not one per strategy.
+        per_seed = list({r.seed: r for r in block_runs}.values())
+        row = [stat([fn(r.metrics) for r in per_seed]) for _, fn in before]
+        if any(c is not None for c in row):
+            reference.add(len(index))
+            index.append({**block, "strategy": paper.PHASE1_ROW})
+            cells.append(row)
+            counts.append(len(per_seed))
+        for idx, rs in group_cells(block_runs, row_keys):
+            index.append(idx)
+            cells.append([stat([fn(r.metrics) for r in rs]) for _, fn in after])
+            counts.append(len(rs))
+    if not any(c is not None for row in cells for c in row):
+        return None
+    return Table(
+        name="strategies",
+        title="Strategies after Phase 2 (%), with the Phase-1 model and the change from it (paper Tables 3, C6)",
+        index_cols=list(row_keys),
+        index=index,
+        columns=[c for c, _ in after],
+        cells=cells,
+        counts=counts,
+        reference_rows=reference,
+        footnotes=average_footnotes(runs, ("ta", "la")),
+    )
 
 
 def des_table(runs: list[Run]) -> Table | None:
@@ -350,11 +465,15 @@ def all_tables(runs: list[Run]) -> list[Table]:
         phase_table(runs, "ta"),
         phase_table(runs, "la"),
         *language_tables(runs),
+        phase_table(runs, "en"),
         strategy_table(runs),
         des_table(runs),
         mpd_table(runs),
     ]
     return [t for t in tables if t is not None]
+
+
+MODULE_ORDER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def layer_rank_table(changes, name: str, title: str) -> Table | None:
@@ -372,10 +491,9 @@ def layer_rank_table(changes, name: str, title: str) -> Table | None:
     frame["layer"] = frame["layer"].astype(int)
     layers = sorted(frame["layer"].unique())
     index, cells = [], []
-    module_order = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     for transition in dict.fromkeys(frame["transition"]):
         part = frame[frame["transition"] == transition]
-        modules = [m for m in module_order if m in set(part["module"])] + sorted(set(part["module"]) - set(module_order))
+        modules = paper.order(sorted(set(part["module"])), MODULE_ORDER)
         for module in modules:
             ranks = part[part["module"] == module].set_index("layer")["rank"]
             index.append({"transition": str(transition), "module": module})

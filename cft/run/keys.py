@@ -118,6 +118,24 @@ def strategy(name: str) -> str:
     return f"strategy/{name}"
 
 
+MPD = "mpd"
+
+
+def mpd_layer(layer: int) -> str:
+    """MPD of one decoder layer: mpd_layer(3) -> 'mpd/layer/3' (cft.measures.similarity.MPD.metrics records them)."""
+    return f"{MPD}/layer/{int(layer)}"
+
+
+def mpd_layers(metrics: Mapping[str, Any]) -> dict[int, float]:
+    """{layer: MPD} of every per-layer MPD key among `metrics`."""
+    out = {}
+    for key, value in metrics.items():
+        head, _, layer = key.rpartition("/")
+        if head == f"{MPD}/layer" and layer.isdigit() and isinstance(value, (int, float)):
+            out[int(layer)] = float(value)
+    return dict(sorted(out.items()))
+
+
 @dataclass(frozen=True)
 class ScoreKey:
     """A parsed score key (see the module docstring)."""

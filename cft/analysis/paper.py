@@ -1,0 +1,65 @@
+"""How the paper lays out its tables (arXiv 2410.16006), written once: the analysis orders rows,
+columns and languages by these, and names what an average covers against the paper's.
+
+Benchmarks and strategies the paper does not have come after the paper's, in the order the runs
+give them (the benchmarks an average covers, else first seen); languages the paper does not list
+follow the order of the run's own eval config, else alphabetical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+# Tables 3 and C6: the Phase-1 model first, then full fine-tuning and the strategies against forgetting.
+STRATEGY_ORDER = ("full", "lf_h1", "lf_h2", "gr5", "gr10", "er10", "lora", "cofitune", "spectrum")
+PHASE1_ROW = "Phase 1"  # the reference row of the strategy comparison (the model before Phase 2)
+
+# The benchmarks of the paper's averages (section 4 and Tables 1 to 3), in its column order.
+AVERAGES = {
+    "ta": ("ifeval", "alpaca_eval", "mmlu", "hellaswag"),
+    "la": ("mlqa", "xquad", "xlsum"),
+}
+# Benchmark columns of each ability's tables: the paper's order (English parts follow the LA benchmarks).
+COLUMNS = {"ta": AVERAGES["ta"], "la": AVERAGES["la"], "en": AVERAGES["la"]}
+ABILITY_NAMES = {"ta": "TA", "la": "LA", "en": "English"}
+# Column suffixes and names of the two phases (cft.run.keys.PHASES).
+PHASE_SHORT = {"phase1": "P1", "phase2": "P2"}
+PHASE_NAMES = {"phase1": "Phase 1", "phase2": "Phase 2"}
+
+# Tables B3 to B5: the non-English languages of each multilingual benchmark, in the paper's column order.
+LANGUAGES = {
+    "mlqa": ("ar", "de", "es", "hi", "vi", "zh"),
+    "xquad": ("ar", "de", "el", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"),
+}
+
+
+def order(items: Iterable[str], preferred: Sequence[str]) -> list[str]:
+    """`items` with those in `preferred` first, in its order, then the rest as given."""
+    items = list(dict.fromkeys(items))
+    return [p for p in preferred if p in items] + [i for i in items if i not in preferred]
+
+
+def strategy_key(name: str) -> tuple[int, str]:
+    """Sort key of a strategy: the paper's order, then others alphabetically."""
+    return (STRATEGY_ORDER.index(name), "") if name in STRATEGY_ORDER else (len(STRATEGY_ORDER), name)
+
+
+def config_languages(config: Mapping[str, Any], task: str) -> list[str]:
+    """The language list of `task` in a run's resolved config (eval.tasks.<task>.languages), or []."""
+    node = ((config.get("eval") or {}).get("tasks") or {}).get(task)
+    languages = node.get("languages") if isinstance(node, Mapping) else None
+    return [str(lang) for lang in languages] if isinstance(languages, (list, tuple)) else []
+
+
+def language_order(task: str, languages: Iterable[str], configs: Iterable[Mapping[str, Any]] = ()) -> list[str]:
+    """The columns of a per-language table: the paper's order (Tables B3 to B5), else the run config's
+    order, else alphabetical. Only the languages given (those with a score) are returned."""
+    languages = sorted(set(languages))
+    if task in LANGUAGES:
+        return order(languages, LANGUAGES[task])
+    for config in configs:
+        listed = config_languages(config, task)
+        if listed:
+            return order(languages, listed)
+    return languages
