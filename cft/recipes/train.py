@@ -63,14 +63,15 @@ def load_data(data_cfg: Any, key: str) -> SFTData:
 # ---------------------------------------------------------------- the base model
 
 
-def model_shape(model_cfg: Mapping[str, Any]):
+def model_shape(model_cfg: Mapping[str, Any], *, use_instruct: bool = False):
     """The model's config (layer and head counts) without building or loading any weights, so
-    strategy options are checked against it before phase 0 or Phase 1 trains."""
+    strategy options are checked against it before phase 0 or Phase 1 trains. Read from the checkpoint
+    the cell trains from: the Instruct model's with phase1_data=instruct (the base may not be on disk)."""
     if model_cfg.get("build") and not model_cfg.get("base"):
         from transformers import LlamaConfig
 
         return LlamaConfig(**{k: v for k, v in model_cfg["build"].items() if k != "seed"})
-    ref = model_cfg.get("base") or model_cfg.get("instruct")
+    ref = (model_cfg.get("instruct") if use_instruct else None) or model_cfg.get("base") or model_cfg.get("instruct")
     return Checkpoint(str(ref), key="", what="model", gguf_file=model_cfg.get("gguf_file")).config()
 
 
@@ -276,8 +277,9 @@ class TrainRecipe:
         # Every user input is checked before any model work: options, data files, checkpoints.
         self.model_cfg = plain(cfg.model)
         self.strategy = build(cfg.strategy)
-        self.strategy.validate(model_shape(self.model_cfg))  # k <= layers etc., before phase 0 or Phase 1
         self.use_instruct = bool(cfg.phase1_data.get("use_instruct_checkpoint", False))
+        # k <= layers and the like, before phase 0 or Phase 1 trains
+        self.strategy.validate(model_shape(self.model_cfg, use_instruct=self.use_instruct))
         self.data1 = None if self.use_instruct else load_data(cfg.phase1_data, "phase1_data")
         self.data2 = load_data(cfg.phase2_data, "phase2_data")
         counterpart_cfg = plain(cfg.phase2_data.get("counterpart"))

