@@ -205,3 +205,21 @@ def test_train_settings_reject_unknown_keys():
 
     with pytest.raises(ConfigError, match=r"train: unknown setting\(s\) \['lrr'\]"):
         TrainSettings.from_config({"lr": 1e-3, "lrr": 1})
+
+
+@pytest.mark.parametrize(
+    "script,override,message",
+    [
+        ("evaluate.py", "eval.limit=0", "eval.limit=0: input should be greater than or equal to 1"),
+        ("evaluate.py", "+threads=0", "threads=0: input should be greater than or equal to 1"),
+        ("translate.py", "batch_size=0", "batch_size=0: input should be greater than or equal to 1"),
+        ("translate.py", "fields=[body]", "fields[0]='body': input should be 'system', 'instruction', 'input' or 'output'"),
+    ],
+)
+def test_every_entry_script_checks_its_config_first(tmp_path, script, override, message):
+    env = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path / "outputs")}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / script), override], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "outputs").exists()

@@ -10,8 +10,9 @@ from helpers import compose, write_jsonl
 
 from cft.data.records import Example
 from cft.data.sources import load_sft
-from cft.data.translate import Seq2SeqTranslator, main, segments, translate_examples
+from cft.data.translate import Seq2SeqTranslator, segments, translate_examples
 from cft.errors import ConfigError
+from cft.recipes.translate import translate_dataset as main
 
 LANG_TOKENS = ["__en__", "__fr__", "__ja__"]
 

@@ -11,7 +11,10 @@ first cell trains. `check=true` checks and lists the cells, then exits without r
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -21,7 +24,12 @@ from cft.config import schema
 from cft.errors import ConfigError
 from cft.run import layout
 
-CHECKERS = {"train": schema.check_train, "evaluate": schema.check_evaluate, "analyze": schema.check_analyze}
+CHECKERS = {
+    "train": schema.check_train,
+    "evaluate": schema.check_evaluate,
+    "analyze": schema.check_analyze,
+    "translate": schema.check_translate,
+}
 
 
 def resolved(config: DictConfig) -> dict[str, Any]:
@@ -45,7 +53,87 @@ def problems_of(kind: str, config: DictConfig) -> tuple[list[str], dict[str, Any
     problems = CHECKERS[kind](values)
     if kind == "train" and not problems:
         problems += _cell_problems(config, values)
+    if not problems:
+        problems += _write_problems(kind, config, values)
     return problems, values
+
+
+def writable_problem(path: str | Path, what: str, hint: str = "choose another folder") -> str | None:
+    """Why `path` (a folder, made if missing) cannot be written, naming it, or None when it can: the nearest
+    folder that exists is asked (access) and tried (a temporary file made and removed), so a read-only or
+    full disk stops the command here instead of as a traceback from Hydra making its folders."""
+    target = Path(path).absolute()
+    probe = _existing_part(target)
+    if not probe.is_dir():
+        return f"{what} {target} cannot be made: {probe} is a file"
+    problem = None
+    if not os.access(probe, os.W_OK | os.X_OK):
+        problem = "read-only file system" if _read_only_mount(probe) else "permission denied"
+    else:
+        try:
+            fd, name = tempfile.mkstemp(prefix=".cft-write-check-", dir=probe)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            problem = (exc.strerror or str(exc)).lower()
+    if problem is None:
+        return None
+    at = "" if probe == target else f" (at {probe}, the part that exists)"
+    return f"{what} {target} cannot be written: {problem}{at}. Make it writable or {hint}"
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _write_problems(kind: str, config: DictConfig, values: dict[str, Any]) -> list[str]:
+    """The folders the command will write must be writable: the run folder (train) or the evaluation
+    folder (evaluate), and the artifact cache (train)."""
+    paths = values.get("paths") or {}
+    root = paths.get("output_root")
+    elsewhere = "set paths.output_root=<a writable folder> (or CFT_OUTPUT_ROOT)"
+    where: list[tuple[str, str, str]] = []
+    if kind == "train":
+        folder = _run_folder(config, values)
+        if folder:
+            where.append((folder, "the run folder", elsewhere))
+        if paths.get("cache_dir"):
+            where.append((paths["cache_dir"], "the artifact cache", "set paths.cache_dir=<a writable folder>"))
+    elif kind == "evaluate":
+        from cft.config.hydra import evaluation_dir
+
+        try:
+            suite = str(config.hydra.runtime.choices.get("eval", "eval"))
+            out = evaluation_dir(values.get("run_dir"), values.get("checkpoint"), root, suite)
+            where.append(
+                (out, "the evaluation folder", "evaluate a copy of the run folder" if values.get("run_dir") else elsewhere)
+            )
+        except Exception:  # no hydra node (a config composed by a test)
+            pass
+    if not where and root:
+        where.append((root, "the output root", elsewhere))
+    problems, refused = [], set()
+    for path, what, hint in where:
+        key = str(Path(path).absolute())
+        if key not in _PROBED:
+            _PROBED[key] = writable_problem(path, what, hint)
+        existing = _existing_part(Path(key))
+        if _PROBED[key] and existing not in refused:  # the cache under a read-only root: one message, not two
+            problems.append(_PROBED[key])
+            refused.add(existing)
+    return problems
+
+
+def _existing_part(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+_PROBED: dict[str, str | None] = {}  # one probe per folder and process (a sweep checks many cells under one root)
 
 
 def _cell_problems(config: DictConfig, values: dict[str, Any]) -> list[str]:
@@ -108,6 +196,18 @@ class Checks(Callback):
             where = _run_folder(config, values) if self.kind == "train" else None
             print(f"cft: config OK{f': {where}' if where else ''}", flush=True)
             sys.exit(0)
+        if values and self.kind == "train":
+            # Another process running this cell: stop before Hydra writes into its folder (.hydra/, train.log).
+            # The recipe takes the lock itself; this only spares the holder's folder. In a sweep the cell
+            # stops at its lock instead and the others go on.
+            from cft.run.folder import RunLock
+
+            folder = _run_folder(config, values)
+            try:
+                if folder:
+                    RunLock(folder).check_free()
+            except ConfigError as exc:
+                fail([str(exc)])
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra import compose
@@ -145,3 +245,9 @@ class Checks(Callback):
         if OmegaConf.select(config, "check", default=False):
             print(f"cft: config OK: {len(cells)} cell(s)" + "".join(f"\n  {row}" for row in rows), flush=True)
             sys.exit(0)
+        if self.kind == "train":  # the end of the sweep reports every cell without DONE, not only those with FAILED
+            import json
+
+            from cft.config.hydra import CELLS_ENV
+
+            os.environ[CELLS_ENV] = json.dumps(rows)

@@ -277,6 +277,26 @@ class EvaluateRoot(Schema):
     paths: PathsConfig
 
 
+class TranslateRoot(Schema):
+    """conf/translate.yaml: translate a dataset config into other languages (translate.py)."""
+
+    source: DataConfig | InstructData = Field(description="the dataset to translate (phase1_data@source=<option>)")
+    out_dir: str | None = Field(None, description="the folder of <lang>.jsonl files to write (and resume); required")
+    languages: list[str] = Field(min_length=1, description="target language codes")
+    src_lang: str = Field("en", description="the source language code")
+    translation_model: str = Field(description="a transformers seq2seq checkpoint (NLLB, M2M100): hub id or folder")
+    lang_tokens: dict[str, str] = Field(default_factory=dict, description="language code -> the tokenizer's language token")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="model dtype")
+    batch_size: Count = Field(16, description="segments per generate call")
+    chunk_size: Count = Field(64, description="records per flushed write (the unit of resumption)")
+    max_new_tokens: Count = Field(512, description="longest translation of one segment, in tokens")
+    num_beams: Count = Field(1, description="beam search width")
+    max_chars: Count = Field(400, description="longer lines are split at sentence ends before translation")
+    fields: list[Literal["system", "instruction", "input", "output"]] = Field(description="record fields translated")
+    threads: Threads | None = None
+    check: StrictBool = Field(False, description="check the config and exit")
+
+
 # ---------------------------------------------------------------------------------------- _target_ nodes
 
 
@@ -415,11 +435,14 @@ def _message(model: type[BaseModel], err: dict, where: str) -> str:
 # ---------------------------------------------------------------------------------------- the checks
 
 
-def _suite_model() -> type[BaseModel] | None:
-    try:
-        from cft.evaluation.config import SuiteConfig
-    except ImportError:  # TODO(lead): the evaluation's suite schema is being written; drop this fallback then
-        return None
+def check_translate(cfg: dict[str, Any]) -> list[str]:
+    """Problems of a resolved translate.py config."""
+    return _validate(TranslateRoot, cfg, "")
+
+
+def _suite_model() -> type[BaseModel]:
+    from cft.evaluation.config import SuiteConfig
+
     return SuiteConfig
 
 
@@ -445,19 +468,17 @@ def check_evaluate(cfg: dict[str, Any]) -> list[str]:
 
 def check_analyze(cfg: dict[str, Any]) -> list[str]:
     """Problems of a resolved analyze.py config."""
-    try:
-        from cft.analysis.config import AnalyzeConfig
-    except ImportError:  # TODO(lead): the analysis schema is being written; drop this fallback then
-        return check_target_node(cfg.get("embedder"), "embedder")
+    from cft.analysis.config import AnalyzeConfig
+
     problems = _validate(AnalyzeConfig, cfg, "")
     problems += check_target_node(cfg.get("embedder"), "embedder")
     return problems
 
 
-def _check_suite(suite: Any, suite_model: type[BaseModel] | None) -> list[str]:
+def _check_suite(suite: Any, suite_model: type[BaseModel]) -> list[str]:
     if not isinstance(suite, dict):
         return []
-    problems = _validate(suite_model, suite, "eval") if suite_model else []
+    problems = _validate(suite_model, suite, "eval")
     for name, node in (suite.get("tasks") or {}).items():
         if isinstance(node, dict) and "_target_" in node:
             problems += check_target_node(node, f"eval.tasks.{name}")
