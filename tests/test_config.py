@@ -223,3 +223,21 @@ def test_every_entry_script_checks_its_config_first(tmp_path, script, override, 
     )
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    "experiment,cell,expect",
+    [
+        ("paper_table1", ["model=llama", "phase1_data=alpaca", "phase2_data=mopenorca"], ("llama", "alpaca", "mopenorca")),
+        ("paper_table3", ["model=mistral", "strategy=gr10"], ("mistral", "instruct", "multialpaca")),
+        ("paper_table_c6", ["strategy=lf_h2"], ("mistral", "instruct", "mopenorca")),
+    ],
+)
+def test_each_paper_table_has_an_experiment_whose_cells_are_the_papers(experiment, cell, expect):
+    from cft.config.schema import check_train
+
+    cfg = compose([f"experiment={experiment}", *cell], hydra=True)
+    c = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    assert (c["model"]["name"], c["phase1_data"]["name"], c["phase2_data"]["name"]) == expect
+    assert c["train"]["lr"] == 2e-5 and set(c["eval"]["tasks"]) == PAPER_TASKS and c["sweep_id"].startswith("paper_table")
+    assert check_train(c) == []
