@@ -155,6 +155,10 @@ def test_the_definition_becomes_wandb_objects_offline(paper_root):
     assert grids[0].runsets[0].groupby == ["config.run_meta.choices.strategy"]
 
 
+# conf/eval/demo.yaml's shape: one node for the three tasks, its languages in the demo's order.
+DEMO_CONFIG = {"eval": {"tasks": {"demo": {"tasks": ["repeat", "reverse", "number"], "languages": ["en", "es", "de", "fr"]}}}}
+
+
 def test_dashboard_of_a_demo_sweep_groups_by_what_varies(tmp_path):
     """The demo's tasks and languages, two Phase-2 datasets: the grouping adds phase2_data, panels come
     from the demo's keys only (nothing of the paper's benchmarks), and without W&B files no curves."""
@@ -170,7 +174,7 @@ def test_dashboard_of_a_demo_sweep_groups_by_what_varies(tmp_path):
                 metrics[keys.average("ta", phase=phase)] = ta
                 metrics[keys.average("la", phase=phase)] = la
                 metrics[keys.average_over("la", phase=phase)] = "repeat,reverse,number"  # the suite's order
-            write_run(tmp_path, f"demo-{p2}/demo/{strategy}", 0, metrics, sweep_id="demo_study")
+            write_run(tmp_path, f"demo-{p2}/demo/{strategy}", 0, metrics, sweep_id="demo_study", config=DEMO_CONFIG)
     write_run(tmp_path, "demo-demo/demo/gr5", 0, {}, done=False, sweep_id="demo_study")
     d = build(collect_local(tmp_path, "demo_study"), entity="ent", project="cft")
     assert d.groupby == ["run_meta.choices.strategy", "run_meta.choices.phase2_data"]
@@ -185,6 +189,8 @@ def test_dashboard_of_a_demo_sweep_groups_by_what_varies(tmp_path):
     assert d.notes == [
         "no W&B run file (wandb/*run-*/run-*.wandb) in the run folders: training curves and logged tables are left out"
     ]
+    repeat = next(s for s in d.sections if s.name.startswith("repeat per language"))
+    assert repeat.panels[1].metrics == ["phase2/la/repeat/es", "phase2/la/repeat/de", "phase2/la/repeat/fr"]  # not alphabetical
     demo_keys = set().union(*(r.metrics for r in collect_local(tmp_path, "demo_study").runs))
     assert {k for p in d.panels() for k in p.keys()} <= demo_keys
     assert d.sections[0].panels[2].kind == "scatter" and d.sections[0].panels[2].keys() == ["phase2/ta_avg", "phase2/la_avg"]

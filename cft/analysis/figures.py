@@ -50,8 +50,13 @@ def cell_label(idx: Mapping[str, str], shown: Sequence[str]) -> str:
     parts = []
     if "phase1_data" in shown or "phase2_data" in shown:
         parts.append(f"{idx.get('phase1_data', '?')} → {idx.get('phase2_data', '?')}")
-    parts += [idx[k] for k in ("model", "strategy", "variant") if k in shown and idx.get(k)]
+    parts += [_short(idx[k]) for k in ("model", "strategy", "variant") if k in shown and idx.get(k)]
     return " / ".join(parts) or idx.get("strategy", "?")
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """A label part that fits a tick: its start and its end (where an overrides folder's values differ)."""
+    return text if len(text) <= limit else text[: limit // 2 - 1] + "…" + text[-(limit // 2 - 1) :]
 
 
 def _strategy_styles(strategies: Sequence[str]) -> dict[str, tuple]:

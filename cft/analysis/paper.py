@@ -1,9 +1,10 @@
-"""How the paper lays out its tables (arXiv 2410.16006), written once: the analysis orders rows,
-columns and languages by these, and names what an average covers against the paper's.
+"""How the paper lays out its tables (arXiv 2410.16006), written once: the analysis orders rows and
+columns by these, and names what an average covers against the paper's.
 
 Benchmarks and strategies the paper does not have come after the paper's, in the order the runs
-give them (the benchmarks an average covers, else first seen); languages the paper does not list
-follow the order of the run's own eval config, else alphabetical.
+give them (the benchmarks an average covers, else first seen). Languages follow the run's own eval
+config (`eval.tasks.<task>.languages`, where conf/eval lists each benchmark's languages in the order
+of the paper's Tables B3 to B5), else alphabetical: the language lists have one owner, conf/eval.
 """
 
 from __future__ import annotations
@@ -27,12 +28,6 @@ ABILITY_NAMES = {"ta": "TA", "la": "LA", "en": "English"}
 PHASE_SHORT = {"phase1": "P1", "phase2": "P2"}
 PHASE_NAMES = {"phase1": "Phase 1", "phase2": "Phase 2"}
 
-# Tables B3 to B5: the non-English languages of each multilingual benchmark, in the paper's column order.
-LANGUAGES = {
-    "mlqa": ("ar", "de", "es", "hi", "vi", "zh"),
-    "xquad": ("ar", "de", "el", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"),
-}
-
 
 def order(items: Iterable[str], preferred: Sequence[str]) -> list[str]:
     """`items` with those in `preferred` first, in its order, then the rest as given."""
@@ -46,18 +41,21 @@ def strategy_key(name: str) -> tuple[int, str]:
 
 
 def config_languages(config: Mapping[str, Any], task: str) -> list[str]:
-    """The language list of `task` in a run's resolved config (eval.tasks.<task>.languages), or []."""
-    node = ((config.get("eval") or {}).get("tasks") or {}).get(task)
-    languages = node.get("languages") if isinstance(node, Mapping) else None
-    return [str(lang) for lang in languages] if isinstance(languages, (list, tuple)) else []
+    """The language list of `task` in a run's resolved config: the node eval.tasks.<task>, or a node
+    whose `tasks` list holds it (the demo suite: one node for several tasks); [] if none lists it."""
+    nodes = (config.get("eval") or {}).get("tasks") or {}
+    candidates = [nodes.get(task)] + [n for n in nodes.values() if isinstance(n, Mapping) and task in (n.get("tasks") or ())]
+    for node in candidates:
+        languages = node.get("languages") if isinstance(node, Mapping) else None
+        if isinstance(languages, (list, tuple)):
+            return [str(lang) for lang in languages]
+    return []
 
 
 def language_order(task: str, languages: Iterable[str], configs: Iterable[Mapping[str, Any]] = ()) -> list[str]:
-    """The columns of a per-language table: the paper's order (Tables B3 to B5), else the run config's
-    order, else alphabetical. Only the languages given (those with a score) are returned."""
+    """The columns of a per-language table (Tables B3 to B5): the order of the run config's language
+    list, else alphabetical. Only the languages given (those with a score) are returned."""
     languages = sorted(set(languages))
-    if task in LANGUAGES:
-        return order(languages, LANGUAGES[task])
     for config in configs:
         listed = config_languages(config, task)
         if listed:

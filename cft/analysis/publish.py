@@ -93,6 +93,19 @@ def write_report(
     return path
 
 
+WANDB_KEY_MAX = 96  # W&B names a logged table's artifact after its key, and refuses names over 128 characters
+
+
+def wandb_key(prefix: str, name: str) -> str:
+    """`<prefix>/<name>`, its readable start kept and a hash of the whole appended when it is too long for W&B."""
+    import hashlib
+
+    key = f"{prefix}/{name}"
+    if len(key) <= WANDB_KEY_MAX:
+        return key
+    return key[: WANDB_KEY_MAX - 9] + "~" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
 def publish(
     out_dir: str | Path,
     *,
@@ -132,9 +145,9 @@ def publish(
     try:
         for t in tables:
             columns, rows = t.wandb_rows()
-            tracker.log_table(f"tables/{t.name}", columns, rows)
+            tracker.log_table(wandb_key("tables", t.name), columns, rows)
         for fig in figures:
-            tracker.log_image(f"figures/{Path(fig).stem}", fig)
+            tracker.log_image(wandb_key("figures", Path(fig).stem), fig)
         tracker.summary(dict(summary or {}))
     finally:
         tracker.finish()

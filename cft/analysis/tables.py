@@ -268,14 +268,17 @@ def _all_keys(runs: Iterable[Run]) -> list[str]:
     return list(dict.fromkeys(k for r in runs for k in r.metrics))
 
 
+def _names(value) -> tuple[str, ...] | None:
+    """The benchmark names of a `<phase>/<ability>_avg_over` / `_avg_of` value (comma-separated text), or None."""
+    return tuple(t.strip() for t in value.split(",") if t.strip()) if isinstance(value, str) else None
+
+
 def _covered(runs: Iterable[Run], ability: str) -> list[str]:
     """The benchmarks the runs say their average of `ability` covers, in their order."""
     seen: dict[str, None] = {}
     for r in runs:
         for phase in keys.PHASES:
-            over = r.metrics.get(keys.average_over(ability, phase=phase))
-            if isinstance(over, str):  # a value (a comma-separated list of names), not a key
-                seen.update(dict.fromkeys(t.strip() for t in over.split(",") if t.strip()))
+            seen.update(dict.fromkeys(_names(r.metrics.get(keys.average_over(ability, phase=phase))) or ()))
     return list(seen)
 
 
@@ -294,38 +297,38 @@ def languages(runs: Iterable[Run], task: str, ability: str = "la") -> list[str]:
 
 
 def average_footnotes(runs: Iterable[Run], abilities: Sequence[str]) -> list[str]:
-    """One footnote per distinct coverage of an average that differs from the paper's (fewer or
-    other benchmarks), with how many runs and which phases it concerns."""
+    """One footnote per distinct coverage of an average that differs from the paper's (fewer or other
+    benchmarks than `paper.AVERAGES`), with how many runs and which phases it concerns. The reference
+    is the paper's set, not the suite's own definition (`<ability>_avg_of`): the note is there so that
+    no one sets an average beside the paper's by mistake."""
     notes: dict[tuple, dict] = {}
     for ability in abilities:
-        expected = paper.AVERAGES.get(ability)
-        if not expected:
+        if ability not in paper.AVERAGES:
             continue
         for r in runs:
             for phase in keys.PHASES:
                 if not isinstance(r.metrics.get(keys.average(ability, phase=phase)), (int, float)):
                     continue
+                expected = paper.AVERAGES[ability]
                 count = r.metrics.get(keys.average_tasks(ability, phase=phase))
-                over = r.metrics.get(keys.average_over(ability, phase=phase))
-                names = tuple(t.strip() for t in over.split(",") if t.strip()) if isinstance(over, str) else None
+                names = _names(r.metrics.get(keys.average_over(ability, phase=phase)))
                 if not isinstance(count, (int, float)):
                     # A run from before `<ability>_avg_tasks` existed: its average is over the headline scores it has.
                     names = tuple(keys.tasks([k for k in r.metrics if (p := keys.parse(k)) and p.phase == phase], ability))
                     count = len(names)
                 if int(count) >= len(expected) and (names is None or set(names) == set(expected)):
                     continue
-                entry = notes.setdefault((ability, int(count), names), {"runs": set(), "phases": set()})
+                entry = notes.setdefault((ability, int(count), names, expected), {"runs": set(), "phases": set()})
                 entry["runs"].add(r.name)
                 entry["phases"].add(phase)
     out = []
-    for (ability, count, names), entry in notes.items():
+    for (ability, count, names, expected), entry in notes.items():
         label = paper.ABILITY_NAMES.get(ability, ability)
         which = f" ({', '.join(names)})" if names else " (which ones is not recorded)"
         phases = " and ".join(paper.PHASE_NAMES[p] for p in keys.PHASES if p in entry["phases"])
         out.append(
             f"{label} avg covers {count} benchmark{'s' if count != 1 else ''}{which} in {len(entry['runs'])} run(s), "
-            f"{phases}; the paper's {label} average covers {len(paper.AVERAGES[ability])} "
-            f"({', '.join(paper.AVERAGES[ability])}): do not compare the two."
+            f"{phases}; the paper's {label} average covers {len(expected)} ({', '.join(expected)}): do not compare the two."
         )
     return out
 

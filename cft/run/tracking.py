@@ -157,8 +157,18 @@ class Tracker:
         return getattr(self.run, "dir", None)
 
     def finish(self) -> None:
+        """Finish the W&B run; returns once its `.wandb` file is complete (W&B's service writes the last
+        records just after `finish()` returns, so a reader or `wandb sync` right away could see a partial file)."""
+        run = self.run
         self._safe("finish", lambda: self.run.finish())
         self.run = None
+        if run is not None:
+            try:
+                files = list(Path(run.dir).parent.glob(f"run-{run.id}.wandb"))
+            except Exception:  # a run object without a folder (a W&B change): nothing to wait for
+                files = []
+            for f in files:
+                wait_complete(f)
 
 
 # ----------------------------------------------------------------------------- reading a run back
@@ -201,6 +211,27 @@ def read_records(path: str | Path) -> Iterator[Any]:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
         yield record
+
+
+def complete(path: str | Path) -> bool:
+    """Whether a run's `.wandb` file holds its final (exit) record."""
+    try:
+        return any(r.WhichOneof("record_type") == "exit" for r in read_records(path))
+    except (OSError, ValueError):
+        return False
+
+
+def wait_complete(path: str | Path, timeout: float = 30.0) -> bool:
+    """Wait (at most `timeout` seconds) until a run's `.wandb` file is complete; False if it never was."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not complete(path):
+        if time.monotonic() > deadline:
+            log.warning("W&B run file %s has no final record after %.0f s", path, timeout)
+            return False
+        time.sleep(0.02)
+    return True
 
 
 @dataclass
