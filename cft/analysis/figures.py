@@ -9,6 +9,7 @@ placed beside them, and cells of a sweep that differ in data or model get a pane
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -271,16 +272,15 @@ def layer_change_heatmap(changes: pd.DataFrame, out_dir: str | Path, stem: str =
         ax.set_xlabel("layer")
         if len(layers) <= 40:
             values = matrix.values.astype(float)
-            top = np.nanmax(values) if np.isfinite(values).any() else 0.0
             for i in range(len(modules)):
                 for j in range(len(layers)):
                     r = ranks.values[i, j]
                     if not np.isnan(r):
-                        light = values[i, j] > 0.6 * top
+                        light = np.isfinite(values[i, j]) and im.norm(values[i, j]) > 0.6  # viridis is light at its top
                         ax.text(j, i, f"{int(r)}", ha="center", va="center", fontsize=7, color="black" if light else "white")
         ax.set_title(f"{tr}: colour = relative change, number = rank (1 = largest)", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
-    fig.suptitle(title or "Per-layer relative change ||ΔW||/||W|| of Q, K, V")
+    fig.suptitle(textwrap.fill(title or "Per-layer relative change ||ΔW||/||W|| of Q, K, V", 80))
     fig.tight_layout()
     return save_figure(fig, out_dir, stem, frame[["transition", "module", "layer", "change", "rank"]].reset_index(drop=True))
 
