@@ -366,10 +366,12 @@ class MPD:
     per_layer: dict[int, float] = field(default_factory=dict)
     outside_layers: float = 0.0  # embeddings, final norm, lm_head
 
-    def metrics(self, prefix: str = "mpd") -> dict[str, float]:
-        """Flat metric keys for metrics.json: `mpd` and `mpd/layer/<i>`."""
-        out = {prefix: self.overall, f"{prefix}/outside_layers": self.outside_layers}
-        out.update({f"{prefix}/layer/{i}": v for i, v in sorted(self.per_layer.items())})
+    def metrics(self) -> dict[str, float]:
+        """Flat metric keys for metrics.json (cft.run.keys): `mpd`, `mpd/outside_layers` and `mpd/layer/<i>`."""
+        from cft.run import keys
+
+        out = {keys.MPD: self.overall, f"{keys.MPD}/outside_layers": self.outside_layers}
+        out.update({keys.mpd_layer(i): v for i, v in sorted(self.per_layer.items())})
         return out
 
 

@@ -20,7 +20,7 @@ from cft.errors import ConfigError
 from cft.evaluation import evaluate
 from cft.models.handle import Checkpoint
 from cft.recipes.common import build_eval_tasks, configure_threads, device
-from cft.run import keys, layout
+from cft.run import layout
 from cft.run.folder import RunDir
 from cft.run.tracking import Tracker
 
@@ -75,9 +75,7 @@ class EvalRecipe:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / layout.METRICS).write_text(json.dumps(self.scores, indent=2, sort_keys=True))
         self.tracker.summary(self.scores)
-        self.tracker.log_table(
-            "scores_per_language", ["phase", "ability", "task", "language", "score"], keys.language_rows(self.scores)
-        )
+        self.tracker.log_scores_table(self.scores)
 
     def cleanup(self) -> None:
         if self.tracker is not None:

@@ -326,7 +326,9 @@ class TrainRecipe:
             group=str(cfg.sweep_id),
             job_type="train",
             config=resolved,
+            meta={"sweep_id": str(cfg.sweep_id), "seed": self.seed, "choices": self.choices},
         )
+        self.tracker.define_phase_metrics()  # each phase's curves on its own step axis
         self._record_data()
         return True
 
@@ -376,7 +378,7 @@ class TrainRecipe:
                 cache=self.cache,
                 log_fn=self.tracker.log,
             )
-            self.metrics.update(mpd(self.p1.folder(), alone.folder()).metrics("mpd"))
+            self.metrics.update(mpd(self.p1.folder(), alone.folder()).metrics())
         self.step = "phase1 evaluation"
         scores1 = evaluate_cached(self.p1, plain(cfg.eval), self.eval_tasks, self.cache)
         self.scores1 = scores1
@@ -473,9 +475,7 @@ class TrainRecipe:
         self.step = "record"
         self.run_dir.write_json(layout.METRICS, self.metrics)
         self.tracker.summary(self.metrics)
-        self.tracker.log_table(
-            "scores_per_language", ["phase", "ability", "task", "language", "score"], keys.language_rows(self.metrics)
-        )
+        self.tracker.log_scores_table(self.metrics)
         self.run_dir.mark_done()
 
     def cleanup(self) -> None:
