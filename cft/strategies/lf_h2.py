@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from cft.errors import CftError, ConfigError
+from cft.errors import ConfigError
 from cft.strategies.base import (
     Strategy,
     StrategyContext,
@@ -55,22 +55,6 @@ log = logging.getLogger(__name__)
 
 HEAD_MODULES = ("q_proj", "k_proj", "v_proj")
 SELECTIONS = ("per_head", "layer", "top_heads")
-
-
-def local_checkpoint(ref: str | Path, what: str) -> Path:
-    """A local folder for a checkpoint given as a folder or hub id (the hub's cache; offline it must be there)."""
-    path = Path(str(ref)).expanduser()
-    if path.exists():
-        return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(str(ref), allow_patterns=["*.safetensors", "*.json"]))
-    except Exception as exc:  # the hub client raises many types; all mean "not available locally"
-        raise CftError(
-            f"lf_h2 needs the safetensors weights of the {what} '{ref}' on disk: {exc}. "
-            "Download it once and pass its local path (model.base= / model.instruct=)."
-        ) from exc
 
 
 def head_dims(config) -> int:
@@ -170,8 +154,10 @@ class ChangeRankedFreeze(Strategy):
 
     def changes(self, ctx: StrategyContext, model_config) -> pd.DataFrame:
         """The change table base -> Phase 1, cached by (base, Phase-1 model, selection, change)."""
-        base = ctx.base.folder() if ctx.base is not None else local_checkpoint(ctx.base_ref, "base model")
-        phase1 = ctx.phase1.folder() if ctx.phase1 is not None else local_checkpoint(ctx.phase1_dir, "Phase-1 model")
+        from cft.models.handle import Checkpoint
+
+        base = (ctx.base or Checkpoint(ctx.base_ref, key="", what="base model")).folder()
+        phase1 = (ctx.phase1 or Checkpoint(str(ctx.phase1_dir), key="", what="Phase-1 model")).folder()
         per_layer = self.selection == "layer"
         spec = {
             "base": ctx.base.key if ctx.base is not None else str(ctx.base_ref),
