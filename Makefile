@@ -11,7 +11,7 @@ TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.3,torch==2.13.0)
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The README's performance figures: every bench/ script, twice, JSON in bench/results/, README rewritten (about 2 h on 2 cores).
+bench: $(STAMP)
+	PY=$(PY) bash bench/run_all.sh
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)

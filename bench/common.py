@@ -56,11 +56,22 @@ def claim_stdout() -> None:
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+
+def _demo_build() -> dict[str, int]:
+    """The demo model's shape as conf/model/demo.yaml builds it (read, not copied: they cannot drift)."""
+    import yaml
+
+    build = yaml.safe_load((REPO / "conf" / "model" / "demo.yaml").read_text(encoding="utf-8"))["build"]
+    return {k: int(v) for k, v in build.items() if k not in ("seed", "max_position_embeddings")}
+
+
 # Model shapes built from config (Llama architecture, cft's byte-level tokenizer, ~261 tokens).
 SHAPES: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
-    # conf/model/demo.yaml
-    "demo": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
+    # the demo model (conf/model/demo.yaml: 2 layers of width 128)
+    "demo": _demo_build(),
+    # the bench's earlier "demo" shape (4 layers of width 128, 0.69M parameters)
+    "demo4": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
     "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=8),
     "medium": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8),
     # ~100M parameters (GPT-2-small-like width and depth, SwiGLU MLP)
@@ -81,21 +92,26 @@ def add_threads_arg(parser) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch/OpenMP threads per process, children included (default 1: on a shared CPU, "
-        "threads that wait for a busy core spin, which made 2 threads 3x slower than 1 here)",
+        default=None,
+        help="torch/OpenMP threads per process, children included (default: cft.training.threads' choice, "
+        "OMP_NUM_THREADS when set, else one per idle core: on a shared CPU, threads that wait for a busy "
+        "core spin, which made 2 threads several times slower than 1 here; see bench/threads.py)",
     )
 
 
-def apply_threads(n: int | None) -> None:
-    """Use n intra-op threads here and in child processes (train.py / evaluate.py runs)."""
-    if not n:
-        return
+def apply_threads(n: int | None) -> int:
+    """Choose the thread count as cft runs do (cft.training.threads.configure: --threads, else
+    OMP_NUM_THREADS, else one per idle core) and pass it on to child processes (train.py runs)."""
+    from cft.errors import ConfigError
+    from cft.training.threads import configure
+
+    try:
+        n = configure(n)
+    except ConfigError as exc:
+        raise SystemExit(f"--threads: {exc}") from None
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
-    import torch
-
-    torch.set_num_threads(n)
+    return n
 
 
 def shape(name: str, max_positions: int = 1024) -> dict[str, int]:
@@ -107,6 +123,15 @@ def shape(name: str, max_positions: int = 1024) -> dict[str, int]:
 def median(values) -> float:
     values = list(values)
     return float(statistics.median(values)) if values else float("nan")
+
+
+def spread(values) -> dict[str, float]:
+    """Median, minimum, maximum and count of a figure's values over rounds (the README quotes the
+    median and the min-max range)."""
+    values = [float(v) for v in values]
+    if not values:
+        return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+    return {"median": median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def ratio(a: float, b: float) -> float | None:

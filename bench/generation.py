@@ -109,6 +109,11 @@ def main() -> None:
         "max_new_tokens": args.max_new_tokens,
         "rounds": args.rounds,
         "tokens_per_s": med,
+        "tokens_per_s_spread": {m: common.spread(x["tokens_per_s"] for x in runs[m]) for m in methods},
+        # the ratio within each round (same load), over rounds
+        "ratio_spread": common.spread(
+            b["tokens_per_s"] / o["tokens_per_s"] for b, o in zip(runs["batched"], runs["one_at_a_time"])
+        ),
         "seconds": {m: common.median(x["seconds"] for x in runs[m]) for m in methods},
         "new_tokens": {m: runs[m][-1]["new_tokens"] for m in methods},
         "ratio_batched_vs_one_at_a_time": common.ratio(med["batched"], med["one_at_a_time"]),

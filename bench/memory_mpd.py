@@ -196,6 +196,13 @@ def main() -> None:
             "checkpoint_dtype": args.checkpoint_dtype,
             "rounds": args.rounds,
             "methods": med,
+            "methods_spread": {
+                m: {
+                    k: common.spread(x[k] for x in runs[m])
+                    for k in ("peak_rss_above_imports_mb", "peak_anon_above_imports_mb", "seconds")
+                }
+                for m in METHODS
+            },
             "mpd_agrees": agree,
             "ratio_peak_rss_load_both_vs_streaming": common.ratio(
                 med["load_both"]["peak_rss_above_imports_mb"], med["streaming"]["peak_rss_above_imports_mb"]

@@ -103,6 +103,7 @@ def main() -> None:
             "tokens": xs[0]["tokens"],
             "steps": xs[0]["steps"],
             "seconds": common.median(x["seconds"] for x in xs),
+            "seconds_spread": common.spread(x["seconds"] for x in xs),
         }
 
     data_rows = [row(s) for s in settings if s[0] == "data"]

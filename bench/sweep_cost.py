@@ -102,7 +102,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--strategies", default=STRATEGIES)
-    p.add_argument("--rounds", type=int, default=1, help="interleaved (cft, naive) rounds; wall time is the median")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved (cft, naive) rounds; wall time is the median")
     p.add_argument("--override", action="append", default=[], help="extra train.py override (repeatable)")
     common.add_threads_arg(p)
     args = p.parse_args()
@@ -146,7 +146,12 @@ def main() -> None:
             "each_built_once": each_once,
             "wall_seconds": wall,
             "wall_seconds_all_rounds": {m: [x["seconds"] for x in runs[m]] for m in runs},
+            "wall_seconds_spread": {m: common.spread(x["seconds"] for x in runs[m]) for m in runs},
             "ratio_wall_naive_vs_cft": common.ratio(wall["naive"], wall["cft"]),
+            # the ratio within each round (same load), over rounds
+            "ratio_wall_naive_vs_cft_spread": common.spread(
+                n["seconds"] / c["seconds"] for c, n in zip(runs["cft"], runs["naive"])
+            ),
             "environment": common.environment(),
         }
     )

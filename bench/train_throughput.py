@@ -214,10 +214,38 @@ def measure_shape(name: str, args, tokenizer, examples) -> dict:
         "examples_truncated_share": tok_stats.truncated / max(tok_stats.total, 1),
         "tokens_per_s": med,
         "tokens_per_s_all_rounds": {v: [x["tokens_per_s"] for x in runs[v]] for v in args.variants},
+        "tokens_per_s_spread": {v: common.spread(x["tokens_per_s"] for x in runs[v]) for v in args.variants},
         "padding_fraction": {v: common.median(x["padding_fraction"] for x in runs[v]) for v in args.variants},
         # cft: the loss of the last step; Trainer: its mean over the steps (a sanity check, not a figure)
         "loss": {v: runs[v][-1]["final_loss"] for v in args.variants},
     }
+    # Rows per micro-batch, padded (one per example) and packed: packing only pays where it merges rows.
+    # Two micro-batches of 4 examples of similar length (the old 100m default) merged none: the same
+    # padding share packed and padded, and no speed-up (issue 17's 0.90x).
+    from cft.data.packing import pack_rows
+    from cft.training.loop import _epoch_batches
+
+    lengths = [len(t["input_ids"]) for t in tokenized]
+    batches = _epoch_batches(len(tokenized), micro, 1, 0, 0)[:steps]
+    packed_rows = [len(pack_rows([lengths[i] for i in b], max(lengths[i] for i in b))) for b in batches]
+    out["rows_per_micro_batch"] = {"padded": micro, "packed": sum(packed_rows) / len(packed_rows)}
+    if sum(packed_rows) == micro * len(batches):
+        out["warning"] = (
+            f"packing merged no rows in these {len(batches)} micro-batches of {micro}: raise the steps or the "
+            "micro-batch size, or the figure measures packing's overhead only"
+        )
+        log.warning("%s: %s", name, out["warning"])
+    out["ratio_spread"] = {}
+    for v in args.variants:
+        if v != "hf_padded" and "hf_padded" in runs:
+            # within each round (same load), over rounds
+            out["ratio_spread"][f"{v}_vs_hf_padded"] = common.spread(
+                a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs[v], runs["hf_padded"])
+            )
+    if "cft_packed" in runs and "cft_padded" in runs:
+        out["ratio_spread"]["cft_packed_vs_cft_padded"] = common.spread(
+            a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs["cft_packed"], runs["cft_padded"])
+        )
     ratios = {}
     if "hf_padded" in med:
         for v in args.variants:
@@ -258,9 +286,11 @@ def main() -> None:
     )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--micro-batch-size", type=int, default=8)
-    p.add_argument("--large-steps", type=int, default=2, help="steps for the 100m/1b shapes on the CPU")
-    p.add_argument("--large-micro-batch-size", type=int, default=4)
-    p.add_argument("--large-rounds", type=int, default=1, help="rounds for the 100m/1b shapes on the CPU")
+    # 100m on the CPU: 3 steps of 8 examples, 2 rounds. Fewer or smaller micro-batches (the old default,
+    # 2 steps of 4) can hold no two examples that fit in one row, and then packing has nothing to do.
+    p.add_argument("--large-steps", type=int, default=3, help="steps for the 100m/1b shapes on the CPU")
+    p.add_argument("--large-micro-batch-size", type=int, default=8)
+    p.add_argument("--large-rounds", type=int, default=2, help="rounds for the 100m/1b shapes on the CPU")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--variants", default=",".join(VARIANTS))

@@ -44,7 +44,17 @@ EXPECTED = {
         "each_built_once",
         "ratio_wall_naive_vs_cft",
     ],
-    "evaluation": ["suite.seconds", "run.share_evaluation", "run.share_training"],
+    "evaluation": ["suite.seconds", "run.share_evaluation", "run.share_training", "run.spread.share_evaluation.min"],
+    "threads": ["busy_loops.0.step_ms.threads_1.median", "busy_loops.0.ratio_vs_threads_1.threads_2"],
+    "strategy_cost": [
+        "shapes.tiny.strategies.lf_h2.step_vs_full.median",
+        "shapes.tiny.strategies.gr10.phase2_vs_full.max",
+        "shapes.tiny.strategies.lora.memory_vs_full",
+        "shapes.tiny.goals.freezing_step_at_most_full.lf_h1",
+        "shapes.tiny.goals.replay_in_proportion.er10.in_proportion",
+        "shapes.tiny.slowest",
+    ],
+    "run_timeline": ["command", "cells"],
 }
 
 
@@ -85,6 +95,45 @@ def test_bench_script_smoke(name):
         assert figures["each_built_once"] is True
     if name == "scaling":
         assert [r["examples"] for r in figures["dataset_size"]] == [16, 32, 64]
+    if name == "strategy_cost":
+        tiny = figures["shapes"]["tiny"]
+        s = tiny["strategies"]
+        assert set(s) >= {"full", "lf_h1", "lf_h2", "lf_h2_layer", "gr5", "gr10", "er10", "lora", "cofitune", "spectrum"}
+        assert s["full"]["step_vs_full"]["median"] == 1.0 and s["full"]["memory_vs_full"] == 1.0
+        # ER adds 10% of the Phase-2 size (72 examples -> 7 more), and its extra tokens are counted
+        assert s["er10"]["examples"] == 79 and s["er10"]["tokens_vs_full"] > 1.0
+        # frozen parameters get no gradients and no optimizer state: less memory than full
+        for name in ("lf_h1", "cofitune", "spectrum"):
+            assert s[name]["trainable_share"] < 1 and s[name]["memory_vs_full"] < 1.0, name
+        assert tiny["profiles"][tiny["slowest"]]["top_ops_self_cpu"]
+    if name == "run_timeline":
+        cells = figures["cells"]
+        assert [c["run_dir"].split("/")[-2] for c in cells] == ["full", "lf_h2"]
+        for cell in cells:
+            after = cell["after_last_evaluation"]
+            assert "rundir.mark_done" in after["steps"] and after["seconds"] >= after["seconds_to_done"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_on_the_cpu_at_its_smallest_setting(tmp_path):
+    """bench/gpu.sh --cpu-smoke: the GPU run's code paths (cft loop padded and packed, ZeRO-2 where
+    deepspeed is installed, batched generation) on the tiny shape, and nothing the device image lacks."""
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "CFT_GPU_SMOKE_OUT": str(out), "OMP_NUM_THREADS": "1"}
+    env.pop("OUT", None)
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu.sh"), "--cpu-smoke"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, f"gpu.sh --cpu-smoke failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    figures = json.loads(out.read_text())
+    assert figures == json.loads(proc.stdout)
+    assert figures["mode"] == "cpu-smoke" and figures["modules_not_on_device"] == []
+    train = figures["train"]
+    assert set(train["tokens_per_s"]) >= {"padded_sdpa", "packed_sdpa"} and not train["errors"]
+    assert train["mfu"] == {k: None for k in train["tokens_per_s_per_device"]}  # no peak known for a CPU
+    if train["zero2"] == "run":
+        assert "packed_sdpa_zero2" in train["tokens_per_s"]
+    assert figures["generation"]["ratio_batched_vs_one_at_a_time"] > 0
 
 
 def test_synthetic_data_has_alpacas_length_spread():
