@@ -13,13 +13,14 @@ import os
 import platform
 import subprocess
 from collections.abc import Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cft.errors import ConfigError
+from cft.errors import CftError, ConfigError
 from cft.run import layout
 from cft.run.layout import latest_run  # noqa: F401 (re-exported: where run folders are found)
 
@@ -84,6 +85,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def rescue_dir(run_path: str | Path) -> Path:
+    """Where a trained Phase-2 model goes when its run folder cannot take it (full or read-only disk):
+    outside the output root, named by the run folder, so the same command finds it again."""
+    import tempfile
+
+    from cft.run.artifacts import key_of
+
+    return Path(tempfile.gettempdir()) / "cft-rescue" / key_of(str(Path(run_path).resolve()))
+
+
 def _main() -> bool:
     from cft.training import distributed
 
@@ -106,7 +117,13 @@ class RunDir:
         old_file = self.path / layout.CONFIG
         if not old_file.exists():
             return
-        old = yaml.safe_load(old_file.read_text())
+        try:
+            old = yaml.safe_load(old_file.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(
+                f"{old_file} cannot be read ({type(exc).__name__}), so this folder's run cannot be compared with this "
+                "config: move the folder away or choose another sweep_id=..."
+            ) from None
         diffs = _diff(comparable(old), comparable(resolved))
         if diffs and self.is_done():
             raise ConfigError(
@@ -116,13 +133,15 @@ class RunDir:
                 + "). Choose another sweep_id=... or remove the folder."
             )
         if diffs:
-            # An unfinished run of another config: its checkpoints must not be resumed.
+            # An unfinished run of another config: its checkpoints, its saved or rescued final model must not be reused.
             import shutil
 
             from cft.training import distributed
 
             if distributed.is_main():
                 shutil.rmtree(self.path / layout.CHECKPOINTS, ignore_errors=True)
+                shutil.rmtree(self.checkpoint, ignore_errors=True)
+                shutil.rmtree(rescue_dir(self.path), ignore_errors=True)
             distributed.barrier()
 
     # Writers are no-ops on ranks other than 0: every rank of a multi-process run holds a RunDir.
@@ -130,11 +149,12 @@ class RunDir:
     def start(self, resolved: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         if not _main():
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / layout.FAILED).unlink(missing_ok=True)  # this attempt starts afresh
-        (self.path / layout.CONFIG).write_text(
-            yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=False, allow_unicode=True)
-        )
+        with self._writing(self.path / layout.CONFIG):
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / layout.FAILED).unlink(missing_ok=True)  # this attempt starts afresh
+            (self.path / layout.CONFIG).write_text(
+                yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=False, allow_unicode=True)
+            )
         full_meta = {**meta, "git_sha": git_sha(), "versions": versions(), "host": platform.node()}
         self.write_json(layout.META, full_meta)
 
@@ -149,12 +169,51 @@ class RunDir:
         if not _main():
             return
         tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str))
-        os.replace(tmp, self.path / name)
+        with self._writing(self.path / name, tmp):
+            tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+            os.replace(tmp, self.path / name)
+
+    @contextmanager
+    def _writing(self, path: Path, tmp: Path | None = None):
+        """A full or read-only disk while writing a run file: CftError naming the file and what the run
+        folder keeps (the old file stays whole: files are written beside it and renamed into place)."""
+        try:
+            yield
+        except OSError as exc:
+            if tmp is not None:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            raise CftError(
+                f"could not write {path}: {exc.strerror or exc}. Kept: {self.kept()}; shared artifacts in the cache "
+                "are not affected. Free space or fix the permissions, then run the same command again: it resumes this cell."
+            ) from None
+
+    def kept(self) -> str:
+        """What the run folder holds that a rerun reuses or a user may want (for messages after a failure)."""
+        kept = []
+        if self.checkpoint.is_dir():
+            kept.append(f"the final model in {self.checkpoint}")
+        resumable = self.path / layout.CHECKPOINTS
+        if resumable.is_dir() and any(resumable.rglob(layout.DONE)):
+            kept.append(f"resumable checkpoints in {resumable}")
+        if (self.path / layout.METRICS).is_file():
+            kept.append(f"the metrics written before, {self.path / layout.METRICS}")
+        return "; ".join(kept) or f"nothing of this cell's training in {self.path}"
 
     def metrics(self) -> dict[str, Any]:
+        """metrics.json ({} when missing or unreadable: the file is the record, and a damaged one is not ours to fix)."""
         f = self.path / layout.METRICS
-        return json.loads(f.read_text()) if f.exists() else {}
+        if not f.exists():
+            return {}
+        try:
+            return json.loads(f.read_text())
+        except (OSError, ValueError) as exc:
+            import logging
+
+            logging.getLogger(__name__).warning("%s cannot be read (%s)", f, exc)
+            return {}
 
     def lock(self) -> RunLock:
         """Hold this run folder for this process (see RunLock); ConfigError naming the holder if another has it."""
@@ -163,7 +222,8 @@ class RunDir:
     def mark_done(self) -> None:
         if not _main():
             return
-        (self.path / layout.DONE).write_text("")
+        with self._writing(self.path / layout.DONE):
+            (self.path / layout.DONE).write_text("")
 
 
 class RunLock:
@@ -180,6 +240,41 @@ class RunLock:
     def holder_file(self) -> Path:
         return self.path / f"{layout.LOCK}.holder"
 
+    def _holder(self) -> str:
+        try:
+            holder = json.loads(self.holder_file.read_text())
+            return f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})"
+        except (OSError, ValueError, AttributeError):
+            return "another process"
+
+    def held_by(self) -> str | None:
+        """Who holds this cell now (another process), or None when nobody does. Creates nothing."""
+        from filelock import FileLock, Timeout
+
+        if not (self.path / layout.LOCK).exists() or self._lock is not None:
+            return None
+        probe = FileLock(str(self.path / layout.LOCK))
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            return self._holder()
+        except OSError:
+            return None
+        probe.release()
+        return None
+
+    def _busy(self, who: str) -> ConfigError:
+        return ConfigError(
+            f"{who} is running this cell ({self.path}); not starting it twice. "
+            "When that process ends, the same command skips the cell if it finished and resumes it if not."
+        )
+
+    def check_free(self) -> None:
+        """ConfigError naming the holder when another process holds this cell (creates nothing)."""
+        who = self.held_by()
+        if who:
+            raise self._busy(who)
+
     def acquire(self) -> RunLock:
         from filelock import FileLock, Timeout
 
@@ -188,15 +283,7 @@ class RunLock:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            try:
-                holder = json.loads(self.holder_file.read_text())
-                who = f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})"
-            except (OSError, json.JSONDecodeError):
-                who = "another process"
-            raise ConfigError(
-                f"{who} is running this cell ({self.path}); not starting it twice. "
-                "When that process ends, the same command skips the cell if it finished and resumes it if not."
-            ) from None
+            raise self._busy(self._holder()) from None
         self._lock = lock
         import time
 
