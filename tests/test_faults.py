@@ -570,3 +570,28 @@ def test_damaged_artifact_is_rebuilt_by_every_rank_of_a_collective_build(tmp_pat
     assert [(r["built"], r["n"]) for r in _two_ranks(cache)] == [(1, 2.0), (1, 2.0)]
     assert len(list((cache / "phase1" / ".damaged").iterdir())) == 1
     assert [r["built"] for r in _two_ranks(cache)] == [0, 0]  # sound: reused by both
+
+
+def test_the_end_of_a_sweep_lists_failed_held_and_killed_cells(tmp_path):
+    """The cells a sweep ran, as its end table sees them: finished ones are left out; a failed one gives its
+    FAILED record; one another process holds names the holder; one whose process was killed (no DONE, no
+    FAILED) is listed too, so a hard crash under a launcher does not end the sweep with exit 0."""
+    from cft.config.hydra import unfinished_cells
+
+    sweep = tmp_path / "s"
+    cells = {name: sweep / "demo-demo" / "tiny" / name / "seed0" for name in ("done", "failed", "held", "killed")}
+    for folder in cells.values():
+        folder.mkdir(parents=True)
+        (folder / layout.META).write_text("{}")
+    (cells["done"] / layout.DONE).write_text("")
+    layout.write_failure(cells["failed"], phase="phase2", message="loss is nan at step 2", error="CftError")
+    holder = _hold(cells["held"])
+    try:
+        rel = {name: str(folder.relative_to(sweep)) for name, folder in cells.items()}
+        found = dict(unfinished_cells(str(tmp_path), "s", list(rel.values())))
+    finally:
+        _release(holder)
+    assert set(found) == {rel["failed"], rel["held"], rel["killed"]}
+    assert found[rel["failed"]]["phase"] == "phase2" and found[rel["failed"]]["message"] == "loss is nan at step 2"
+    assert f"process {holder.pid} on " in found[rel["held"]]["message"]
+    assert "left no FAILED" in found[rel["killed"]]["message"]
