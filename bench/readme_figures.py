@@ -174,7 +174,7 @@ def timeline_section(results: Path) -> list[str]:
     for cell in a["cells"]:
         after = cell.get("after_last_evaluation") or {}
         steps = ", ".join(f"{k} {v:.2f}" for k, v in list((after.get("steps") or {}).items())[:3])
-        name = "/".join(str(cell.get("run_dir", "?")).split("/")[-3:])
+        name = f"{cell.get('strategy', '?')} seed {cell.get('seed', '?')}"
         lines.append(
             f"| {name} | {num(cell['seconds'], 1)} | {num(cell.get('phase2_train_seconds'), 1)} | "
             f"{num(cell.get('last_evaluation_seconds'), 1)} | {num(after.get('seconds'), 2)} | {steps} |"

@@ -96,7 +96,7 @@ def install() -> None:
         _wrap(base.Strategy, hook, f"strategy.{hook}")
 
 
-def cells(events: list[dict]) -> list[dict]:
+def cells(events: list[dict], output_root: Path | None = None) -> list[dict]:
     """Split the events into cells (a cell starts with its rundir.check_config) and summarise each."""
     marks = [e for e in events if e["what"] == "rundir.check_config"]
     starts = [e["start"] for e in marks]
@@ -112,6 +112,9 @@ def cells(events: list[dict]) -> list[dict]:
             "start": start,
             "seconds": (max(e["end"] for e in mine) - start) if mine else 0.0,
         }
+        parsed = _cell_of(marks[i].get("note"), output_root)
+        if parsed is not None:
+            cell.update(strategy=parsed.strategy, seed=parsed.seed, cell=parsed.name)
         cell["steps"] = _totals(mine)
         if fits:
             cell["phase2_train_seconds"] = fits[-1]["end"] - fits[-1]["start"]
@@ -129,6 +132,19 @@ def cells(events: list[dict]) -> list[dict]:
             cell["last_evaluation_seconds"] = evals[-1]["end"] - evals[-1]["start"]
         out.append(cell)
     return out
+
+
+def _cell_of(run_dir: str | None, output_root: Path | None):
+    """The cell (cft.run.layout) a run folder under <output_root>/<sweep_id>/ names, or None."""
+    from cft.run import layout
+
+    if not run_dir or output_root is None:
+        return None
+    try:
+        rel = Path(run_dir).resolve().relative_to(Path(output_root).resolve())
+    except ValueError:
+        return None
+    return layout.parse_cell(Path(*rel.parts[1:])) if len(rel.parts) > 1 else None
 
 
 def _outermost(events: list[dict]) -> list[dict]:
@@ -151,6 +167,7 @@ def _totals(events: list[dict]) -> dict[str, float]:
 
 SMOKE = [
     "model=tiny",
+    "++model.lf_k=1",
     "phase1_data.demo.per_task_language=8",
     "phase2_data.demo.per_task_language=4",
     "phase2_data.languages=[es,de]",
@@ -189,7 +206,7 @@ def main() -> None:
             code = exc.code or 0
         if code:
             raise SystemExit(f"train.py {' '.join(overrides)} exited with {code}")
-    per_cell = cells(EVENTS)
+    per_cell = cells(EVENTS, root)
     figures = {
         "benchmark": "run_timeline",
         "command": "python train.py " + " ".join(overrides),
