@@ -142,3 +142,37 @@ def test_generation_length_clipped_to_the_context(bench_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="cft.evaluation.harness"):
         AlpacaEvalTask(data_dir=bench_dir, limit=1, batch_size=1).run(model, tok, out_dir=tmp_path / "a")
     assert any(m.startswith("eval task alpaca_eval: a generation length of 1024 tokens") for m in caplog.messages)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_evaluate_py_eval_local_on_a_small_context_model(tiny_model_dir, shared_data, tmp_path):
+    """`evaluate.py eval=local` on a model whose context (256) is shorter than IFEval's 1,280 new
+    tokens: it runs (clipped, with the warning), and says what its averages cover."""
+    from helpers import run_script
+
+    args = [
+        f"checkpoint={tiny_model_dir}",
+        "model=tiny",
+        "eval=local",
+        f"eval.data_dir={shared_data}",
+        "eval.limit=1",
+        "eval.batch_size=4",
+        "eval.tasks.mmlu.subjects=[anatomy]",
+        "eval.tasks.xquad.languages=[de,en]",
+        "eval.tasks.alpaca_eval.max_new_tokens=8",
+        "tracking=none",
+    ]
+    proc = run_script("evaluate.py", args, tmp_path)
+    log = proc.stdout + proc.stderr  # Hydra logs to stdout
+    assert "AssertionError" not in log
+    assert "eval task ifeval: a generation length of 1280 tokens does not fit the model's context of 256 tokens" in log
+    [metrics_file] = list(tmp_path.rglob("metrics.json"))
+    metrics = json.loads(metrics_file.read_text())
+    assert {"ta/ifeval", "ta/mmlu", "ta/hellaswag", "la/xquad", "la/xquad/de", "en/xquad", "ta_avg", "la_avg"} <= set(metrics)
+    assert metrics["ta_avg_tasks"] == 3 and metrics["la_avg_tasks"] == 1 and "not_computed/ta/alpaca_eval" in metrics
+    assert "* ta_avg covers 3 of the 4 TA benchmarks (alpaca_eval not computed: no AlpacaEval annotator" in proc.stdout
+    assert (
+        "* la_avg covers 1 of the 3 LA benchmarks (mlqa not computed: switched off in the suite (eval.tasks.mlqa=null); "
+        "xlsum not computed: switched off in the suite (eval.tasks.xlsum=null)); the paper's average covers 3"
+    ) in proc.stdout
