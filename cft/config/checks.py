@@ -196,10 +196,11 @@ class Checks(Callback):
             where = _run_folder(config, values) if self.kind == "train" else None
             print(f"cft: config OK{f': {where}' if where else ''}", flush=True)
             sys.exit(0)
-        if values and self.kind == "train":
+        if values and self.kind == "train" and os.environ.get("RANK", "0") == "0" and os.environ.get("SLURM_PROCID", "0") == "0":
             # Another process running this cell: stop before Hydra writes into its folder (.hydra/, train.log).
             # The recipe takes the lock itself; this only spares the holder's folder. In a sweep the cell
-            # stops at its lock instead and the others go on.
+            # stops at its lock instead and the others go on. Rank 0 alone looks: another rank of this very
+            # run would find the lock its own rank 0 has just taken.
             from cft.run.folder import RunLock
 
             folder = _run_folder(config, values)
