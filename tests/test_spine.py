@@ -248,7 +248,7 @@ def test_summary_table_by_hand():
         "phase2/ta/ifeval": 0.25,
         "phase1/ta_avg": 0.5,
         "phase2/ta_avg": 0.25,
-        "phase1/ta/ifeval/inst_loose": 0.9,
+        "phase1/ta/ifeval:inst_loose": 0.9,
         "phase1/not_computed/ta/alpaca_eval": "no judge",
         "phase2/not_computed/ta/alpaca_eval": "no judge",
         "train/phase2/steps": 3,
