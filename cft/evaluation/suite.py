@@ -31,11 +31,16 @@ class Suite(Mapping):
     """The tasks of a suite, by name, with the definition of its averages."""
 
     def __init__(
-        self, tasks: Mapping[str, Any], *, averages: Mapping[str, list[str]] | None = None, switched_off: Mapping[str, str] = ()
+        self,
+        tasks: Mapping[str, Any],
+        *,
+        averages: Mapping[str, list[str]] | None = None,
+        switched_off: Mapping[str, tuple[str, str]] = (),
     ):
         self.tasks = dict(tasks)
         self.averages = {k: list(v) for k, v in averages.items()} if averages else None
-        self.switched_off = dict(switched_off)  # name -> ability, for tasks of an average set to null
+        # Tasks of an average that do not run: name -> (ability, "switched off" (null) or "removed" (~)).
+        self.switched_off = dict(switched_off)
 
     def __getitem__(self, name: str):
         return self.tasks[name]
@@ -54,8 +59,11 @@ class Suite(Mapping):
         for name, task in self.tasks.items():
             log.info("Evaluating %s", name)
             results.extend(task.run(model, tokenizer, out_dir=out_dir / name))
-        for name, ability in self.switched_off.items():
-            reason = f"switched off in the suite (eval.tasks.{name}=null)"
+        for name, (ability, how) in self.switched_off.items():
+            if how == "switched off":
+                reason = f"switched off in the suite (eval.tasks.{name}=null)"
+            else:
+                reason = f"removed from the suite (~eval.tasks.{name})"
             results.append(TaskScores(name, ability, math.nan, not_computed=reason))
         return flatten(results, self.averages)
 
@@ -134,12 +142,8 @@ def build_suite(eval_node: Mapping[str, Any]) -> Suite:
     switched_off = {}
     for ability, names in (config.averages or {}).items():
         for name in names:
-            if name not in config.tasks:
-                raise ConfigError(
-                    f"eval.averages.{ability} names {name!r}, which is not a task of the suite ({', '.join(config.tasks)})"
-                )
-            if name not in tasks:
-                switched_off[name] = ability
+            if name not in tasks:  # set to null, or removed (~eval.tasks.<name>): recorded as not computed
+                switched_off[name] = (ability, "switched off" if name in config.tasks else "removed")
                 continue
             own = getattr(tasks[name], "ability", ability)
             if own != ability:
