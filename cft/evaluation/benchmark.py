@@ -121,6 +121,8 @@ class BenchmarkSpec(_Schema):
             raise ValueError(f"english={self.english!r} is not one of its languages")
         if self.group is not None and not (self.languages or self.subjects):
             raise ValueError("a group needs languages or subjects to group")
+        if self.subjects is not None and self.group is None:
+            raise ValueError("subjects are scored together: give the group that aggregates them")
         if self.generation is not None and "max_gen_toks" not in self.generation:
             raise ValueError("generation needs max_gen_toks (the longest answer, in tokens)")
         return self
