@@ -20,7 +20,9 @@ apart, so a change of the machine's load cancels out), then summarised over roun
 max). The demo shape trains a whole Phase 2
 (one epoch of the demo's Phase-2 data), so replay strategies train on their extra examples and
 their Phase-2 time is measured; the 100m shape trains a few steps per strategy, and its Phase-2
-time is derived (median step time x steps of one epoch over its data).
+time is derived: wall time as the median step time x steps of one epoch, CPU time as the CPU time
+per real token of the timed steps x the tokens of one epoch (its few steps draw other batches than
+full's when replay data changes the order, so per token is the fair comparison there).
 
 Memory: one extra, untimed optimizer step per strategy under torch.profiler(profile_memory=True):
 the peak of tensor memory during the first step (activations, gradients, optimizer states, made
@@ -215,6 +217,7 @@ def _fit(setup: Setup, model, examples, strategy, settings, log_fn=None):
 def time_phase2(setup: Setup, name: str) -> dict:
     """Prepare the strategy and train Phase 2; per-step times from the loop's per-step log call."""
     from cft.data.format import tokenize_examples
+    from cft.training.loop import _epoch_batches
 
     strategy, model, examples, setup_seconds = setup.prepared(name)
     clock = [time.perf_counter()]
@@ -246,15 +249,21 @@ def time_phase2(setup: Setup, name: str) -> dict:
     out["phase2_seconds_from_steps"] = (clock[1] - clock[0] if len(clock) > 1 else 0.0) + out["step_seconds"] * max(
         stats.steps - 1, 0
     )
-    out["phase2_cpu_seconds_from_steps"] = (cpu[1] - cpu[0] if len(cpu) > 1 else 0.0) + out["step_cpu_seconds"] * max(
-        stats.steps - 1, 0
-    )
-    out["tokens_per_epoch"] = sum(len(t["input_ids"]) for t in tokenize_examples(setup.tokenizer, examples, setup.max_length)[0])
-    if setup.steps is not None:  # a few steps only: an epoch's worth derived from the step time
+    # The whole Phase 2's CPU time: CPU time is hardly moved by other processes, so the sum needs no median
+    out["phase2_cpu_seconds_from_steps"] = cpu[-1] - cpu[0]
+    tokenized = tokenize_examples(setup.tokenizer, examples, setup.max_length)[0]
+    lengths = [len(t["input_ids"]) for t in tokenized]
+    out["tokens_per_epoch"] = sum(lengths)
+    # Real tokens of the timed steps (the loop's own batch order): CPU time per token compares strategies
+    # whose few steps drew different batches (replay data changes the order).
+    batches = _epoch_batches(len(lengths), setup.batch, 1, 0, 0)[1 : stats.steps]
+    timed_tokens = sum(lengths[i] for b in batches for i in b)
+    out["cpu_seconds_per_token"] = sum(cpu_steps) / timed_tokens if timed_tokens else float("nan")
+    if setup.steps is not None:  # a few steps only: an epoch's worth derived from them
         epoch_steps = len(examples) // setup.batch
         out["phase2_steps_per_epoch"] = epoch_steps
         out["phase2_seconds_derived"] = out["step_seconds"] * epoch_steps
-        out["phase2_cpu_seconds_derived"] = out["step_cpu_seconds"] * epoch_steps
+        out["phase2_cpu_seconds_derived"] = out["cpu_seconds_per_token"] * out["tokens_per_epoch"]
     del model, strategy
     gc.collect()
     return out
@@ -353,7 +362,7 @@ def measure_shape(name: str, args, workdir: Path) -> dict:
     names = [s for s in args.strategies if s in STRATEGIES]
     runs: dict[str, list[dict]] = {s: [] for s in names}
     ratios: dict[str, dict[str, list[float]]] = {
-        s: {"step": [], "step_cpu": [], "phase2": [], "phase2_cpu": [], "phase2_wall": []} for s in names
+        s: {k: [] for k in ("step", "step_cpu", "token_cpu", "phase2", "phase2_cpu", "phase2_wall")} for s in names
     }
     p2 = "phase2_seconds_derived" if setup.steps is not None else "phase2_seconds_from_steps"
     p2_cpu = "phase2_cpu_seconds_derived" if setup.steps is not None else "phase2_cpu_seconds_from_steps"
@@ -369,6 +378,7 @@ def measure_shape(name: str, args, workdir: Path) -> dict:
             for key, field in (
                 ("step", "step_seconds"),
                 ("step_cpu", "step_cpu_seconds"),
+                ("token_cpu", "cpu_seconds_per_token"),
                 ("phase2", p2),
                 ("phase2_cpu", p2_cpu),
                 ("phase2_wall", "phase2_seconds"),
@@ -389,6 +399,7 @@ def measure_shape(name: str, args, workdir: Path) -> dict:
             "step_vs_full": common.spread(ratios[s]["step"]),
             "step_cpu_ms": common.spread(1000 * x["step_cpu_seconds"] for x in runs[s]),
             "step_cpu_vs_full": common.spread(ratios[s]["step_cpu"]),
+            "token_cpu_vs_full": common.spread(ratios[s]["token_cpu"]),
             "phase2_seconds": common.spread(x[p2] for x in runs[s]),
             "phase2_vs_full": common.spread(ratios[s]["phase2"]),
             "phase2_cpu_vs_full": common.spread(ratios[s]["phase2_cpu"]),
