@@ -284,7 +284,7 @@ def test_openorca_config_subsamples_with_its_seed(tmp_path):
 
 def test_mopenorca_without_path_explains_how_to_build_it():
     cfg = compose(["phase2_data=mopenorca"])
-    with pytest.raises(ConfigError, match="python -m cft.data.translate"):
+    with pytest.raises(ConfigError, match="python translate.py phase1_data@source=openorca"):
         load_sft(**_spec(cfg.phase2_data))
     assert compose(["phase2_data=mopenorca", "phase2_data.path=/d"]).phase2_data.counterpart.path == "/d"
 

@@ -244,6 +244,7 @@ def test_submitit_local_sweep_with_zero3_ranks(tmp_path):
         "train=deepspeed_zero3",
         "strategy=lf_h2",
         "strategy.k=1",
+        "strategy.selection=layer",  # whole q/k/v matrices (per-head masks under ZeRO: test_strategies_e2e)
         "phase2_data.languages=[es],[de]",
         "sweep_id=sub",
     ]

@@ -162,18 +162,8 @@ class InstructData(Schema):
 # ---------------------------------------------------------------------------------------- train
 
 
-class PhaseTrain(Schema):
-    """Per-phase overrides of the shared train settings (null = the shared value)."""
-
-    lr: Positive | None = Field(None, description="peak learning rate")
-    epochs: Annotated[float, Field(ge=1)] | None = Field(None, description="passes over the data")
-    max_steps: Count | None = Field(None, description="optimizer steps; wins over epochs")
-    warmup_steps: NonNegative | None = Field(None, description="linear warmup steps")
-    global_batch_size: Count | None = Field(None, description="examples per optimizer step, over all ranks")
-
-
-class TrainConfig(Schema):
-    """conf/train: the one training loop's settings (both phases; train.phase1/phase2 override per phase)."""
+class TrainSettings(Schema):
+    """The settings of the one training loop that a phase may override (train.phase1.<key>, train.phase2.<key>)."""
 
     lr: Positive = Field(description="peak learning rate (AdamW)")
     epochs: Annotated[float, Field(ge=1)] = Field(1, description="passes over the data (when max_steps is null)")
@@ -192,9 +182,6 @@ class TrainConfig(Schema):
         "auto", description="auto = bf16 on GPUs that have it, fp32 elsewhere"
     )
     deepspeed: dict[str, Any] | None = Field(None, description="a DeepSpeed config (train=deepspeed_zero2/3); null = none")
-    multi_gpu_deepspeed: dict[str, Any] | None = Field(
-        None, description="the DeepSpeed config train=paper uses when launched on several GPUs (train.deepspeed interpolates it)"
-    )
     max_length: Count = Field(1024, description="tokens per example; longer ones are truncated (and counted)")
     loss_on_prompt: StrictBool = Field(False, description="also train on the prompt tokens")
     packing: StrictBool = Field(False, description="share rows within each micro-batch (no attention across examples)")
@@ -202,20 +189,42 @@ class TrainConfig(Schema):
     checkpoint_every: NonNegative = Field(0, description="optimizer steps between resumable checkpoints (0 = none)")
     keep_checkpoints: Count = Field(1, description="resumable checkpoints kept")
     log_every: Count = Field(10, description="optimizer steps between logged losses")
-    phase1: PhaseTrain = Field(default_factory=PhaseTrain, description="Phase-1 overrides")
-    phase2: PhaseTrain = Field(default_factory=PhaseTrain, description="Phase-2 overrides")
+
+
+def _phase_overrides() -> type[BaseModel]:
+    """train.phase1 / train.phase2: any setting of TrainSettings, for one phase (null = the shared value)."""
+    fields = {}
+    for name, info in TrainSettings.model_fields.items():
+        constrained = Annotated.__class_getitem__((info.annotation, *info.metadata)) if info.metadata else info.annotation
+        fields[name] = (constrained | None, Field(None, description=f"{info.description} (this phase)"))
+    return create_model("PhaseTrain", __base__=Schema, **fields)
+
+
+PhaseTrain = _phase_overrides()
+
+
+class TrainConfig(TrainSettings):
+    """conf/train: the one training loop's settings (both phases; train.phase1/phase2 override per phase)."""
+
+    multi_gpu_deepspeed: dict[str, Any] | None = Field(
+        None, description="the DeepSpeed config train=paper uses when launched on several GPUs (train.deepspeed interpolates it)"
+    )
+    phase1: PhaseTrain = Field(default_factory=PhaseTrain, description="Phase-1 overrides of the settings above")
+    phase2: PhaseTrain = Field(default_factory=PhaseTrain, description="Phase-2 overrides of the settings above")
 
     @model_validator(mode="after")
     def _batches(self):
         world = int(os.environ.get("WORLD_SIZE", "1") or 1)
         for phase in ("phase1", "phase2"):
-            size = getattr(self, phase).global_batch_size or self.global_batch_size
-            where = f"train.{phase}.global_batch_size" if getattr(self, phase).global_batch_size else "train.global_batch_size"
+            override = getattr(self, phase)
+            size = override.global_batch_size or self.global_batch_size
+            micro_size = override.micro_batch_size or self.micro_batch_size
+            where = f"train.{phase}.global_batch_size" if override.global_batch_size else "train.global_batch_size"
             per_rank, rest = divmod(size, world)
-            micro = min(self.micro_batch_size, per_rank) if per_rank else self.micro_batch_size
+            micro = min(micro_size, per_rank) if per_rank else micro_size
             if rest or per_rank == 0 or per_rank % micro:
                 raise ValueError(
-                    f"{where}={size} must be a multiple of the world size ({world}) x train.micro_batch_size ({self.micro_batch_size})"
+                    f"{where}={size} must be a multiple of the world size ({world}) x train.micro_batch_size ({micro_size})"
                 )
         return self
 
@@ -427,6 +436,8 @@ def _message(model: type[BaseModel], err: dict, where: str) -> str:
     if err["type"] == "missing":
         return f"{key}: missing (required)" + (f" -- {key}: {h}" if (h := _field_help(model, loc)) else "")
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error" and not loc:  # a check across keys: its message names them
+        return msg
     help_ = _field_help(model, loc)
     value = f"={_value(err['input'])}" if err["type"] != "value_error" else ""
     return f"{key}{value}: {msg[0].lower() + msg[1:] if msg else msg}" + (f" -- {key}: {help_}" if help_ else "")

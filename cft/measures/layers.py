@@ -165,7 +165,8 @@ def rank_layers(changes: pd.DataFrame) -> pd.DataFrame:
     """
     # Sorted by layer first, so equal changes rank in layer order (not in the string order of tensor names).
     frame = changes[changes["layer"].notna()].sort_values(["module", "layer"]).copy()
-    frame["rank"] = frame.groupby("module")["change"].rank(ascending=False, method="first").astype(int)
+    # A non-finite change (weights gone NaN) ranks last rather than breaking the table.
+    frame["rank"] = frame.groupby("module")["change"].rank(ascending=False, method="first", na_option="bottom").astype(int)
     return frame.reset_index(drop=True)
 
 

@@ -24,18 +24,8 @@ from cft.errors import CftError, ConfigError
 from cft.run import layout
 from cft.run.layout import latest_run  # noqa: F401 (re-exported: where run folders are found)
 
-# Settings that cannot change a result: two invocations of one run may differ in them, and they stay
-# out of every cache key (changing how often a checkpoint is written must not retrain Phase 1).
-VOLATILE = (
-    "tracking",
-    "paths",
-    "eval.batch_size",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.log_every",
-    "threads",
-    "check",
-)
+# Settings that cannot change a result (cft.run.layout owns the list).
+VOLATILE = layout.RESULT_NEUTRAL
 
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "peft", "deepspeed", "lm_eval", "hydra-core", "wandb", "cft")
 

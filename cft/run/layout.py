@@ -50,20 +50,20 @@ TRAIN_LOG = "train.log"
 
 MAX_COMPONENT = 100
 MAX_VARIANT = 96
-# Overrides that do not make a different cell, or that the folder names already (group choices).
-NOT_IN_VARIANT = (
-    "seed",
-    "sweep_id",
+# Settings that cannot change a result (written once, here): two invocations of one run may differ in
+# them, they stay out of every cache key (how often a checkpoint is written must not retrain Phase 1),
+# and out of a run folder's name.
+_LOOP_BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "log_every")
+RESULT_NEUTRAL = (
     "tracking",
     "paths",
-    "hydra",
     "eval.batch_size",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.log_every",
-    "check",
     "threads",
+    "check",
+    *(f"train.{phase}{key}" for phase in ("", "phase1.", "phase2.") for key in _LOOP_BOOKKEEPING),
 )
+# Overrides that do not make a different cell, or that the folder names already (group choices).
+NOT_IN_VARIANT = ("seed", "sweep_id", "hydra", *RESULT_NEUTRAL)
 GROUPS = (
     "model",
     "phase1_data",

@@ -168,7 +168,10 @@ class Tracker:
             except Exception:  # a run object without a folder (a W&B change): nothing to wait for
                 files = []
             for f in files:
-                wait_complete(f)
+                try:
+                    wait_complete(f)
+                except Exception as exc:  # waiting is a courtesy to readers: it never fails the run
+                    log.warning("W&B run file %s could not be checked: %s", f, exc)
 
 
 # ----------------------------------------------------------------------------- reading a run back
@@ -217,7 +220,7 @@ def complete(path: str | Path) -> bool:
     """Whether a run's `.wandb` file holds its final (exit) record."""
     try:
         return any(r.WhichOneof("record_type") == "exit" for r in read_records(path))
-    except (OSError, ValueError):
+    except Exception:  # a record still being written reads as corrupt protobuf (DecodeError): not complete yet
         return False
 
 
