@@ -241,3 +241,21 @@ def test_each_paper_table_has_an_experiment_whose_cells_are_the_papers(experimen
     assert (c["model"]["name"], c["phase1_data"]["name"], c["phase2_data"]["name"]) == expect
     assert c["train"]["lr"] == 2e-5 and set(c["eval"]["tasks"]) == PAPER_TASKS and c["sweep_id"].startswith("paper_table")
     assert check_train(c) == []
+
+
+def test_a_bad_counterpart_record_stops_the_cell_before_any_model_work(tmp_path):
+    """The English counterpart (GR prompts, ER data) is loaded and checked in setup, not when Phase 2 starts."""
+    from helpers import run_script, write_jsonl
+
+    bad = write_jsonl(tmp_path / "en.jsonl", [{"instruction": "Repeat: a", "output": "a"}, {"instruction": "no output"}])
+    proc = run_script(
+        "train.py", [*SMALL, "strategy=er10", f"phase2_data.counterpart.path={bad}", "sweep_id=cp"], tmp_path, check=False
+    )
+    assert proc.returncode == 2
+    assert (
+        f"cft: error: {bad}:2: missing field 'output' (output) (to skip such records and count them, "
+        "set phase2_data.counterpart.on_bad_record=skip)" in proc.stderr
+    )
+    cache = tmp_path / "cache"
+    assert not (cache / "phase1").exists() and not (cache / "base").exists(), "no model work before the check"
+    assert (tmp_path / "cp").exists() and "FAILED" in {p.name for p in (tmp_path / "cp").rglob("FAILED")}

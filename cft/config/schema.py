@@ -258,16 +258,16 @@ class TrainRoot(Schema):
     seed: Seed = Field(description="the run's seed (model init, data order, strategy choices)")
     sweep_id: str = Field(description="the sweep's id: its folder and W&B group")
     check: StrictBool = Field(False, description="check the config (every cell of a sweep) and exit, running nothing")
-    threads: Threads | None = None
-    similarity: SimilarityConfig
-    model: ModelConfig
-    phase1_data: DataConfig | InstructData
-    phase2_data: DataConfig
+    threads: Threads | None = Field(None, description="torch threads; null = chosen from measurement (OMP_NUM_THREADS wins)")
+    similarity: SimilarityConfig = Field(description="DES and MPD recorded by the run (the paper's Definitions 1, 2)")
+    model: ModelConfig = Field(description="conf/model: the checkpoints, or a model built in code")
+    phase1_data: DataConfig | InstructData = Field(description="conf/phase1_data: English Phase-1 data, or instruct")
+    phase2_data: DataConfig = Field(description="conf/phase2_data: multilingual Phase-2 data and its English counterpart")
     strategy: dict[str, Any] = Field(description="a strategy node (_target_ + options)")
     eval: dict[str, Any] = Field(description="an evaluation suite")
-    train: TrainConfig
-    tracking: TrackingConfig
-    paths: PathsConfig
+    train: TrainConfig = Field(description="conf/train: the training loop of both phases")
+    tracking: TrackingConfig = Field(description="conf/tracking: W&B")
+    paths: PathsConfig = Field(description="conf/paths: the output root and the artifact cache")
     embedder: dict[str, Any] = Field(description="an embedder node (_target_ + options) for DES")
     setup: dict[str, Any] | None = Field(None, description="what the model choice composes (conf/setup)")
 
@@ -279,11 +279,11 @@ class EvaluateRoot(Schema):
     checkpoint: str | None = Field(None, description="a hub id or folder to evaluate (model=<name> supplies gguf_file)")
     seed: Seed = Field(0, description="seed of the evaluation")
     check: StrictBool = Field(False, description="check the config and exit")
-    threads: Threads | None = None
-    model: ModelConfig
+    threads: Threads | None = Field(None, description="torch threads; null = chosen from measurement (OMP_NUM_THREADS wins)")
+    model: ModelConfig = Field(description="conf/model: dtype and gguf_file of checkpoint=")
     eval: dict[str, Any] = Field(description="an evaluation suite")
-    tracking: TrackingConfig
-    paths: PathsConfig
+    tracking: TrackingConfig = Field(description="conf/tracking: W&B")
+    paths: PathsConfig = Field(description="conf/paths: the output root")
 
 
 class TranslateRoot(Schema):
@@ -302,7 +302,7 @@ class TranslateRoot(Schema):
     num_beams: Count = Field(1, description="beam search width")
     max_chars: Count = Field(400, description="longer lines are split at sentence ends before translation")
     fields: list[Literal["system", "instruction", "input", "output"]] = Field(description="record fields translated")
-    threads: Threads | None = None
+    threads: Threads | None = Field(None, description="torch threads; null = chosen from measurement (OMP_NUM_THREADS wins)")
     check: StrictBool = Field(False, description="check the config and exit")
 
 
