@@ -62,10 +62,6 @@ def train_settings(train: Mapping[str, Any], *, seed: int = 0) -> TrainSettings:
 
 def configure_threads(requested: int | None) -> None:
     """Torch's thread count: cft.training.threads chooses it (OMP_NUM_THREADS and `threads=` win)."""
-    try:
-        from cft.training.threads import configure
-    except ImportError:  # TODO(lead): cft.training.threads is being written (issue 17); drop this fallback then
-        if requested:
-            torch.set_num_threads(int(requested))
-        return
+    from cft.training.threads import configure
+
     configure(requested)
