@@ -29,7 +29,8 @@ the peak of tensor memory during the first step (activations, gradients, optimiz
 during that step) plus the model's parameters, which exist before it. On a GPU,
 torch.cuda.max_memory_allocated gives the same. It does not depend on the machine's load.
 
-Profile: one step of the slowest strategy per shape (and of full, to compare) under torch.profiler;
+Profile: one step of the slowest strategy per shape (and of full, to compare, and of --profile's:
+lf_h2, whose gradient masks are the one extra pass a strategy adds) under torch.profiler;
 the top-ops tables are written beside the JSON (--profile-dir).
 """
 
@@ -442,7 +443,8 @@ def measure_shape(name: str, args, workdir: Path) -> dict:
     }
     slowest = max(names, key=lambda s: strategies[s][step_key]["median"])
     profile_dir = Path(args.profile_dir) if args.profile_dir else None
-    profiles = {s: profile_step(setup, s, profile_dir) for s in dict.fromkeys([slowest, "full"]) if s in names}
+    wanted = dict.fromkeys([slowest, "full", *[p for p in args.profile.split(",") if p]])
+    profiles = {s: profile_step(setup, s, profile_dir) for s in wanted if s in names}
     return {
         "architecture": setup.arch,
         "lf_k": setup.lf_k,
@@ -480,6 +482,9 @@ def main() -> None:
     )
     p.add_argument("--large-rounds", type=int, default=2)
     p.add_argument("--large-per-task-language", type=int, default=10)
+    p.add_argument(
+        "--profile", default="lf_h2", help="strategies profiled besides the slowest and full (comma-separated; '' for none)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--workdir", default=None, help="keep the checkpoints and cache here (default: a temporary folder)")
     p.add_argument(
