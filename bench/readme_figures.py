@@ -61,13 +61,15 @@ def with_run2(value: str, other) -> str:
     return f"{value} [run 2: {other}]" if other not in (None, "–") else value
 
 
-def env_line(figs: dict) -> str:
+def env_line(figs: dict, threads: bool = True) -> str:
+    """Machine, load and torch threads of a run (threads=False where the table itself varies them)."""
     env = figs.get("environment", {})
-    load = env.get("load_avg_1m")
-    end = env.get("load_avg_1m_end")
-    threads = figs.get("threads", env.get("torch_threads"))
-    loads = f"load average {load}" + (f" at the start, {end} at the end" if end is not None else "")
-    return f"{env.get('cpus', '?')} CPUs, {loads}, {threads} torch thread(s), torch {env.get('torch', '?')}"
+    start = env.get("load_avg_1m_start")
+    end = env.get("load_avg_1m_end", env.get("load_avg_1m"))
+    n_threads = figs.get("threads", env.get("torch_threads"))
+    loads = f"load average {start} at the start, {end} at the end" if start is not None else f"load average {end}"
+    count = f", {n_threads} torch thread(s)" if threads else ""
+    return f"{env.get('cpus', '?')} CPUs, {loads}{count}, torch {env.get('torch', '?')}"
 
 
 # ---------------------------------------------------------------- sections
@@ -79,7 +81,7 @@ def threads_section(results: Path) -> list[str]:
         return ["**Threads** (`threads.py`): not measured yet."]
     lines = [
         f"**Threads** (`threads.py`; the demo model: a Phase-2 training step, batch 16, and a decoding step of "
-        f"batched generation, 16 prompts, as evaluation and GR decode; {a['rounds']} interleaved rounds; {env_line(a)}): "
+        f"batched generation, 16 prompts, as evaluation and GR decode; {a['rounds']} interleaved rounds; {env_line(a, threads=False)}): "
         "ms per step, median (min–max over rounds), and the ratio to 1 thread under the same load.",
         "",
         "| workload | busy-loop processes beside it | load average seen | 1 thread | 2 threads | 2 threads, OMP_WAIT_POLICY=passive | 2 vs 1 | passive vs 1 |",
