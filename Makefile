@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The README's performance figures: every bench/ script, twice, JSON in bench/results/, README rewritten (about 2 h on 2 cores).
+# The README's performance figures: every bench/ script, twice, JSON in bench/results/, README rewritten (2 to 3 h on 2 busy cores).
 bench: $(STAMP)
 	PY=$(PY) bash bench/run_all.sh
 

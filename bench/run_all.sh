@@ -5,7 +5,7 @@
 # says how much each load-dependent figure moved between the two runs), writes each script's JSON to
 # bench/results/<script>.json (run 1) and bench/results/<script>.run<N>.json (run N > 1), its log to
 # bench/results/logs/, then rewrites the generated part of the README from the JSON
-# (bench/readme_figures.py --write). Takes about an hour per run on a 2-core CPU machine.
+# (bench/readme_figures.py --write). About 80 minutes per run on a 2-core CPU machine at a load of 3 to 5.
 #
 #   make bench                                  # everything, twice
 #   BENCH_RUNS=1 BENCH_SCRIPTS="threads strategy_cost" make bench   # a subset, once (others keep their JSON)
