@@ -14,6 +14,7 @@ import importlib
 import inspect
 import logging
 import math
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,9 @@ class Suite(Mapping):
         results: list[TaskScores] = []
         for name, task in self.tasks.items():
             log.info("Evaluating %s", name)
+            start = time.perf_counter()
             results.extend(task.run(model, tokenizer, out_dir=out_dir / name))
+            log.info("Evaluated %s in %.1f s", name, time.perf_counter() - start)  # so a log's gaps are not misread
         for name, (ability, how) in self.switched_off.items():
             if how == "switched off":
                 reason = f"switched off in the suite (eval.tasks.{name}=null)"

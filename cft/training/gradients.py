@@ -67,6 +67,12 @@ def scale_grad(param, scale: torch.Tensor, dim: int) -> bool:
     """Multiply the gradient of `param` by `scale` along dimension `dim` (rows: 0, columns: 1).
 
     Returns False when the parameter has no gradient (nothing to scale)."""
+    if not is_deepspeed_managed(param) and param.grad is not None:
+        # In place: no copy of the gradient (this runs on every optimizer step of LF_H2 and CoFiTune).
+        shape = [1] * param.grad.dim()
+        shape[dim] = -1
+        param.grad.mul_(scale.to(device=param.grad.device, dtype=param.grad.dtype).view(shape))
+        return True
     grad = get_grad(param)
     if grad is None:
         return False
