@@ -409,3 +409,17 @@ def test_cli_similarity_and_layers(tmp_path, tiny_model_dir):
     assert (tmp_path / "layers" / "layer_changes_qkv.png").read_bytes()[:4] == b"\x89PNG"
     proc = _cli(["mode=layers", f"layers.models={{base: {tiny_model_dir}}}"], tmp_path)
     assert proc.returncode == 2 and "mode=layers needs layers.models=" in proc.stderr
+
+
+def test_an_overrides_folder_shared_by_every_cell_is_not_a_column():
+    from cft.analysis.runs import Run
+    from cft.analysis.tables import cell_keys
+
+    def run(strategy, variant):
+        choices = {"phase1_data": "a", "phase2_data": "b", "model": "m", "strategy": strategy, "variant": variant}
+        return Run(name=strategy, choices=choices, seed=0, metrics={}, finished=True)
+
+    shared = [run("full", "eval.limit@5"), run("lf_h2", "eval.limit@5")]
+    assert "variant" not in cell_keys(shared)  # settings given once for the sweep: every row would repeat them
+    swept = [run("full", "train.lr@1e-05"), run("full", "train.lr@2e-05")]
+    assert cell_keys(swept)[-1] == "variant"  # a sweep over a value: the column tells the cells apart

@@ -205,8 +205,10 @@ def _latex_escape(text: str) -> str:
 
 
 def cell_keys(runs: Iterable[Run]) -> tuple[str, ...]:
-    """The row keys: the four choices, plus the overrides folder when any run has one."""
-    return CELL_KEYS + (("variant",) if any(r.choices.get("variant") for r in runs) else ())
+    """The row keys: the four choices, plus the overrides folder when it tells cells apart (a sweep whose
+    cells all share one, e.g. settings given once for the whole sweep, does not repeat it on every row)."""
+    variants = {r.choices.get("variant", "") for r in runs}
+    return CELL_KEYS + (("variant",) if len(variants) > 1 else ())
 
 
 def group_cells(runs: Iterable[Run], keys: Sequence[str] | None = None) -> list[tuple[dict[str, str], list[Run]]]:
