@@ -423,3 +423,21 @@ def test_an_overrides_folder_shared_by_every_cell_is_not_a_column():
     assert "variant" not in cell_keys(shared)  # settings given once for the sweep: every row would repeat them
     swept = [run("full", "train.lr@1e-05"), run("full", "train.lr@2e-05")]
     assert cell_keys(swept)[-1] == "variant"  # a sweep over a value: the column tells the cells apart
+
+
+def test_reanalysis_removes_only_the_files_an_earlier_analysis_wrote(tmp_path):
+    from cft.analysis.publish import publish
+
+    def table(name):
+        return Table(name=name, title=name, index_cols=["m"], index=[{"m": "a"}], columns=["x"], cells=[[Stat(0.5, None, 1)]])
+
+    out = tmp_path / "analysis"
+    publish(out, title="first", tables=[table("kept"), table("gone")], tracking=OFF, run_name="analyze-s")
+    (out / "notes.md").write_text("mine")  # a user's file in the folder
+    publish(out, title="other", tables=[table("other")], tracking=OFF, run_name="analyze-t")  # another analysis
+    assert {p.name for p in out.glob("gone.*")} == {"gone.md", "gone.csv", "gone.tex"}
+
+    publish(out, title="second", tables=[table("kept")], tracking=OFF, run_name="analyze-s")
+    assert not list(out.glob("gone.*")) and (out / "other.md").exists()
+    assert (out / "kept.md").exists() and (out / "report.md").exists() and (out / "notes.md").read_text() == "mine"
+    assert "# second" in (out / "report.md").read_text()

@@ -125,11 +125,16 @@ def publish(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
     for t in tables:
-        t.write(out_dir)
+        written += t.write(out_dir).values()
     report = write_report(
         out_dir / "report.md", title=title, sections=sections, problems=problems, tables=tables, figures=figures
     )
+    written.append(report)
+    for fig in figures:
+        written += [Path(fig).with_suffix(s) for s in (".png", ".svg", ".csv")]
+    remove_stale(out_dir, run_name, written)
     log.info("Wrote %d tables, %d figures and %s", len(tables), len(figures), report)
     tracking = tracking or Tracking()
     tracker = Tracker(
@@ -152,6 +157,29 @@ def publish(
     finally:
         tracker.finish()
     return AnalysisResult(out_dir=out_dir, report=report, tables=list(tables), figures=list(figures), problems=list(problems))
+
+
+def _manifest(out_dir: Path, run_name: str) -> Path:
+    return out_dir / f".written-{run_name}.txt"
+
+
+def remove_stale(out_dir: Path, run_name: str, written: Sequence[Path]) -> list[Path]:
+    """Remove the files the previous analysis of this name wrote and this one did not (a table of a cell
+    that is gone, a figure renamed), so that out_dir holds what the report names; then record this
+    analysis's files. Only files listed by an earlier analysis are ever removed: nothing a user put there."""
+    manifest = _manifest(out_dir, run_name)
+    now = sorted({p.name for p in written if Path(p).parent == out_dir and Path(p).exists()})
+    removed = []
+    if manifest.exists():
+        for name in manifest.read_text().split("\n"):
+            stale = out_dir / name
+            if name and name not in now and "/" not in name and stale.is_file():
+                stale.unlink()
+                removed.append(stale)
+    if removed:
+        log.info("Removed %d file(s) of an earlier analysis that this one did not write", len(removed))
+    manifest.write_text("\n".join(now) + "\n")
+    return removed
 
 
 def failed_lines(sweep: Sweep) -> list[str]:
