@@ -633,7 +633,7 @@ def fit(
         100 * tok_stats.padding_fraction,
         100 * tok_stats.padding_fraction_packed,
         "on" if packing else "off",
-        "" if packing else " (train.packing=true)",
+        "" if packing else " (set train.packing=true to pack)",
     )
     collator = (
         PackingCollator(pad_id=tokenizer.pad_token_id, single_row=single_row) if packing else PadCollator(tokenizer.pad_token_id)
