@@ -106,3 +106,17 @@ def test_cli_prints_failed_cells(paper):
     assert proc.returncode == 0, proc.stderr
     assert "  - instruct-multialpaca/mistral/er10/seed0: phase2: RuntimeError: boom" in proc.stdout
     assert f"Report: {paper / 'paper' / 'analysis' / 'report.md'}" in proc.stdout
+
+
+def test_the_papers_averages_are_read_from_the_paper_suites_config(tmp_path):
+    """conf/eval/ta.yaml and la.yaml own the benchmarks of the paper's averages; the analysis reads them."""
+    from cft.analysis import paper
+
+    assert paper.averages() == {"ta": ("ifeval", "alpaca_eval", "mmlu", "hellaswag"), "la": ("mlqa", "xquad", "xlsum")}
+    assert paper.columns("en") == paper.columns("la")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "ta.yaml").write_text("averages:\n  ta: [mmlu, ifeval]\n")
+    (tmp_path / "eval" / "la.yaml").write_text("averages:\n  la: [xquad]\n")
+    assert paper.averages(tmp_path) == {"ta": ("mmlu", "ifeval"), "la": ("xquad",)}
+    with pytest.raises(CftError, match=r"missing/eval/ta.yaml: cannot read the paper's averages"):
+        paper.averages(tmp_path / "missing")

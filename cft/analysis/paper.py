@@ -9,20 +9,44 @@ of the paper's Tables B3 to B5), else alphabetical: the language lists have one 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+from cft.errors import CftError
 
 # Tables 3 and C6: the Phase-1 model first, then full fine-tuning and the strategies against forgetting.
 STRATEGY_ORDER = ("full", "lf_h1", "lf_h2", "gr5", "gr10", "er10", "lora", "cofitune", "spectrum")
 PHASE1_ROW = "Phase 1"  # the reference row of the strategy comparison (the model before Phase 2)
 
-# The benchmarks of the paper's averages (section 4 and Tables 1 to 3), in its column order.
-AVERAGES = {
-    "ta": ("ifeval", "alpaca_eval", "mmlu", "hellaswag"),
-    "la": ("mlqa", "xquad", "xlsum"),
-}
-# Benchmark columns of each ability's tables: the paper's order (English parts follow the LA benchmarks).
-COLUMNS = {"ta": AVERAGES["ta"], "la": AVERAGES["la"], "en": AVERAGES["la"]}
+# The paper's suites: their `averages` (conf/eval/ta.yaml and la.yaml) are the benchmarks of the paper's
+# averages (section 4 and Tables 1 to 3), in its column order. The config owns them; this reads them.
+PAPER_SUITES = ("ta", "la")
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+@functools.cache
+def averages(conf_dir: Path = CONF_DIR) -> dict[str, tuple[str, ...]]:
+    """ability -> the benchmarks of the paper's average of it, from `averages` of the paper's suites."""
+    import yaml
+
+    out: dict[str, tuple[str, ...]] = {}
+    for suite in PAPER_SUITES:
+        path = Path(conf_dir) / "eval" / f"{suite}.yaml"
+        try:
+            found = (yaml.safe_load(path.read_text()) or {}).get("averages") or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise CftError(f"{path}: cannot read the paper's averages ({exc})") from exc
+        out.update({ability: tuple(tasks) for ability, tasks in found.items()})
+    return out
+
+
+def columns(ability: str) -> tuple[str, ...]:
+    """Benchmark columns of an ability's tables in the paper's order (English parts follow the LA benchmarks)."""
+    return averages().get("la" if ability == "en" else ability, ())
+
+
 ABILITY_NAMES = {"ta": "TA", "la": "LA", "en": "English"}
 # Column suffixes and names of the two phases (cft.run.keys.PHASES).
 PHASE_SHORT = {"phase1": "P1", "phase2": "P2"}

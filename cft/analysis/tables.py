@@ -289,7 +289,7 @@ def task_names(runs: Iterable[Run], ability: str) -> list[str]:
     then the others in the order the runs' averages list them, then as first seen."""
     runs = list(runs)
     found = keys.tasks(_all_keys(runs), ability)
-    return paper.order(paper.order(found, _covered(runs, ability)), paper.COLUMNS.get(ability, ()))
+    return paper.order(paper.order(found, _covered(runs, ability)), paper.columns(ability))
 
 
 def languages(runs: Iterable[Run], task: str, ability: str = "la") -> list[str]:
@@ -300,18 +300,18 @@ def languages(runs: Iterable[Run], task: str, ability: str = "la") -> list[str]:
 
 def average_footnotes(runs: Iterable[Run], abilities: Sequence[str]) -> list[str]:
     """One footnote per distinct coverage of an average that differs from the paper's (fewer or other
-    benchmarks than `paper.AVERAGES`), with how many runs and which phases it concerns. The reference
+    benchmarks than `paper.averages()`), with how many runs and which phases it concerns. The reference
     is the paper's set, not the suite's own definition (`<ability>_avg_of`): the note is there so that
     no one sets an average beside the paper's by mistake."""
     notes: dict[tuple, dict] = {}
     for ability in abilities:
-        if ability not in paper.AVERAGES:
+        if ability not in paper.averages():
             continue
         for r in runs:
             for phase in keys.PHASES:
                 if not isinstance(r.metrics.get(keys.average(ability, phase=phase)), (int, float)):
                     continue
-                expected = paper.AVERAGES[ability]
+                expected = paper.averages()[ability]
                 count = r.metrics.get(keys.average_tasks(ability, phase=phase))
                 names = _names(r.metrics.get(keys.average_over(ability, phase=phase)))
                 if not isinstance(count, (int, float)):
@@ -352,7 +352,7 @@ PHASE_TABLE_TITLES = {
 def phase_table(runs: list[Run], ability: str) -> Table | None:
     tasks = task_names(runs, ability)
     cols = [(f"{t} {paper.PHASE_SHORT[p]}", _get(keys.score(ability, t, phase=p))) for t in tasks for p in keys.PHASES]
-    if ability in paper.AVERAGES:
+    if ability in paper.averages():
         cols += [(f"Avg {paper.PHASE_SHORT[p]}", _get(keys.average(ability, phase=p))) for p in keys.PHASES]
     return _table(
         ability, PHASE_TABLE_TITLES[ability], runs, cols if tasks else [], footnotes=average_footnotes(runs, (ability,))
