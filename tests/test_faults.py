@@ -511,6 +511,21 @@ def test_unreadable_checkpoint_given_to_evaluate_names_the_file(prepared, tmp_pa
     assert expected in one_error(proc)
 
 
+@pytest.mark.parametrize(
+    "overrides,setting",
+    [
+        (["model.instruct=nobody/missing-instruct"], "model.instruct=/path/to/missing-instruct"),
+        (["model.base=nobody/missing-base", "phase1_data=alpaca"], "model.base=/path/to/missing-base"),
+    ],
+)
+def test_a_checkpoint_not_on_disk_names_the_key_to_set(tmp_path, overrides, setting):
+    """Offline, a hub id that is not on disk stops the cell in setup with the override that fixes it."""
+    proc = run_script("train.py", ["model=smollm2", *overrides, "tracking=none"], tmp_path, check=False)
+    line = one_error(proc)
+    assert "Offline? Download the checkpoint" in proc.stderr and setting in proc.stderr, line
+    assert not list(tmp_path.rglob("DONE"))
+
+
 @pytest.mark.parametrize("value", ["../../escape", "a/b", "a\\b", "..", ".hidden", "x" * 101, ""])
 def test_path_components_are_checked(value):
     from cft.errors import ConfigError

@@ -111,17 +111,19 @@ def check_folder(folder: Path, what: str, *, gguf_file: str | None = None) -> No
             raise CftError(f"{what}: {path} is empty")
 
 
-def load_model(ref: str, *, gguf_file: str | None = None, dtype: str = "auto", what: str = "checkpoint"):
+def load_model(
+    ref: str, *, gguf_file: str | None = None, dtype: str = "auto", what: str = "checkpoint", setting: str = "model.base"
+):
     """Load a causal LM and its tokenizer from a hub id or a local folder (optionally a GGUF file in it).
 
     A GGUF checkpoint is dequantised into a plain model that can be trained and saved.
     Errors name the checkpoint (the file, for a local folder) and say what to do (for instance pass a
-    local path when offline).
+    local path when offline, with `setting`, the key that points at it).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if ref is None:
-        raise CftError(f"No {what} is configured (set it in the model config, e.g. model.base=<hub id or path>)")
+        raise CftError(f"No {what} is configured (set it in the model config: {setting}=<hub id or path>)")
     ref = str(ref)
     local = local_path(ref, what)
     if local is not None:
@@ -143,7 +145,7 @@ def load_model(ref: str, *, gguf_file: str | None = None, dtype: str = "auto", w
         hint = (
             "It is not a local folder and could not be fetched from the hub"
             + (" (HF_HUB_OFFLINE=1 is set)" if _offline() else "")
-            + f": download it once and pass its local path instead (e.g. model.base=/path/to/{Path(ref).name})."
+            + f": download it once and pass its local path instead ({setting}=/path/to/{Path(ref).name})."
         )
         raise CftError(f"Could not load {what} '{ref}'. {hint}\nCause: {exc}".strip()) from exc
     if gguf_file:
@@ -160,7 +162,7 @@ def load_model(ref: str, *, gguf_file: str | None = None, dtype: str = "auto", w
     return model, tokenizer
 
 
-def read_config(ref: str, *, gguf_file: str | None = None, what: str = "checkpoint"):
+def read_config(ref: str, *, gguf_file: str | None = None, what: str = "checkpoint", setting: str = "model.base"):
     """The model config alone (no weights), so a checkpoint that cannot load fails before any training.
     A local folder is checked as loading would read it (`check_folder`: config, weights, headers)."""
     from transformers import AutoConfig
@@ -176,7 +178,7 @@ def read_config(ref: str, *, gguf_file: str | None = None, what: str = "checkpoi
         raise CftError(
             f"Could not load the config of {what} '{ref}' (no local folder {Path(str(ref)).absolute()}; as a hub id: "
             f"{str(exc).splitlines()[0]})\n"
-            "Offline? Download the checkpoint and pass its local path (e.g. model.base=/path/to/model)."
+            f"Offline? Download the checkpoint and pass its local path ({setting}=/path/to/{Path(str(ref)).name})."
         ) from exc
 
 

@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 class Checkpoint:
     """One model the recipe reads. `load()` gives its (model, tokenizer), loaded on first use only."""
 
-    def __init__(self, ref: str, *, key: str, what: str, gguf_file: str | None = None, cache=None):
+    def __init__(self, ref: str, *, key: str, what: str, gguf_file: str | None = None, cache=None, setting: str = "model.base"):
         self.ref = str(ref)
         self.key = key  # what determines these weights (for the keys of artifacts derived from them)
         self.what = what
+        self.setting = setting  # the config key that points at it: what an error tells the user to set
         self.gguf_file = gguf_file
         self.cache = cache  # cft.run.artifacts.Cache: where a GGUF file's plain copy goes
         self._loaded: tuple[Any, Any] | None = None
@@ -36,7 +37,7 @@ class Checkpoint:
 
     def config(self):
         """The model config alone (no weights); CftError naming the checkpoint when it cannot be read."""
-        return read_config(self.ref, gguf_file=self.gguf_file, what=self.what)
+        return read_config(self.ref, gguf_file=self.gguf_file, what=self.what, setting=self.setting)
 
     def folder(self) -> Path:
         """A local folder with safetensors weights (CftError when there is none: e.g. a hub id offline)."""
@@ -52,7 +53,7 @@ class Checkpoint:
         except Exception as exc:  # the hub client raises many types; all mean "not on disk"
             raise CftError(
                 f"the {self.what} '{self.ref}' is not on disk ({type(exc).__name__}). "
-                "Download it once and pass its local folder (model.base= / model.instruct=)."
+                f"Download it once and pass its local folder ({self.setting}=/path/to/{Path(self.ref).name})."
             ) from None
 
     def _plain_copy(self) -> Path:
@@ -61,7 +62,7 @@ class Checkpoint:
 
         def build(tmp: Path) -> None:
             log.info("Making a plain safetensors copy of %s (GGUF, dequantized) for reuse", self)
-            model, tokenizer = load_model(self.ref, gguf_file=self.gguf_file, dtype="fp32", what=self.what)
+            model, tokenizer = load_model(self.ref, gguf_file=self.gguf_file, dtype="fp32", what=self.what, setting=self.setting)
             model.save_pretrained(tmp / "model")
             tokenizer.save_pretrained(tmp / "model")
 
@@ -73,7 +74,7 @@ class Checkpoint:
         if self._loaded is not None and not fresh:
             return self._loaded
         ref, gguf = (str(self._plain_copy()), None) if self.gguf_file and self.cache is not None else (self.ref, self.gguf_file)
-        loaded = load_model(ref, gguf_file=gguf, dtype=dtype, what=self.what)
+        loaded = load_model(ref, gguf_file=gguf, dtype=dtype, what=self.what, setting=self.setting)
         if not fresh:
             self._loaded = loaded
         return loaded

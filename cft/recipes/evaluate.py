@@ -91,9 +91,11 @@ class EvalRecipe:
                 raise ConfigError(f"run_dir={cfg.run_dir}: no final checkpoint at {run.checkpoint} (is the run finished?)")
             meta = run.path / layout.META
             self.group = json.loads(meta.read_text()).get("sweep_id") if meta.exists() else None
-            return Checkpoint(str(run.checkpoint), key="", what="checkpoint")
+            return Checkpoint(str(run.checkpoint), key="", what="checkpoint", setting="run_dir")
         if cfg.get("checkpoint"):
-            return Checkpoint(str(cfg.checkpoint), key="", what="checkpoint", gguf_file=cfg.model.get("gguf_file"))
+            return Checkpoint(
+                str(cfg.checkpoint), key="", what="checkpoint", gguf_file=cfg.model.get("gguf_file"), setting="checkpoint"
+            )
         # Neither given: Hydra's output dir (cft.config.hydra.evaluation_dir) already picked the latest
         # finished run, <run>/evaluations/<suite>. Reading it back, rather than scanning again, keeps
         # the evaluated checkpoint and the folder written to the same run if another finishes meanwhile.

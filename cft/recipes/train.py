@@ -72,7 +72,9 @@ def model_shape(model_cfg: Mapping[str, Any], *, use_instruct: bool = False):
 
         return LlamaConfig(**{k: v for k, v in model_cfg["build"].items() if k != "seed"})
     ref = (model_cfg.get("instruct") if use_instruct else None) or model_cfg.get("base") or model_cfg.get("instruct")
-    return Checkpoint(str(ref), key="", what="model", gguf_file=model_cfg.get("gguf_file")).config()
+    setting = "model.instruct" if ref == model_cfg.get("instruct") and ref != model_cfg.get("base") else "model.base"
+    what = "Instruct model" if setting == "model.instruct" else "base model"
+    return Checkpoint(str(ref), key="", what=what, gguf_file=model_cfg.get("gguf_file"), setting=setting).config()
 
 
 def base_reference(model_cfg: Mapping[str, Any], cache_dir: Path) -> str:
@@ -306,6 +308,7 @@ class TrainRecipe:
                 str(instruct),
                 key=key_of({"instruct": str(instruct), "gguf_file": gguf}),
                 what="Instruct model",
+                setting="model.instruct",
                 gguf_file=gguf,
                 cache=self.cache,
             )
