@@ -114,7 +114,7 @@ def measure(variant: dict, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="smallest setting: tiny shape, 4 steps, 1 round, no added load")
+    p.add_argument("--smoke", action="store_true", help="smallest setting: tiny shape, 4 steps, 1 round, no added load, no passive variants")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shape", default="demo")
     p.add_argument("--steps", type=int, default=25, help="training steps per measurement (the first is not timed)")
@@ -136,6 +136,7 @@ def main() -> None:
     common.claim_stdout()
     if args.smoke:
         args.shape, args.steps, args.rounds, args.loads, args.new_tokens = "tiny", 4, 1, "0", 4
+        args.passive = False  # the passive variants differ only by an environment variable
     counts = [int(x) for x in args.threads_list.split(",") if x]
     loads = [int(x) for x in args.loads.split(",") if x]
     variants = []
