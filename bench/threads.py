@@ -114,7 +114,9 @@ def measure(variant: dict, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="smallest setting: tiny shape, 4 steps, 1 round, no added load, no passive variants")
+    p.add_argument(
+        "--smoke", action="store_true", help="smallest setting: tiny shape, 4 steps, 1 round, no added load, no passive variants"
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shape", default="demo")
     p.add_argument("--steps", type=int, default=25, help="training steps per measurement (the first is not timed)")
