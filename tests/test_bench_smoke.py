@@ -65,20 +65,50 @@ def _get(obj, dotted):
     return obj
 
 
-def run_smoke(name: str) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _smoke(name: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # one thread each: two run at once
     env.pop("CFT_OUTPUT_ROOT", None)
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(BENCH / f"{name}.py"), "--smoke"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
     )
+
+
+def _gpu_smoke(out: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    env = {**os.environ, "CFT_GPU_SMOKE_OUT": str(out), "OMP_NUM_THREADS": "1"}
+    env.pop("OUT", None)
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu.sh"), "--cpu-smoke"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
+    return proc, out
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request, tmp_path_factory):
+    """The selected scripts' smoke runs, two at a time (the suite itself keeps one core busy; each script
+    is a separate process writing only to its own temporary folders): name -> future of its process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    selected = {
+        getattr(item, "callspec", None) and item.callspec.params.get("name") or item.name for item in request.session.items
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {}
+        if "test_gpu_script_runs_on_the_cpu_at_its_smallest_setting" in selected:
+            runs["gpu"] = pool.submit(_gpu_smoke, tmp_path_factory.mktemp("gpu") / "gpu.json")
+        runs.update({name: pool.submit(_smoke, name) for name in sorted(EXPECTED) if name in selected})
+        yield runs
+
+
+def run_smoke(name: str, runs) -> dict:
+    proc = runs[name].result()
     assert proc.returncode == 0, f"{name} --smoke failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout)  # the whole of stdout is one JSON object
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_bench_script_smoke(name):
-    figures = run_smoke(name)
+def test_bench_script_smoke(name, smoke_runs):
+    figures = run_smoke(name, smoke_runs)
     assert figures["benchmark"] == name
     for key in EXPECTED[name]:
         _get(figures, key)
@@ -115,15 +145,10 @@ def test_bench_script_smoke(name):
 
 
 @pytest.mark.slow
-def test_gpu_script_runs_on_the_cpu_at_its_smallest_setting(tmp_path):
+def test_gpu_script_runs_on_the_cpu_at_its_smallest_setting(smoke_runs):
     """bench/gpu.sh --cpu-smoke: the GPU run's code paths (cft loop padded and packed, ZeRO-2 where
     deepspeed is installed, batched generation) on the tiny shape, and nothing the device image lacks."""
-    out = tmp_path / "gpu.json"
-    env = {**os.environ, "CFT_GPU_SMOKE_OUT": str(out), "OMP_NUM_THREADS": "1"}
-    env.pop("OUT", None)
-    proc = subprocess.run(
-        ["bash", str(BENCH / "gpu.sh"), "--cpu-smoke"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
-    )
+    proc, out = smoke_runs["gpu"].result()
     assert proc.returncode == 0, f"gpu.sh --cpu-smoke failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     figures = json.loads(out.read_text())
     assert figures == json.loads(proc.stdout)
