@@ -120,6 +120,14 @@ def shape(name: str, max_positions: int = 1024) -> dict[str, int]:
     return {**SHAPES[name], "max_position_embeddings": max_positions}
 
 
+def loop_batches(n: int, micro: int, steps: int | None = None, *, first: int = 0) -> list[list[int]]:
+    """The micro-batches `cft.training.loop.fit` trains on (seed 0, first epoch, one micro-batch per
+    step), steps `first` to `steps` (example indices): what a bench counts the tokens of."""
+    from cft.training.loop import epoch_batches
+
+    return epoch_batches(n, micro, 1, 0, 0)[first:steps]
+
+
 def median(values) -> float:
     values = list(values)
     return float(statistics.median(values)) if values else float("nan")

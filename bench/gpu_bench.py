@@ -88,7 +88,7 @@ def train_variant(args, arch, tokenizer, examples, *, packing: bool, kernels: st
     import torch
 
     from cft.data.format import tokenize_examples
-    from cft.training.loop import TrainSettings, _epoch_batches, fit
+    from cft.training.loop import TrainSettings, fit
 
     model = build(arch, tokenizer, args.device, kernels)
     ds = None
@@ -126,7 +126,7 @@ def train_variant(args, arch, tokenizer, examples, *, packing: bool, kernels: st
     wall = time.perf_counter() - start
     tokenized, _ = tokenize_examples(tokenizer, examples, args.max_length)
     lengths = [len(t["input_ids"]) for t in tokenized]
-    batches = _epoch_batches(len(tokenized), args.micro_batch_size, 1, 0, 0)
+    batches = common.loop_batches(len(tokenized), args.micro_batch_size)
     timed = batches[args.warmup : args.warmup + args.steps]
     tokens = sum(lengths[i] for b in timed for i in b)
     seconds = clock[-1] - clock[args.warmup - 1] if args.warmup >= 1 else clock[-1] - start

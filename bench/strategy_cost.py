@@ -218,7 +218,6 @@ def _fit(setup: Setup, model, examples, strategy, settings, log_fn=None):
 def time_phase2(setup: Setup, name: str) -> dict:
     """Prepare the strategy and train Phase 2; per-step times from the loop's per-step log call."""
     from cft.data.format import tokenize_examples
-    from cft.training.loop import _epoch_batches
 
     strategy, model, examples, setup_seconds = setup.prepared(name)
     clock = [time.perf_counter()]
@@ -257,7 +256,7 @@ def time_phase2(setup: Setup, name: str) -> dict:
     out["tokens_per_epoch"] = sum(lengths)
     # Real tokens of the timed steps (the loop's own batch order): CPU time per token compares strategies
     # whose few steps drew different batches (replay data changes the order).
-    batches = _epoch_batches(len(lengths), setup.batch, 1, 0, 0)[1 : stats.steps]
+    batches = common.loop_batches(len(lengths), setup.batch, stats.steps, first=1)
     timed_tokens = sum(lengths[i] for b in batches for i in b)
     out["cpu_seconds_per_token"] = sum(cpu_steps) / timed_tokens if timed_tokens else float("nan")
     if setup.steps is not None:  # a few steps only: an epoch's worth derived from them

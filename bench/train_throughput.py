@@ -88,10 +88,9 @@ def run_cft(model, tokenizer, examples, tokenized, *, packing, args, steps, micr
         packing=packing,
         log_fn=lambda _: cpu.append(time.process_time()),
     )
-    from cft.training.loop import _epoch_batches
 
     lengths = [len(t["input_ids"]) for t in tokenized]
-    later = _epoch_batches(len(tokenized), micro, 1, 0, 0)[1:steps]  # steps 2..n: the CPU window
+    later = common.loop_batches(len(tokenized), micro, steps, first=1)  # steps 2..n: the CPU window
     return {
         "tokens": stats.tokens,
         "seconds": stats.seconds,
@@ -107,9 +106,8 @@ def run_cft(model, tokenizer, examples, tokenized, *, packing, args, steps, micr
 def _padding(model, tokenized, micro, steps, packing) -> float:
     """Padding share of the micro-batches the loop trained on (its epoch-0 order, one per step)."""
     from cft.data.packing import padding_fraction, uses_varlen_attention
-    from cft.training.loop import _epoch_batches
 
-    batches = _epoch_batches(len(tokenized), micro, 1, 0, 0)[:steps]
+    batches = common.loop_batches(len(tokenized), micro, steps)
     return padding_fraction(
         [len(t["input_ids"]) for t in tokenized], batches, packed=packing, single_row=uses_varlen_attention(model)
     )
@@ -143,9 +141,8 @@ def run_hf(model, tokenizer, tokenized, *, args, steps, micro):
             window["end"] = time.perf_counter()
 
     # The same micro-batches as the cft loop (its epoch-0 order), read sequentially.
-    from cft.training.loop import _epoch_batches
 
-    ordered = [tokenized[i] for b in _epoch_batches(len(tokenized), micro, 1, 0, 0) for i in b]
+    ordered = [tokenized[i] for b in common.loop_batches(len(tokenized), micro) for i in b]
     with tempfile.TemporaryDirectory() as out:
         targs = TrainingArguments(
             output_dir=out,
@@ -249,10 +246,9 @@ def measure_shape(name: str, args, tokenizer, examples) -> dict:
     # Two micro-batches of 4 examples of similar length (the old 100m default) merged none: the same
     # padding share packed and padded, and no speed-up (issue 17's 0.90x).
     from cft.data.packing import pack_rows
-    from cft.training.loop import _epoch_batches
 
     lengths = [len(t["input_ids"]) for t in tokenized]
-    batches = _epoch_batches(len(tokenized), micro, 1, 0, 0)[:steps]
+    batches = common.loop_batches(len(tokenized), micro, steps)
     packed_rows = [len(pack_rows([lengths[i] for i in b], max(lengths[i] for i in b))) for b in batches]
     out["rows_per_micro_batch"] = {"padded": micro, "packed": sum(packed_rows) / len(packed_rows)}
     if sum(packed_rows) == micro * len(batches):

@@ -486,9 +486,13 @@ def test_suites_compose_and_validate_local_files(bench_dir):
     ifeval = quick["ifeval"]
     assert ifeval.limit == 4 and quick["xquad"].limit == 4 and quick["alpaca_eval"].limit == 4
     assert ifeval.gen_kwargs == {"max_gen_toks": 64} and ifeval.apply_chat_template is False and ifeval.backend == "hf"
-    assert quick.switched_off == {"mlqa": ("la", "switched off"), "xlsum": ("la", "switched off")}  # recorded as not computed
+    off = "switched off in the suite (eval.tasks.{}=null)"
+    assert quick.switched_off == {t: ("la", off.format(t)) for t in ("mlqa", "xlsum")}  # recorded as not computed
     removed = build_suite(compose_eval("la", f"eval.data_dir={bench_dir}", "~eval.tasks.mlqa", *no_data[1:]).eval)
-    assert removed.switched_off == {"mlqa": ("la", "removed"), "xlsum": ("la", "switched off")}
+    assert {k: reason.split(" (")[0] for k, (_, reason) in removed.switched_off.items()} == {
+        "mlqa": "removed from the suite",
+        "xlsum": "switched off in the suite",
+    }
     # The written data has no MLQA: the LA suite stops before any model work, naming the file.
     la = compose_eval("la", f"eval.data_dir={bench_dir}").eval
     with pytest.raises(DataError, match="lacks mlqa/test/test-context-ar-question-ar.json"):

@@ -416,7 +416,7 @@ def _cells_by_k(root: Path) -> dict[int, Path]:
     return {yaml.safe_load((f / "config.yaml").read_text())["strategy"]["k"]: f for f in run_folders(root / "s")}
 
 
-def _check_failing_cell_sweep(root: Path, proc: subprocess.CompletedProcess, args: list[str]) -> None:
+def assert_failing_cell_sweep(root: Path, proc: subprocess.CompletedProcess, args: list[str]) -> None:
     assert proc.returncode == 1, proc.stderr[-3000:]
     table = proc.stderr.split("1 cell(s) of sweep s failed or did not finish:")[1]
     assert "setup   strategy.k=5 must be an integer from 1 to 2 (the model has 2 layers)" in table
@@ -442,14 +442,14 @@ def test_failing_cell_in_a_3_cell_sweep(root):
     """Basic launcher: the cell whose k exceeds the model's layers fails in setup, writes FAILED, and the
     other two finish; the sweep ends with the table and exit 1; a rerun retries only that cell."""
     args, proc = _sweep_with_a_failing_cell(root)
-    _check_failing_cell_sweep(root, proc, args)
+    assert_failing_cell_sweep(root, proc, args)
 
 
 @pytest.mark.slow
 def test_failing_cell_in_a_3_cell_sweep_under_submitit(root):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     args, proc = _sweep_with_a_failing_cell(root, "hydra/launcher=slurm_local")
-    _check_failing_cell_sweep(root, proc, args)
+    assert_failing_cell_sweep(root, proc, args)
     logs = "".join(p.read_text(errors="replace") for p in (root / "s" / ".submitit").rglob("*_log.*"))
     assert "cft: error:" in logs and "Traceback" not in logs
 

@@ -36,12 +36,11 @@ class Suite(Mapping):
         tasks: Mapping[str, Any],
         *,
         averages: Mapping[str, list[str]] | None = None,
-        switched_off: Mapping[str, tuple[str, str]] = (),
+        switched_off: Mapping[str, tuple[str, str]] = (),  # name -> (ability, why it does not run)
     ):
         self.tasks = dict(tasks)
         self.averages = {k: list(v) for k, v in averages.items()} if averages else None
-        # Tasks of an average that do not run: name -> (ability, "switched off" (null) or "removed" (~)).
-        self.switched_off = dict(switched_off)
+        self.switched_off = dict(switched_off)  # tasks of an average that do not run
 
     def __getitem__(self, name: str):
         return self.tasks[name]
@@ -62,11 +61,7 @@ class Suite(Mapping):
             start = time.perf_counter()
             results.extend(task.run(model, tokenizer, out_dir=out_dir / name))
             log.info("Evaluated %s in %.1f s", name, time.perf_counter() - start)  # so a log's gaps are not misread
-        for name, (ability, how) in self.switched_off.items():
-            if how == "switched off":
-                reason = f"switched off in the suite (eval.tasks.{name}=null)"
-            else:
-                reason = f"removed from the suite (~eval.tasks.{name})"
+        for name, (ability, reason) in self.switched_off.items():
             results.append(TaskScores(name, ability, math.nan, not_computed=reason))
         return flatten(results, self.averages)
 
@@ -146,7 +141,12 @@ def build_suite(eval_node: Mapping[str, Any]) -> Suite:
     for ability, names in (config.averages or {}).items():
         for name in names:
             if name not in tasks:  # set to null, or removed (~eval.tasks.<name>): recorded as not computed
-                switched_off[name] = (ability, "switched off" if name in config.tasks else "removed")
+                switched_off[name] = (
+                    ability,
+                    f"switched off in the suite (eval.tasks.{name}=null)"
+                    if name in config.tasks
+                    else f"removed from the suite (~eval.tasks.{name})",
+                )
                 continue
             own = getattr(tasks[name], "ability", ability)
             if own != ability:

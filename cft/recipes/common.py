@@ -58,10 +58,3 @@ def phase_train_config(train_cfg: Any, phase: str) -> dict[str, Any]:
 def train_settings(train: Mapping[str, Any], *, seed: int = 0) -> TrainSettings:
     """The loop's settings from one phase's train config (see `phase_train_config`)."""
     return TrainSettings.from_config(train, seed=seed)
-
-
-def configure_threads(requested: int | None) -> None:
-    """Torch's thread count: cft.training.threads chooses it (OMP_NUM_THREADS and `threads=` win)."""
-    from cft.training.threads import configure
-
-    configure(requested)

@@ -19,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from cft.errors import ConfigError
 from cft.evaluation import evaluate
 from cft.models.handle import Checkpoint
-from cft.recipes.common import build_eval_tasks, configure_threads, device
+from cft.recipes.common import build_eval_tasks, device
 from cft.run import layout
 from cft.run.folder import RunDir
 from cft.run.tracking import Tracker
+from cft.training import threads
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class EvalRecipe:
 
     def setup(self) -> None:
         cfg = self.cfg
-        configure_threads(cfg.get("threads"))
+        threads.configure(cfg.get("threads"))
         self.checkpoint = self._checkpoint()
         self.tasks = build_eval_tasks(cfg.eval)  # unknown tasks fail here, before the model loads
         self.checkpoint.config()

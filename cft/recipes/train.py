@@ -37,7 +37,6 @@ from cft.models.handle import Checkpoint
 from cft.recipes.common import (
     build,
     build_eval_tasks,
-    configure_threads,
     device,
     phase_train_config,
     plain,
@@ -48,7 +47,7 @@ from cft.run.artifacts import Cache, key_of
 from cft.run.folder import RunDir, comparable
 from cft.run.tracking import Tracker
 from cft.strategies.base import StrategyContext
-from cft.training import distributed
+from cft.training import distributed, threads
 from cft.training.loop import fit, zero3_init, zero_stage
 
 log = logging.getLogger(__name__)
@@ -71,10 +70,11 @@ def model_shape(model_cfg: Mapping[str, Any], *, use_instruct: bool = False):
         from transformers import LlamaConfig
 
         return LlamaConfig(**{k: v for k, v in model_cfg["build"].items() if k != "seed"})
-    ref = (model_cfg.get("instruct") if use_instruct else None) or model_cfg.get("base") or model_cfg.get("instruct")
-    setting = "model.instruct" if ref == model_cfg.get("instruct") and ref != model_cfg.get("base") else "model.base"
-    what = "Instruct model" if setting == "model.instruct" else "base model"
-    return Checkpoint(str(ref), key="", what=what, gguf_file=model_cfg.get("gguf_file"), setting=setting).config()
+    which = "instruct" if (use_instruct and model_cfg.get("instruct")) or not model_cfg.get("base") else "base"
+    what = {"instruct": "Instruct model", "base": "base model"}[which]
+    return Checkpoint(
+        str(model_cfg.get(which)), key="", what=what, gguf_file=model_cfg.get("gguf_file"), setting=f"model.{which}"
+    ).config()
 
 
 def base_reference(model_cfg: Mapping[str, Any], cache_dir: Path) -> str:
@@ -261,7 +261,7 @@ class TrainRecipe:
     def setup(self) -> bool:
         """Check every input, then prepare the run folder, the base and the tracker. False: already finished."""
         cfg = self.cfg
-        configure_threads(cfg.get("threads"))
+        threads.configure(cfg.get("threads"))
         distributed.init()  # several ranks (torchrun, SLURM tasks) train one cell; rank 0 alone writes
         resolved = OmegaConf.to_container(cfg, resolve=True)
         if distributed.is_main():

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from cft.data.translate import Seq2SeqTranslator, translate_examples
 from cft.errors import ConfigError
-from cft.recipes.common import configure_threads, plain
+from cft.recipes.common import plain
+from cft.training import threads
 
 
 def translate_dataset(cfg) -> None:
@@ -13,7 +14,7 @@ def translate_dataset(cfg) -> None:
     from cft.data.sources import NOT_LOADER_KEYS, load_config
     from cft.models import resolve_dtype
 
-    configure_threads(cfg.get("threads"))
+    threads.configure(cfg.get("threads"))
     if not cfg.get("out_dir"):
         raise ConfigError("give out_dir=<folder> for the translated dataset")
     source = {k: v for k, v in plain(cfg.source).items() if k not in NOT_LOADER_KEYS}

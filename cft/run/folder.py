@@ -24,9 +24,6 @@ from cft.errors import CftError, ConfigError
 from cft.run import layout
 from cft.run.layout import latest_run  # noqa: F401 (re-exported: where run folders are found)
 
-# Settings that cannot change a result (cft.run.layout owns the list).
-VOLATILE = layout.RESULT_NEUTRAL
-
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "peft", "deepspeed", "lm_eval", "hydra-core", "wandb", "cft")
 
 
@@ -42,7 +39,7 @@ def _drop(cfg: Mapping[str, Any], dotted: str) -> None:
 
 def comparable(cfg: Mapping[str, Any]) -> dict:
     out = json.loads(json.dumps(cfg, default=str))
-    for key in VOLATILE:
+    for key in layout.RESULT_NEUTRAL:  # settings that cannot change a result
         _drop(out, key)
     return out
 

@@ -67,16 +67,15 @@ def scale_grad(param, scale: torch.Tensor, dim: int) -> bool:
     """Multiply the gradient of `param` by `scale` along dimension `dim` (rows: 0, columns: 1).
 
     Returns False when the parameter has no gradient (nothing to scale)."""
-    if not is_deepspeed_managed(param) and param.grad is not None:
-        # In place: no copy of the gradient (this runs on every optimizer step of LF_H2 and CoFiTune).
-        shape = [1] * param.grad.dim()
-        shape[dim] = -1
-        param.grad.mul_(scale.to(device=param.grad.device, dtype=param.grad.dtype).view(shape))
-        return True
-    grad = get_grad(param)
+    in_place = not is_deepspeed_managed(param)  # a plain .grad: no copy (this runs on every optimizer step)
+    grad = param.grad if in_place else get_grad(param)
     if grad is None:
         return False
     shape = [1] * grad.dim()
     shape[dim] = -1
-    set_grad(param, grad * scale.to(device=grad.device, dtype=grad.dtype).view(shape))
+    scale = scale.to(device=grad.device, dtype=grad.dtype).view(shape)
+    if in_place:
+        grad.mul_(scale)
+    else:
+        set_grad(param, grad * scale)  # ZeRO keeps the gradient in its own partitions
     return True

@@ -178,9 +178,10 @@ def _schedule(optimizer, kind: str, warmup: int, total: int):
     raise ConfigError(f"train.scheduler={kind!r} is not one of cosine, linear, constant")
 
 
-def _epoch_batches(n: int, micro: int, per_step: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(n: int, micro: int, per_step: int, seed: int, epoch: int) -> list[list[int]]:
     """Micro-batches of one epoch, in an order fixed by (seed, epoch); the tail that does not fill
-    a whole optimizer step (on every rank) is left out so that all ranks step together."""
+    a whole optimizer step (on every rank) is left out so that all ranks step together. Public so that
+    the benches read the very batches `fit` trains on (bench/common.py `loop_batches`)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=g).tolist()
     batches = [perm[i : i + micro] for i in range(0, n, micro)]
@@ -343,7 +344,7 @@ def train_phase(
         )
 
     per_step = accum * world
-    n_batches_epoch = len(_epoch_batches(len(dataset), micro, per_step, settings.seed, 0))
+    n_batches_epoch = len(epoch_batches(len(dataset), micro, per_step, settings.seed, 0))
     steps_per_epoch = n_batches_epoch // per_step
     if steps_per_epoch == 0:
         raise ConfigError(
@@ -396,7 +397,7 @@ def train_phase(
     with _StopRequest() as stop:
         while step < total:
             epoch, step_in_epoch = divmod(step, steps_per_epoch)
-            batches = _epoch_batches(len(dataset), micro, per_step, settings.seed, epoch)
+            batches = epoch_batches(len(dataset), micro, per_step, settings.seed, epoch)
             mine = batches[step_in_epoch * per_step :][rank::world]
             for i, idx in enumerate(mine):
                 batch = {k: v.to(device) for k, v in collator([dataset[j] for j in idx]).items()}
@@ -616,7 +617,7 @@ def fit(
             tok_stats.dropped,
         )
     micro = min(settings.micro_batch_size, settings.global_batch_size // int(os.environ.get("WORLD_SIZE", "1")) or 1)
-    batches = _epoch_batches(len(tokenized), max(micro, 1), 1, settings.seed, 0)
+    batches = epoch_batches(len(tokenized), max(micro, 1), 1, settings.seed, 0)
     tok_stats.packing = bool(packing)
     if attn_implementation:
         try:

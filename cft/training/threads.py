@@ -4,10 +4,10 @@ torch's default is one intra-op thread per physical core. On a shared machine th
 OpenMP threads spin-wait for each other at the end of every operator, so when another process
 holds one of the cores, every operator waits for the slowest thread. On the 2-core development
 machine (`bench/threads.py`, the demo model), 2 threads took 0.66x the time of 1 for a training step
-when little else ran (load average about 2), but 6.9x with two busy-loop processes beside them; while
-other jobs held the machine at a load average of 3 to 5, 2 threads took 1.3x to 45x the time of 1
-for a training step and 4x to 58x for a decoding step (evaluation, generative replay), where 1 thread
-slowed about 2x. OMP_WAIT_POLICY=passive removes the collapse but also the gain, so it is not used.
+when little else ran, but several times to tens of times the time of 1 while other processes held a
+core, for decoding steps (evaluation, generative replay) most of all; 1 thread slowed far less. The
+measured figures are in bench/results/threads*.json and the README's "Threads on a busy machine".
+OMP_WAIT_POLICY=passive removes the collapse but also the gain, so it is not used.
 
 The cost is lopsided (a third of the time lost by one thread too few, several times the time lost by
 one too many), so the default is one thread per idle core: the CPUs this process may run on minus
