@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
-from cft.config.schema import PathsConfig, Seed
+from cft.config.types import PathsConfig, Seed
 
 Count = Annotated[StrictInt, Field(ge=1)]
 

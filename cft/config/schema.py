@@ -7,7 +7,8 @@ composed, before Hydra creates any folder, so a bad value stops with exit status
 model, data or cache is touched.
 
 Groups with a fixed set of keys are pydantic models here (or, for the evaluation suites and the
-analysis, in `cft.evaluation.config` and `cft.analysis.config`, beside the code that reads them).
+analysis, in `cft.evaluation.config` and `cft.analysis.config`, beside the code that reads them);
+the pieces they share (the strict base, Seed, Count, `paths`) are in the leaf `cft.config.types`.
 A node with `_target_` (a strategy, an evaluation task, an embedder) is checked against the
 constructor of the class it names: its parameters are the node's keys, their annotations the
 types, and `Annotated[..., Field(ge=..., description=...)]` the ranges and help. A new strategy is
@@ -25,22 +26,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, create_model, model_validator
 
+from cft.config.types import Count, NonNegative, PathsConfig, Positive, Schema, Seed
 from cft.errors import ConfigError
-
-UINT32 = 2**32 - 1
-
-
-class Schema(BaseModel):
-    """A config group: unknown keys are errors (a typo must not be silently ignored)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-Seed = Annotated[StrictInt, Field(ge=0, le=UINT32, description="a random seed, 0 to 2^32-1")]
-Count = Annotated[StrictInt, Field(ge=1)]
-NonNegative = Annotated[StrictInt, Field(ge=0)]
-Positive = Annotated[float, Field(gt=0)]
-
 
 # ---------------------------------------------------------------------------------------- model
 
@@ -233,12 +220,6 @@ class TrackingConfig(Schema):
     mode: Literal["offline", "online", "disabled"] = Field("offline", description="W&B: offline files, online, or off")
     project: str = Field("cft", description="W&B project")
     entity: str | None = Field(None, description="W&B entity (team or user)")
-
-
-class PathsConfig(Schema):
-    output_root: str = Field(description="where sweeps and the cache go (CFT_OUTPUT_ROOT)")
-    cache_dir: str = Field(description="the shared artifact cache")
-    verify: Literal["checksum", "size"] = Field("checksum", description="how a cached artifact is checked on reuse")
 
 
 class SimilarityConfig(Schema):
