@@ -33,7 +33,7 @@ UINT32 = 2**32 - 1
 class Schema(BaseModel):
     """A config group: unknown keys are errors (a typo must not be silently ignored)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf, 1e400 and nan are never meant
 
 
 Seed = Annotated[StrictInt, Field(ge=0, le=UINT32, description="a random seed, 0 to 2^32-1")]
@@ -133,7 +133,9 @@ class DataConfig(Schema):
         None, description="a local .json/.jsonl/.parquet file or a folder of <lang>.jsonl files (wins over source)"
     )
     hint: str | None = Field(None, description="what to tell a user who has neither source nor path")
-    languages: list[str] | None = Field(None, description="languages to use; null = all the dataset has")
+    languages: list[str] | None = Field(
+        None, min_length=1, description="languages to use, at least one; null = all the dataset has"
+    )
     available_languages: list[str] | None = Field(None, description="languages the dataset has (checks `languages`)")
     max_examples: Count | None = Field(None, description="cap on the total examples (seeded sample)")
     max_per_language: Count | None = Field(None, description="cap per language (seeded sample)")
@@ -323,7 +325,7 @@ def options_model(obj) -> type[BaseModel]:
     """A pydantic model of the keyword options a class (its __init__) or function takes."""
     func = obj.__init__ if inspect.isclass(obj) else obj
     if func is object.__init__:  # a class without options (strategy=full)
-        return create_model(f"{obj.__name__}Options", __config__=ConfigDict(extra="forbid"))
+        return create_model(f"{obj.__name__}Options", __config__=ConfigDict(extra="forbid", allow_inf_nan=False))
     signature = inspect.signature(func)
     hints = typing.get_type_hints(func, include_extras=True)
     fields: dict[str, Any] = {}
@@ -336,7 +338,7 @@ def options_model(obj) -> type[BaseModel]:
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[name] = (hints.get(name, Any), default)
-    config = ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=())
+    config = ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=(), allow_inf_nan=False)
     return create_model(f"{getattr(obj, '__name__', 'Target')}Options", __config__=config, **fields)
 
 
