@@ -241,6 +241,12 @@ class PathsConfig(Schema):
     output_root: str = Field(description="where sweeps and the cache go (CFT_OUTPUT_ROOT)")
     cache_dir: str = Field(description="the shared artifact cache")
     verify: Literal["checksum", "size"] = Field("checksum", description="how a cached artifact is checked on reuse")
+    rescue_dir: str | None = Field(
+        None,
+        min_length=1,
+        description="second place for trained weights when the run folder and the temporary folder refuse them "
+        "(free space checked first); null: none",
+    )
 
 
 class SimilarityConfig(Schema):
@@ -260,6 +266,11 @@ class TrainRoot(Schema):
     seed: Seed = Field(description="the run's seed (model init, data order, strategy choices)")
     sweep_id: str = Field(description="the sweep's id: its folder and W&B group")
     check: StrictBool = Field(False, description="check the config (every cell of a sweep) and exit, running nothing")
+    preflight: Literal["lenient", "strict"] = Field(
+        "lenient",
+        description="cells that fail the preflight (checkpoints, data, strategy needs, output root): "
+        "lenient = list them and run the others, strict = stop before any cell runs",
+    )
     threads: Threads | None = Field(None, description="torch threads; null = chosen from measurement (OMP_NUM_THREADS wins)")
     similarity: SimilarityConfig = Field(description="DES and MPD recorded by the run (the paper's Definitions 1, 2)")
     model: ModelConfig = Field(description="conf/model: the checkpoints, or a model built in code")
