@@ -267,6 +267,7 @@ class TrainRecipe:
     def setup(self) -> bool:
         """Check every input, then prepare the run folder, the base and the tracker. False: already finished."""
         cfg = self.cfg
+        self._preflight_verdict()
         threads.configure(cfg.get("threads"))
         distributed.init()  # several ranks (torchrun, SLURM tasks) train one cell; rank 0 alone writes
         resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -549,6 +550,22 @@ class TrainRecipe:
         )
 
     # ------------------------------------------------------------ helpers
+
+    def _preflight_verdict(self) -> None:
+        """A cell the sweep's preflight found unable to run stops here, with its reason, before any work."""
+        from cft.config import preflight
+
+        failed = preflight.failed_cells()
+        if not failed:
+            return
+        try:
+            cell = str(
+                self.run_dir.path.resolve().relative_to(layout.sweep_dir(self.cfg.paths.output_root, self.cfg.sweep_id).resolve())
+            )
+        except ValueError:
+            return
+        if cell in failed:
+            raise ConfigError(f"preflight: {failed[cell]}")
 
     def _base(self, *, required: bool) -> Checkpoint | None:
         gguf = self.model_cfg.get("gguf_file")
