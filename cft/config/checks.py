@@ -239,7 +239,9 @@ class Checks(Callback):
             try:
                 cell_config = compose(config_name=name, overrides=overrides, return_hydra_config=True)
             except Exception as exc:  # Hydra's own errors (an unknown group option) name the override
-                problems.setdefault(str(exc).splitlines()[0], []).append(label)
+                from cft.config.cli import hydra_error_line
+
+                problems.setdefault(hydra_error_line(exc) or str(exc).splitlines()[0], []).append(label)
                 continue
             found, values = problems_of(self.kind, cell_config)
             for problem in found:

@@ -150,7 +150,12 @@ def on_multi_gpu(value):
 
 
 def register_resolvers() -> None:
+    """What every entry script sets up before Hydra runs: cft's resolvers, and Hydra's errors in cft's form."""
     from omegaconf import OmegaConf
+
+    from cft.config.cli import hydra_errors_in_one_line
+
+    hydra_errors_in_one_line()
 
     OmegaConf.register_new_resolver("cft_on_multi_gpu", on_multi_gpu, replace=True)
     OmegaConf.register_new_resolver("cft_eval_dir", evaluation_dir, replace=True)
