@@ -43,7 +43,7 @@ from cft.recipes.common import (
     train_settings,
 )
 from cft.run import disk, keys, layout
-from cft.run.artifacts import Cache, key_of
+from cft.run.artifacts import Cache, key_of, manifest_digest
 from cft.run.disk import DiskError
 from cft.run.folder import RunDir, comparable
 from cft.run.tracking import Tracker
@@ -170,8 +170,11 @@ def finetune_base(
 
 
 def evaluate_cached(model: Checkpoint, eval_cfg: Mapping[str, Any], tasks: Mapping[str, Any], cache: Cache) -> dict[str, Any]:
-    """Evaluate a model artifact once per (model, eval settings); later runs reuse the scores."""
+    """Evaluate a model artifact once per (model, its exact weights, eval settings); later runs reuse the scores."""
     spec = {"model": model.key, "eval": comparable({"eval": dict(eval_cfg)})["eval"]}
+    digest = manifest_digest(model.ref)
+    if digest:  # the exact weights scored: a rebuilt model (bytes differ, e.g. on a GPU) gets a new evaluation
+        spec["weights"] = digest
 
     def build_scores(tmp: Path) -> None:
         loaded, tokenizer = model.load()
