@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from cft.errors import CftError, ConfigError
+from cft.errors import ConfigError
 from cft.run import layout
 from cft.run.layout import latest_run  # noqa: F401 (re-exported: where run folders are found)
 
@@ -180,7 +180,9 @@ class RunDir:
                     tmp.unlink(missing_ok=True)
                 except OSError:
                     pass
-            raise CftError(
+            from cft.run.disk import DiskError
+
+            raise DiskError(
                 f"could not write {path}: {exc.strerror or exc}. Kept: {self.kept()}; shared artifacts in the cache "
                 "are not affected. Free space or fix the permissions, then run the same command again: it resumes this cell."
             ) from None
