@@ -14,7 +14,9 @@ from pathlib import Path
 
 import hydra
 
-from cft.config.cli import guarded
+from cft.config.cli import guarded, hydra_errors_in_one_line
+
+hydra_errors_in_one_line()
 
 
 @hydra.main(config_path="conf", config_name="analyze", version_base="1.3")

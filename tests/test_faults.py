@@ -70,9 +70,10 @@ def fault_env(*patterns: str, errno_name: str = "ENOSPC") -> dict:
     }
 
 
-def one_error(proc: subprocess.CompletedProcess) -> str:
-    """The run ended with exit 2 and one `cft: error:` line, no traceback; that line."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+def one_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    """The run ended with exit `code` (2: a bad input; 1: the machine refused) and one `cft: error:` line,
+    no traceback; that line."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("cft: error:")]
     assert len(lines) == 1, proc.stderr[-3000:]
@@ -299,7 +300,7 @@ def test_full_disk_saving_the_final_model_keeps_the_weights_and_the_rerun_does_n
     """OSError(ENOSPC) from save_pretrained during Phase 2: the weights go to the rescue folder the message
     names, FAILED records it, and the same command then saves them without training Phase 2 again."""
     proc = train(root, "sweep_id=s", env=fault_env("*/.checkpoint.tmp", "*/.checkpoint.tmp/*"))
-    line = one_error(proc)
+    line = one_error(proc, 1)
     (run,) = run_folders(root / "s")
     assert f"could not write the final model to {run / 'checkpoint'}: No space left on device" in line
     rescued = Path(line.split("The trained weights are kept in ")[1].split(";")[0])
@@ -311,6 +312,7 @@ def test_full_disk_saving_the_final_model_keeps_the_weights_and_the_rerun_does_n
     assert not log_lines(again, "phase2: 3 steps") and log_lines(proc, "phase2: 3 steps")
     assert (run / "DONE").exists() and (run / "checkpoint" / "model.safetensors").exists()
     assert not (run / "FAILED").exists() and not rescued.exists()
+    assert_train_figures(run)
 
 
 @pytest.mark.slow
@@ -318,7 +320,7 @@ def test_full_disk_writing_metrics_names_the_file_and_what_was_kept(root):
     """ENOSPC on metrics.json: the message names the file and the final model kept in the run folder; the
     rerun loads that model instead of training Phase 2 again."""
     proc = train(root, "sweep_id=s", env=fault_env("*/.metrics.json.tmp"))
-    line = one_error(proc)
+    line = one_error(proc, 1)
     (run,) = run_folders(root / "s")
     assert f"could not write {run / 'metrics.json'}: No space left on device" in line
     assert f"Kept: the final model in {run / 'checkpoint'}" in line
@@ -327,6 +329,7 @@ def test_full_disk_writing_metrics_names_the_file_and_what_was_kept(root):
     assert again.returncode == 0, again.stderr[-3000:]
     assert log_lines(again, "Phase 2 was trained and saved by an earlier attempt") and not log_lines(again, "phase2: 3 steps")
     assert (run / "DONE").exists() and "phase2/ta_avg" in json.loads((run / "metrics.json").read_text())
+    assert_train_figures(run)
 
 
 # ---------------------------------------------------------------- paths stay inside their root
@@ -610,3 +613,390 @@ def test_the_end_of_a_sweep_lists_failed_held_and_killed_cells(tmp_path):
     assert found[rel["failed"]]["phase"] == "phase2" and found[rel["failed"]]["message"] == "loss is nan at step 2"
     assert f"process {holder.pid} on " in found[rel["held"]]["message"]
     assert "left no FAILED" in found[rel["killed"]]["message"]
+
+
+# ---------------------------------------------------------------- trust, second round (issue 21)
+
+TRAIN_FIGURES = ("steps", "tokens", "final_loss", "examples", "seconds", "epochs_done", "padding_fraction")
+
+
+def assert_train_figures(run: Path) -> None:
+    """metrics.json of a run whose Phase 2 was kept by an earlier attempt still has its train/phase2/* keys."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    missing = [k for k in TRAIN_FIGURES if f"train/phase2/{k}" not in metrics]
+    assert not missing, missing
+    assert metrics["train/phase2/steps"] == 3
+
+
+def _run_folder_of(prepared: Path, root: Path, sweep: str) -> Path:
+    """Where the prepared command's cell lands under `root` with sweep_id=`sweep`."""
+    (done,) = run_folders(prepared / "prep")
+    return root / sweep / done.relative_to(prepared / "prep")
+
+
+def _mount(*args: str) -> bool:
+    try:
+        return subprocess.run(["mount", *args], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _umount(folder: Path) -> None:
+    subprocess.run(["umount", str(folder)], capture_output=True, timeout=10)
+
+
+def _tmpfs(folder: Path, size: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)):
+        pytest.skip("a full disk needs a small tmpfs: mounting needs root (CAP_SYS_ADMIN)")
+
+
+def assert_rescued_then_resumed(root: Path, run: Path, proc, cause: str, *rerun: str) -> None:
+    """One line, exit 1, the weights in the rescue place the line names; the rerun (fault cleared) loads
+    them instead of training Phase 2 again and writes a complete metrics.json."""
+    line = one_error(proc, 1)
+    assert f"could not write the final model to {run / 'checkpoint'}: {cause}" in line
+    rescued = Path(line.split("train/phase2/* figures are kept in ")[1].split(";")[0].split(" (")[0])
+    assert (rescued / "DONE").exists() and (rescued / "model" / "model.safetensors").exists()
+    assert not list(run.glob(".*.tmp")) and not (run / "DONE").exists()
+    assert "Traceback" not in proc.stdout + proc.stderr
+    again = train(root, *rerun)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert log_lines(again, f"loading it from {rescued} instead of training again")
+    assert not log_lines(again, "phase2: 3 steps") and log_lines(proc, "phase2: 3 steps")
+    assert (run / "DONE").exists() and not rescued.exists()
+    assert_train_figures(run)
+
+
+def test_full_tmpfs_saving_the_final_model_rescues_it(root, prepared):
+    """A real full disk (a 64 KiB tmpfs on the run folder): safetensors' own error, not an OSError."""
+    run = _run_folder_of(prepared, root, "s")
+    _tmpfs(run, "64k")
+    try:
+        proc = train(root, "sweep_id=s")
+        assert layout.read_failure(run)["error"] == "DiskError"  # FAILED fits where the model did not
+    finally:
+        _umount(run)
+    shutil.rmtree(run)
+    assert_rescued_then_resumed(root, run, proc, "No space left on device", "sweep_id=s")
+
+
+def test_full_tmpfs_writing_checkpoints_is_a_warning_and_nothing_is_lost(root, prepared):
+    """Checkpoints that do not fit (torch's RuntimeError from inline_container.cc) do not end the training
+    they insure: each is a warning, the final model and metrics are written."""
+    run = _run_folder_of(prepared, root, "s")
+    _tmpfs(run, "256k")
+    try:
+        proc = train(root, "sweep_id=s", "train.checkpoint_every=1")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stdout + proc.stderr
+        assert log_lines(proc, "phase2: the checkpoint of step 1 was not written (file write failed (a full disk?))")
+        assert (run / "DONE").exists() and (run / "checkpoint" / "model.safetensors").exists()
+        assert not list(run.glob(".*.tmp")) and not list(run.glob("checkpoints/*/.step-*.tmp"))
+        assert_train_figures(run)
+    finally:
+        _umount(run)
+
+
+def test_run_folder_turning_read_only_in_phase2(root, prepared, tmp_path):
+    """A read-only bind mount laid on the run folder while Phase 2 trains: one line, exit 1, the weights
+    and FAILED in the rescue place, no lock error in cleanup; the rerun does not train Phase 2 again."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root (CAP_SYS_ADMIN)")
+    args = ["sweep_id=s", "train.phase2.max_steps=120"]
+    flags = [*ARGS, *args]
+    env = {**os.environ, "CFT_OUTPUT_ROOT": str(root), "PYTHONUNBUFFERED": "1", "TMPDIR": str(_tmp(root))}
+    env.pop("CFT_SWEEP_ID", None)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *flags],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out, mounted = [], None
+    for line in proc.stdout:
+        out.append(line)
+        if "phase2: padding" in line and mounted is None:
+            (meta,) = root.joinpath("s").rglob("run_meta.json")
+            mounted = meta.parent
+            if not (_mount("--bind", str(mounted), str(mounted)) and _mount("-o", "remount,ro,bind", str(mounted))):
+                proc.kill()
+                pytest.skip("cannot remount read-only here")
+    proc.wait(timeout=600)
+    _umount(mounted)
+    text = "".join(out)
+    lines = [line for line in text.splitlines() if line.startswith("cft: error:")]
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in text, text[-3000:]
+    assert "Read-only file system" in lines[0] and "run.lock" not in text
+    rescued = Path(lines[0].split("train/phase2/* figures are kept in ")[1].split(";")[0])
+    assert layout.read_failure(rescued)["phase"] == "phase2" and not (mounted / "FAILED").exists()
+    again = train(root, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert log_lines(again, f"loading it from {rescued}") and not log_lines(again, "phase2: 120 steps")
+    metrics = json.loads((mounted / "metrics.json").read_text())
+    assert metrics["train/phase2/steps"] == 120 and "train/phase2/final_loss" in metrics
+
+
+@pytest.mark.parametrize("raised", ["safetensors", "oserror"])
+def test_rescue_falls_back_to_paths_rescue_dir(root, tmp_path, raised):
+    """The run folder and the temporary folder's rescue place both refuse (SafetensorError, OSError 28): the
+    weights go to paths.rescue_dir; the rerun finds them there."""
+    second = tmp_path / "second"
+    env = fault_env("*/.checkpoint.tmp", "*/.checkpoint.tmp/*", "*/cft-rescue/*")
+    if raised == "safetensors":
+        env["CFT_FAULT_RAISE"] = "safetensors"
+    proc = train(root, "sweep_id=s", f"paths.rescue_dir={second}", env=env)
+    (run,) = run_folders(root / "s")
+    line = one_error(proc, 1)
+    assert f"kept in {second}/" in line and "cft-rescue: No space left on device" in line
+    assert_rescued_then_resumed(root, run, proc, "No space left on device", "sweep_id=s", f"paths.rescue_dir={second}")
+
+
+def test_rescue_refused_everywhere_says_so(root, tmp_path):
+    """With no place that takes the weights (the second one has too little free space), the line says nothing
+    was kept and how to give a place; FAILED is in the run folder."""
+    env = fault_env("*/.checkpoint.tmp", "*/.checkpoint.tmp/*", "*/cft-rescue/*")
+    small = tmp_path / "small"
+    if os.geteuid() == 0 and _mount("-t", "tmpfs", "-o", "size=16k", "tmpfs", str(small.mkdir() or small)):
+        try:
+            line = one_error(train(root, "sweep_id=s", f"paths.rescue_dir={small}", env=env), 1)
+        finally:
+            _umount(small)
+        assert "MiB free" in line and "MiB needed" in line
+    else:
+        line = one_error(train(root, "sweep_id=s", "paths.rescue_dir=null", env=env), 1)
+    assert "nothing of Phase 2 could be kept" in line and "paths.rescue_dir" in line
+    (run,) = run_folders(root / "s")
+    assert layout.read_failure(run)["error"] == "DiskError"
+
+
+def test_checkpoint_write_error_of_torch_is_a_warning(root):
+    """torch.save's RuntimeError (inline_container.cc) on a resumable checkpoint, planted: training goes on."""
+    env = {**fault_env("*/checkpoints/*"), "CFT_FAULT_RAISE": "torch"}
+    proc = train(root, "sweep_id=s", "train.checkpoint_every=1", env=env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(log_lines(proc, "was not written (file write failed (a full disk?)); training goes on")) == 2
+    (run,) = run_folders(root / "s")
+    assert (run / "DONE").exists()
+    assert_train_figures(run)
+
+
+def test_cuda_out_of_memory_fails_the_cell_with_a_hint_and_the_sweep_goes_on(root):
+    """torch.cuda.OutOfMemoryError (planted on the first backward pass) in the first of two cells: FAILED with
+    the keys that lower memory, the other cell finishes, exit 1; the rerun runs only the failed cell."""
+    args = ["-m", "seed=0,1", "sweep_id=s"]
+    proc = train(root, *args, env={**fault_env(), "CFT_FAULT_OOM_AT": "1"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    runs = {p.name: p for p in run_folders(root / "s")}
+    failure = layout.read_failure(runs["seed0"])
+    for key in ("train.micro_batch_size", "train.gradient_checkpointing", "zero_optimization.stage", "CUDA out of memory"):
+        assert key in failure["message"], failure
+    assert (runs["seed1"] / "DONE").exists() and "CUDA out of memory" in proc.stderr
+    again = train(root, *args)
+    assert again.returncode == 0 and (runs["seed0"] / "DONE").exists()
+    assert len(log_lines(again, "is already finished (DONE); skipping it")) == 1
+
+
+def test_failed_record_leaves_no_tmp(tmp_path, monkeypatch):
+    """FAILED on a full disk: the error goes up (the caller tries elsewhere) and no empty .FAILED.tmp stays."""
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError):
+        layout.write_failure(tmp_path, phase="phase2", message="m", error="E")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lock_release_never_raises(tmp_path, monkeypatch):
+    from cft.run.folder import RunLock
+
+    lock = RunLock(tmp_path).acquire()
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    lock.release()  # in cleanup after a disk fault: must not bury the run's own message
+    monkeypatch.undo()
+    RunLock(tmp_path).acquire().release()  # and the lock is free again
+
+
+@pytest.mark.parametrize("error", ["safetensors", "torch", "enospc", "erofs", "reader"])
+def test_disk_fault_types(error):
+    """The exception types a full or read-only disk really raises are told from a bug (a damaged file read)."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    from cft.run import disk
+
+    exc = {
+        "safetensors": SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+        "torch": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 106624 vs 106516"),
+        "enospc": OSError(errno.ENOSPC, "No space left on device"),
+        "erofs": OSError(errno.EROFS, "Read-only file system"),
+        "reader": RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory"),
+    }[error]
+    expected = {
+        "safetensors": "No space left on device",
+        "torch": "file write failed (a full disk?)",
+        "enospc": "No space left on device",
+        "erofs": "Read-only file system",
+        "reader": None,
+    }[error]
+    assert disk.reason(exc) == expected
+
+
+# ---------------------------------------------------------------- inputs that would train on the wrong data
+
+
+def test_empty_language_list_stops_naming_the_key(tmp_path):
+    line = one_error(run_script("train.py", [*ARGS, "phase2_data.languages=[]", "sweep_id=s"], tmp_path, check=False))
+    assert "phase2_data.languages" in line and "at least 1" in line
+    assert not (tmp_path / "s").exists() and not (tmp_path / "cache").exists()
+
+
+def test_empty_or_missing_language_file_stops_naming_the_file(tmp_path):
+    """A folder with a good es.jsonl and a 0-byte de.jsonl; then de.jsonl missing: stopped before any work."""
+    from helpers import write_jsonl
+
+    folder = tmp_path / "data"
+    write_jsonl(folder / "es.jsonl", [{"instruction": f"hola {i}", "output": "si"} for i in range(8)])
+    (folder / "de.jsonl").write_bytes(b"")
+    args = [*ARGS, f"phase2_data.path={folder}", "phase2_data.source=null", "sweep_id=s"]
+    line = one_error(run_script("train.py", args, tmp_path, check=False))
+    assert f"{folder / 'de.jsonl'}: dataset" in line and "no records for language 'de'" in line
+    (folder / "de.jsonl").unlink()
+    line = one_error(run_script("train.py", args, tmp_path, check=False))
+    assert "no file for language(s) ['de']" in line
+    assert not (tmp_path / "s").exists() and not (tmp_path / "cache").exists()
+
+
+def test_filter_leaving_a_language_without_records(tmp_path):
+    from helpers import write_jsonl
+
+    from cft.data.sources import load_sft
+    from cft.errors import DataError
+
+    folder = tmp_path / "data"
+    write_jsonl(folder / "es.jsonl", [{"instruction": "hola", "output": "si"}])
+    write_jsonl(folder / "de.jsonl", [{"instruction": "hallo", "output": ""}])
+    with pytest.raises(DataError, match=r"de.jsonl: dataset 'x' has no records for language 'de' \(phase2_data.languages"):
+        load_sft(name="x", path=str(folder), languages=["es", "de"], skip_empty_output=True, config_key="phase2_data")
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "-inf"])
+def test_learning_rate_must_be_finite(tmp_path, value):
+    line = one_error(run_script("train.py", [*ARGS, f"train.lr={value}", "check=true"], tmp_path, check=False))
+    assert line.startswith("cft: error: train.lr=") and "finite number" in line
+
+
+# ---------------------------------------------------------------- Hydra's own errors in cft's form
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["strategy=nonexistent"], "strategy=nonexistent: no such option in config group 'strategy'; available: cofitune,"),
+        (["model=nonexistent"], "model=nonexistent: no such option in config group 'model'; available: demo, llama,"),
+        (
+            ["-m", "strategy=full,gr5", "strategy.max_new_tokens=128"],
+            "strategy.max_new_tokens: no such key in this config (Key 'max_new_tokens' is not in struct); of config "
+            "group 'strategy', only strategy=gr10, strategy=gr5 have it",
+        ),
+    ],
+)
+def test_hydra_errors_are_one_line_exit_2(tmp_path, args, expected):
+    flags = [a for a in args if a.startswith("-")]
+    proc = run_script("train.py", [*flags, *[a for a in args if not a.startswith("-")], "check=true"], tmp_path, check=False)
+    assert expected in one_error(proc)
+    assert proc.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------- the preflight and check=true
+
+
+def test_check_prints_the_sweep_id_the_sweep_uses_and_the_preflight_runs_the_others(root):
+    """The issue's command: check=true names the gr5 cell (its counterpart is missing) and the sweep_id; the
+    same command without it uses that id, runs full and lf_h2 and lists gr5 as failed at its start."""
+    args = ["-m", "strategy=full,lf_h2,gr5", "phase2_data.counterpart.path=X"]
+    check = train(root, *args, "check=true")
+    assert check.returncode == 2, check.stderr[-3000:]
+    (sweep,) = [line.split("=", 1)[1] for line in check.stdout.splitlines() if line.startswith("cft: sweep_id=")]
+    errors = [line for line in check.stderr.splitlines() if line.startswith("cft: error: preflight:")]
+    assert len(errors) == 1 and "/gr5/" in errors[0] and "phase2_data.counterpart: X: data file not found" in errors[0]
+    assert "1 of 3 cell(s) cannot run (above); nothing was run" in check.stderr and not (root / sweep).exists()
+    proc = train(root, *args)
+    assert f"cft: sweep_id={sweep}" in proc.stdout and proc.returncode == 1
+    runs = {p.parent.parent.name: p for p in run_folders(root / sweep)}
+    assert (runs["full"] / "DONE").exists() and (runs["lf_h2"] / "DONE").exists()
+    assert layout.read_failure(runs["gr5"])["message"].startswith("preflight: phase2_data.counterpart: X: data file not found")
+    strict = train(root, *args, "preflight=strict", "sweep_id=strict")
+    assert strict.returncode == 2 and not (root / "strict").exists()
+
+
+def test_preflight_names_the_cell_whose_strategy_needs_a_base_that_cannot_resolve(tiny_model_dir, tmp_path):
+    """Instruct model on disk, base a hub id that cannot resolve offline: only lf_h2 needs the base (its
+    strategy declares it), so only it is named, in seconds, before anything runs."""
+    import time
+
+    small = [a for a in SMALL if not a.startswith("phase1_data.")]
+    args = ["-m", *small, "phase1_data=instruct", f"model.instruct={tiny_model_dir}", "model.base=cft-test/missing-base"]
+    start = time.time()
+    proc = run_script(
+        "train.py", [*args, "strategy=full,lf_h2", "check=true"], tmp_path, check=False, env={"HF_HUB_OFFLINE": "1"}
+    )
+    assert time.time() - start < 60
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("cft: error: preflight:")]
+    assert len(errors) == 1 and "/lf_h2/" in errors[0], proc.stderr
+    assert "strategy lf_h2 needs the base model: model.base=cft-test/missing-base" in errors[0]
+    assert "the hub is offline (HF_HUB_OFFLINE=1)" in errors[0]
+
+
+# ---------------------------------------------------------------- an evaluation is of the exact weights it scored
+
+
+def test_evaluation_key_follows_the_checkpoints_manifest(tmp_path, monkeypatch):
+    """A Phase-1 artifact rebuilt with other bytes (as on a GPU) gets a new evaluation; the same bytes reuse it."""
+    from cft.models.handle import Checkpoint
+    from cft.recipes import train as recipe
+    from cft.run.artifacts import Cache
+
+    cache = Cache(tmp_path / "cache")
+    scored = []
+
+    def fake_evaluate(model, tokenizer, tasks, limit=None, out_dir=None):
+        scored.append(model.weights)
+        return {"ta_avg": float(len(scored))}
+
+    class Loaded:
+        def __init__(self, weights):
+            self.weights = weights
+
+        def to(self, device):
+            return self
+
+    monkeypatch.setattr(recipe, "evaluate", fake_evaluate)
+
+    def phase1(content: bytes) -> Checkpoint:
+        def build(tmp: Path) -> None:
+            (tmp / "model").mkdir()
+            (tmp / "model" / "weights.bin").write_bytes(content)
+
+        path = cache.artifact("phase1", {"spec": 1}, build)
+        ckpt = Checkpoint(str(path / "model"), key="same-spec", what="phase1 model", cache=cache)
+        ckpt.load = lambda **kw: (Loaded((path / "model" / "weights.bin").read_bytes()), None)
+        return ckpt
+
+    first = recipe.evaluate_cached(phase1(b"A" * 64), {"limit": 1}, {}, cache)
+    again = recipe.evaluate_cached(phase1(b"A" * 64), {"limit": 1}, {}, cache)
+    assert first == again and scored == [b"A" * 64]
+    shutil.rmtree(cache.root / "phase1")  # rebuilt: other bytes under the same spec
+    rebuilt = recipe.evaluate_cached(phase1(b"B" * 64), {"limit": 1}, {}, cache)
+    assert scored == [b"A" * 64, b"B" * 64] and rebuilt != first

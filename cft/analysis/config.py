@@ -20,7 +20,7 @@ Count = Annotated[StrictInt, Field(ge=1)]
 
 
 class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf, 1e400 and nan are never meant
 
 
 class AnalyzeTracking(_Schema):

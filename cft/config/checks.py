@@ -158,6 +158,13 @@ def _run_folder(config: DictConfig, values: dict[str, Any]) -> str | None:
     return str(layout.run_dir(values["paths"]["output_root"], values["sweep_id"], cell))
 
 
+def _choices(config: DictConfig) -> dict[str, str]:
+    try:
+        return dict(config.hydra.runtime.choices)
+    except Exception:  # no hydra node (a config composed by a test)
+        return {}
+
+
 def fail(problems: list[str], where: str = "") -> None:
     """Print each problem as one line and exit with status 2 (no traceback)."""
     for problem in dict.fromkeys(problems):
@@ -192,6 +199,12 @@ class Checks(Callback):
         problems, values = problems_of(self.kind, config)
         if problems:
             fail(problems)
+        if values and self.kind == "train":
+            from cft.config.preflight import preflight
+
+            found = preflight(values, _choices(config))  # one cell: it cannot run, so nothing runs
+            if found:
+                fail(found, "preflight: ")
         if values and values.get("check"):
             where = _run_folder(config, values) if self.kind == "train" else None
             print(f"cft: config OK{f': {where}' if where else ''}", flush=True)
@@ -220,12 +233,15 @@ class Checks(Callback):
         name = config.hydra.job.config_name
         problems: dict[str, list[str]] = {}  # a problem -> the cells that have it (a bad global value: every cell)
         rows = []
+        grounded: dict[str, list[str]] = {}  # run folder -> why the preflight says it cannot run
         for overrides in cells:
             label = " ".join(overrides) or "(no overrides)"
             try:
                 cell_config = compose(config_name=name, overrides=overrides, return_hydra_config=True)
             except Exception as exc:  # Hydra's own errors (an unknown group option) name the override
-                problems.setdefault(str(exc).splitlines()[0], []).append(label)
+                from cft.config.cli import hydra_error_line
+
+                problems.setdefault(hydra_error_line(exc) or str(exc).splitlines()[0], []).append(label)
                 continue
             found, values = problems_of(self.kind, cell_config)
             for problem in found:
@@ -233,6 +249,11 @@ class Checks(Callback):
             if not found and values and self.kind == "train":
                 cell = layout.cell_of(dict(cell_config.hydra.runtime.choices), values["seed"], overrides)
                 rows.append(str(cell.path()))
+                from cft.config.preflight import preflight
+
+                reasons = preflight(values, dict(cell_config.hydra.runtime.choices))
+                if reasons:
+                    grounded[str(cell.path())] = reasons
         for problem, where in problems.items():
             scope = (
                 "every cell"
@@ -243,7 +264,26 @@ class Checks(Callback):
         failed = bool(problems)
         if failed:
             sys.exit(2)
-        if OmegaConf.select(config, "check", default=False):
+        check = OmegaConf.select(config, "check", default=False)
+        for row, reasons in grounded.items():
+            for reason in reasons:
+                print(f"cft: error: preflight: {row}: {reason}", file=sys.stderr, flush=True)
+        if grounded:
+            strict = OmegaConf.select(config, "preflight", default="lenient") == "strict"
+            print(
+                f"cft: {len(grounded)} of {len(cells)} cell(s) cannot run (above); "
+                + (
+                    "nothing was run"
+                    if check or strict
+                    else f"running the other {len(cells) - len(grounded)}; "
+                    "those stop at their start with this reason (preflight=strict: stop the sweep instead)"
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+            if check or strict:
+                sys.exit(2)
+        if check:
             print(f"cft: config OK: {len(cells)} cell(s)" + "".join(f"\n  {row}" for row in rows), flush=True)
             sys.exit(0)
         if self.kind == "train":  # the end of the sweep reports every cell without DONE, not only those with FAILED
@@ -252,3 +292,6 @@ class Checks(Callback):
             from cft.config.hydra import CELLS_ENV
 
             os.environ[CELLS_ENV] = json.dumps(rows)
+            from cft.config.preflight import ENV as PREFLIGHT_ENV
+
+            os.environ[PREFLIGHT_ENV] = json.dumps({row: "; ".join(reasons) for row, reasons in grounded.items()})

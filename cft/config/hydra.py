@@ -19,13 +19,16 @@ from cft.run import layout
 log = logging.getLogger(__name__)
 
 ENV = "CFT_SWEEP_ID"
+NOT_IN_SWEEP_ID = ("hydra", "tracking", "check=", "preflight=")
 
 
 def sweep_id_for(overrides: list[str]) -> str:
     for o in overrides:
         if o.startswith("sweep_id="):
             return o.split("=", 1)[1]
-    blob = "\n".join(sorted(o for o in overrides if not o.startswith(("hydra", "tracking"))))
+    # Overrides that change how the command runs, not what it trains, leave the id alone: `check=true`
+    # must print the id that the same command without it uses.
+    blob = "\n".join(sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_IN_SWEEP_ID)))
     return "sweep-" + hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
@@ -147,7 +150,12 @@ def on_multi_gpu(value):
 
 
 def register_resolvers() -> None:
+    """What every entry script sets up before Hydra runs: cft's resolvers, and Hydra's errors in cft's form."""
     from omegaconf import OmegaConf
+
+    from cft.config.cli import hydra_errors_in_one_line
+
+    hydra_errors_in_one_line()
 
     OmegaConf.register_new_resolver("cft_on_multi_gpu", on_multi_gpu, replace=True)
     OmegaConf.register_new_resolver("cft_eval_dir", evaluation_dir, replace=True)

@@ -120,7 +120,9 @@ class DataConfig(Schema):
         None, description="a local .json/.jsonl/.parquet file or a folder of <lang>.jsonl files (wins over source)"
     )
     hint: str | None = Field(None, description="what to tell a user who has neither source nor path")
-    languages: list[str] | None = Field(None, description="languages to use; null = all the dataset has")
+    languages: list[str] | None = Field(
+        None, min_length=1, description="languages to use, at least one; null = all the dataset has"
+    )
     available_languages: list[str] | None = Field(None, description="languages the dataset has (checks `languages`)")
     max_examples: Count | None = Field(None, description="cap on the total examples (seeded sample)")
     max_per_language: Count | None = Field(None, description="cap per language (seeded sample)")
@@ -239,6 +241,11 @@ class TrainRoot(Schema):
     seed: Seed = Field(description="the run's seed (model init, data order, strategy choices)")
     sweep_id: str = Field(description="the sweep's id: its folder and W&B group")
     check: StrictBool = Field(False, description="check the config (every cell of a sweep) and exit, running nothing")
+    preflight: Literal["lenient", "strict"] = Field(
+        "lenient",
+        description="cells that fail the preflight (checkpoints, data, strategy needs, output root): "
+        "lenient = list them and run the others, strict = stop before any cell runs",
+    )
     threads: Threads | None = Field(None, description="torch threads; null = chosen from measurement (OMP_NUM_THREADS wins)")
     similarity: SimilarityConfig = Field(description="DES and MPD recorded by the run (the paper's Definitions 1, 2)")
     model: ModelConfig = Field(description="conf/model: the checkpoints, or a model built in code")
@@ -304,7 +311,7 @@ def options_model(obj) -> type[BaseModel]:
     """A pydantic model of the keyword options a class (its __init__) or function takes."""
     func = obj.__init__ if inspect.isclass(obj) else obj
     if func is object.__init__:  # a class without options (strategy=full)
-        return create_model(f"{obj.__name__}Options", __config__=ConfigDict(extra="forbid"))
+        return create_model(f"{obj.__name__}Options", __config__=ConfigDict(extra="forbid", allow_inf_nan=False))
     signature = inspect.signature(func)
     hints = typing.get_type_hints(func, include_extras=True)
     fields: dict[str, Any] = {}
@@ -317,7 +324,7 @@ def options_model(obj) -> type[BaseModel]:
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[name] = (hints.get(name, Any), default)
-    config = ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=())
+    config = ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=(), allow_inf_nan=False)
     return create_model(f"{getattr(obj, '__name__', 'Target')}Options", __config__=config, **fields)
 
 

@@ -18,7 +18,7 @@ UINT32 = 2**32 - 1
 class Schema(BaseModel):
     """A config group: unknown keys are errors (a typo must not be silently ignored)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf, 1e400 and nan are never meant
 
 
 Seed = Annotated[StrictInt, Field(ge=0, le=UINT32, description="a random seed, 0 to 2^32-1")]
@@ -31,3 +31,9 @@ class PathsConfig(Schema):
     output_root: str = Field(description="where sweeps and the cache go (CFT_OUTPUT_ROOT)")
     cache_dir: str = Field(description="the shared artifact cache")
     verify: Literal["checksum", "size"] = Field("checksum", description="how a cached artifact is checked on reuse")
+    rescue_dir: str | None = Field(
+        None,
+        min_length=1,
+        description="second place for trained weights when the run folder and the temporary folder refuse them "
+        "(free space checked first); null: none",
+    )

@@ -53,7 +53,9 @@ def _files_by_language(folder: Path) -> dict[str, Path]:
     return by_lang
 
 
-def _read_local(path: Path, languages: Sequence[str] | None, fields, reading) -> tuple[list[Example], int]:
+def _read_local(
+    path: Path, languages: Sequence[str] | None, fields, reading, files: dict[str, Path]
+) -> tuple[list[Example], int]:
     if path.is_dir():
         by_lang = _files_by_language(path)
         wanted = list(languages) if languages else sorted(by_lang)
@@ -63,6 +65,7 @@ def _read_local(path: Path, languages: Sequence[str] | None, fields, reading) ->
                 f"{path}: no file for language(s) {missing} (found: {', '.join(sorted(by_lang)) or 'no .json/.jsonl/.parquet files'})"
             )
         out, skipped = [], 0
+        files.update({lang: by_lang[lang] for lang in wanted})  # a language left empty names its file
         for lang in wanted:
             # The file name says the language; a per-record language field must not contradict it.
             ex, sk = read_examples(by_lang[lang], fields={**fields, "lang": None}, lang=lang, **reading)
@@ -190,13 +193,16 @@ def load_sft(
     `config_key` is where the dataset's config lives (e.g. phase2_data.counterpart): messages name it."""
     if on_bad_record not in ("error", "skip"):
         raise ConfigError(f"{config_key}.on_bad_record={on_bad_record!r} must be 'error' or 'skip'")
+    if languages is not None and not list(languages):  # [] is not "all languages" (null is): it would train on nothing
+        raise ConfigError(f"{config_key}.languages is empty: name at least one language, or null for all the dataset has")
     tally: Counter = Counter()
     reading = {"on_bad_record": on_bad_record, "skip_empty_output": skip_empty_output, "config_key": config_key, "tally": tally}
     languages = list(languages) if languages else None
     available = list(available_languages) if available_languages else None
     fields = {**DEFAULT_FIELDS, **(dict(fields) if fields else {})}
+    files: dict[str, Path] = {}  # language -> the file it was read from (a folder of per-language files)
     if path:
-        examples, skipped = _read_local(Path(str(path)).expanduser(), languages, fields, reading)
+        examples, skipped = _read_local(Path(str(path)).expanduser(), languages, fields, reading, files)
         where = str(path)
     elif source == "demo":
         spec = dict(demo or {})
@@ -225,6 +231,15 @@ def load_sft(
             f"{where}: dataset '{name}' is empty" + (f" after filtering to languages {languages}" if languages else "")
         )
     sizes = dict(sorted(Counter(e.lang for e in examples).items()))
+    left_empty = [lang for lang in languages or [] if not sizes.get(lang)]
+    if left_empty:  # a requested language with no records would silently train on the others
+        lang = left_empty[0]
+        source_of = str(files[lang]) if lang in files else where
+        raise DataError(
+            f"{source_of}: dataset '{name}' has no records for language '{lang}' ({config_key}.languages"
+            + (f"; also empty: {left_empty[1:]}" if left_empty[1:] else "")
+            + "): the file is empty, or every record was skipped or filtered out. Fix the file or drop the language"
+        )
     empty = tally["empty_output"]
     log.info(
         "Loaded %s from %s: %d examples, per language %s%s%s",

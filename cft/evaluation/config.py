@@ -18,7 +18,7 @@ SHARED = ("limit", "data_dir", "batch_size", "backend", "apply_chat_template")
 class SuiteConfig(BaseModel):
     """conf/eval/<suite>.yaml."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf, 1e400 and nan are never meant
 
     limit: Annotated[StrictInt, Field(ge=1)] | None = Field(
         None, description="examples per language / MMLU subject / benchmark for every task (a task's own limit wins); null = all"

@@ -42,8 +42,9 @@ from cft.recipes.common import (
     plain,
     train_settings,
 )
-from cft.run import keys, layout
-from cft.run.artifacts import Cache, key_of
+from cft.run import disk, keys, layout
+from cft.run.artifacts import Cache, key_of, manifest_digest
+from cft.run.disk import DiskError
 from cft.run.folder import RunDir, comparable
 from cft.run.tracking import Tracker
 from cft.strategies.base import StrategyContext
@@ -169,8 +170,11 @@ def finetune_base(
 
 
 def evaluate_cached(model: Checkpoint, eval_cfg: Mapping[str, Any], tasks: Mapping[str, Any], cache: Cache) -> dict[str, Any]:
-    """Evaluate a model artifact once per (model, eval settings); later runs reuse the scores."""
+    """Evaluate a model artifact once per (model, its exact weights, eval settings); later runs reuse the scores."""
     spec = {"model": model.key, "eval": comparable({"eval": dict(eval_cfg)})["eval"]}
+    digest = manifest_digest(model.ref)
+    if digest:  # the exact weights scored: a rebuilt model (bytes differ, e.g. on a GPU) gets a new evaluation
+        spec["weights"] = digest
 
     def build_scores(tmp: Path) -> None:
         loaded, tokenizer = model.load()
@@ -213,12 +217,13 @@ def record_layer_changes(base: Checkpoint, phase1: Checkpoint, phase2_dir: Path,
     tracker.log_table("layer_changes", columns, frame[columns].values.tolist())
 
 
-def rescue_dir(run_path: Path) -> Path:
+def rescue_dirs(run_path: Path, second: str | None) -> list[Path]:
     """Where a trained Phase-2 model goes when its run folder cannot take it (full or read-only disk):
-    outside the output root, named by the run folder, so the same command finds it again."""
-    from cft.run.folder import rescue_dir as of_run
+    outside the output root (the temporary folder, then `paths.rescue_dir`), named by the run folder,
+    so the same command finds it again."""
+    from cft.run.folder import rescue_dirs as of_run
 
-    return of_run(run_path)  # defined beside RunDir, which clears it when the folder's config changes
+    return of_run(run_path, second)  # defined beside RunDir, which clears them when the folder's config changes
 
 
 # ---------------------------------------------------------------- the recipe
@@ -237,6 +242,7 @@ class TrainRecipe:
         self.step = "setup"  # the step running now: what FAILED names
         self.tracker: Tracker | None = None
         self._lock = None
+        self._rescued: Path | None = None  # where the Phase-2 weights were kept when the run folder refused them
 
     # ------------------------------------------------------------ the story
 
@@ -251,7 +257,10 @@ class TrainRecipe:
             self.evaluate()
             self.record()
         except BaseException as exc:
-            self.fail(exc)
+            error = self._disk_error(exc) or self._memory_error(exc)
+            self.fail(error or exc)
+            if error is not None:
+                raise error from None  # one line, exit 1 (the next cell of a sweep runs): the message says what to do
             raise
         finally:
             self.cleanup()
@@ -261,6 +270,7 @@ class TrainRecipe:
     def setup(self) -> bool:
         """Check every input, then prepare the run folder, the base and the tracker. False: already finished."""
         cfg = self.cfg
+        self._preflight_verdict()
         threads.configure(cfg.get("threads"))
         distributed.init()  # several ranks (torchrun, SLURM tasks) train one cell; rank 0 alone writes
         resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -393,7 +403,7 @@ class TrainRecipe:
         cfg = self.cfg
         train2 = phase_train_config(cfg.train, "phase2")
         settings = train_settings(train2, seed=self.seed)
-        rescued = rescue_dir(self.run_dir.path)
+        rescued = rescue_dirs(self.run_dir.path, cfg.paths.get("rescue_dir"))
         with zero3_init(settings):  # under ZeRO-3 the trained copy is created partitioned, apart from the plain one
             model, tokenizer = self.p1.load(fresh=zero_stage(settings) == 3)  # else the one Phase-1 model, shared
         ctx = StrategyContext(
@@ -420,7 +430,7 @@ class TrainRecipe:
             from cft.models import load_model
 
             model, tokenizer = load_model(str(saved), dtype="fp32", what="saved Phase-2 model")
-            stats2, tok2 = None, None
+            train_figures = self._saved_figures(saved)
         else:
             model, stats2, tok2 = fit(
                 model,
@@ -436,18 +446,18 @@ class TrainRecipe:
                 checkpoint_dir=self.run_dir.path / layout.CHECKPOINTS / "phase2",
                 log_fn=self.tracker.log,
             )
+            train_figures = {keys.train("phase2", k): v for k, v in asdict(stats2).items() if v is not None}
+            train_figures[keys.train("phase2", "examples_truncated")] = tok2.truncated
+            train_figures[keys.train("phase2", "examples_dropped")] = tok2.dropped
+            train_figures[keys.train("phase2", "padding_fraction")] = tok2.padding_fraction  # padded micro-batches
+            train_figures[keys.train("phase2", "padding_fraction_packed")] = tok2.padding_fraction_packed
         if not distributed.is_main():
             return
         model = self.strategy.finalize(model, ctx)
         if saved != self.run_dir.checkpoint:
-            self._save(model, tokenizer, rescued)
+            self._save(model, tokenizer, rescued, train_figures)  # the figures travel with the weights
         self.model2, self.tokenizer2 = model, tokenizer
-        if stats2 is not None:
-            self.metrics.update({keys.train("phase2", k): v for k, v in asdict(stats2).items() if v is not None})
-            self.metrics[keys.train("phase2", "examples_truncated")] = tok2.truncated
-            self.metrics[keys.train("phase2", "examples_dropped")] = tok2.dropped
-            self.metrics[keys.train("phase2", "padding_fraction")] = tok2.padding_fraction  # padded micro-batches
-            self.metrics[keys.train("phase2", "padding_fraction_packed")] = tok2.padding_fraction_packed
+        self.metrics.update(train_figures)
         if self.p1_stats:
             self.metrics.update({keys.train("phase1", k): v for k, v in self.p1_stats.items() if v is not None})
         self.metrics.update({keys.strategy(k): v for k, v in self.strategy.report().items()})
@@ -483,7 +493,10 @@ class TrainRecipe:
 
     def cleanup(self) -> None:
         if self.tracker is not None:
-            self.tracker.finish()
+            try:
+                self.tracker.finish()
+            except Exception as exc:  # W&B's files on a full or read-only disk: the run's own message comes first
+                log.warning("W&B could not finish its files: %s", exc)
             self.tracker = None
         if self._lock is not None:
             self._lock.release()
@@ -497,14 +510,65 @@ class TrainRecipe:
             return  # stopped, not failed: the same command resumes
         if self._lock is None and self.step == "setup" and isinstance(exc, CftError) and "is running this cell" in str(exc):
             return  # another process holds the cell: its folder is not ours to mark
-        try:
-            layout.write_failure(
-                self.run_dir.path, phase=self.step, message=str(exc) or type(exc).__name__, error=type(exc).__name__
-            )
-        except OSError as write_error:  # a read-only or full disk: the message on the console is all we can leave
-            log.warning("could not write %s: %s", self.run_dir.path / layout.FAILED, write_error)
+        record = {"phase": self.step, "message": str(exc) or type(exc).__name__, "error": type(exc).__name__}
+        for place in [self.run_dir.path] + ([self._rescued] if self._rescued else []):
+            try:  # the run folder's FAILED, or (a full or read-only run folder) the rescue folder's
+                layout.write_failure(place, **record)
+                return
+            except Exception as write_error:
+                log.warning("could not write %s: %s", place / layout.FAILED, write_error)
+
+    def _memory_error(self, exc: BaseException) -> CftError | None:
+        """A GPU out of memory as one line naming the keys that lower memory (torch.cuda.OutOfMemoryError is a
+        RuntimeError: without this a sweep would stop at it; with it the cell is FAILED and the next one runs)."""
+        import torch
+
+        if not isinstance(exc, torch.cuda.OutOfMemoryError):
+            return None
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()  # what this cell held, for the next cell of the sweep
+        phase = self.step if self.step in ("phase1", "mpd", "phase2") else "phase2"
+        micro = OmegaConf.select(self.cfg, f"train.{phase}.micro_batch_size") or OmegaConf.select(
+            self.cfg, "train.micro_batch_size"
+        )
+        error = CftError(
+            f"{self.step}: CUDA out of memory ({' '.join(str(exc).split())[:160]}). To use less memory: lower "
+            f"train.micro_batch_size (now {micro}; the global batch stays, by accumulation), set "
+            "train.gradient_checkpointing=true, or shard the model with ZeRO (train=deepspeed_zero3, i.e. "
+            "train.deepspeed.zero_optimization.stage=3; train=deepspeed_zero3_offload also offloads to the CPU)"
+        )
+        error.exit_code = 1
+        return error
+
+    def _disk_error(self, exc: BaseException) -> DiskError | None:
+        """A disk fault anywhere in the run (whatever type its writer raised) as one line naming what was kept."""
+        if isinstance(exc, CftError) or disk.reason(exc) is None:
+            return None
+        return DiskError(
+            f"{self.step}: a write failed: {disk.reason(exc)} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). "
+            f"Kept: {self.run_dir.kept()}. Free space or fix the permissions, then run the same command again: "
+            "it resumes this cell."
+        )
 
     # ------------------------------------------------------------ helpers
+
+    def _preflight_verdict(self) -> None:
+        """A cell the sweep's preflight found unable to run stops here, with its reason, before any work."""
+        from cft.config import preflight
+
+        failed = preflight.failed_cells()
+        if not failed:
+            return
+        try:
+            cell = str(
+                self.run_dir.path.resolve().relative_to(layout.sweep_dir(self.cfg.paths.output_root, self.cfg.sweep_id).resolve())
+            )
+        except ValueError:
+            return
+        if cell in failed:
+            raise ConfigError(f"preflight: {failed[cell]}")
 
     def _base(self, *, required: bool) -> Checkpoint | None:
         gguf = self.model_cfg.get("gguf_file")
@@ -538,12 +602,13 @@ class TrainRecipe:
             m[keys.data(phase, "n")] = len(data)
             m.update({keys.data(phase, f"skipped_{reason}"): n for reason, n in data.skipped_by.items()})
 
-    def _trained_before(self, rescued: Path) -> Path | None:
+    def _trained_before(self, rescued: list[Path]) -> Path | None:
         """The Phase-2 model of an earlier attempt at this cell: rescued when its run folder refused it, or saved
         in the run folder by an attempt that failed after saving (evaluation, metrics.json); None: train it."""
-        if (rescued / layout.DONE).is_file():
-            log.warning("Phase 2 was trained before but not saved: loading it from %s instead of training again", rescued)
-            return rescued / "model"
+        for place in rescued:
+            if (place / layout.DONE).is_file():
+                log.warning("Phase 2 was trained before but not saved: loading it from %s instead of training again", place)
+                return place / "model"
         if (self.run_dir.checkpoint / "config.json").is_file():  # renamed into place whole (_save)
             log.warning(
                 "Phase 2 was trained and saved by an earlier attempt (%s): loading it instead of training again",
@@ -552,44 +617,78 @@ class TrainRecipe:
             return self.run_dir.checkpoint
         return None
 
-    def _save(self, model, tokenizer, rescued: Path) -> None:
-        """The final model into the run folder; when the disk refuses it (full, read-only), the weights are
-        kept outside the output root and the message names where: the same command then saves them
-        without training again."""
+    @staticmethod
+    def _saved_figures(saved: Path) -> dict[str, Any]:
+        """The train/phase2/* figures saved beside a model trained by an earlier attempt ({} when absent)."""
+        for f in (saved / layout.TRAIN_METRICS, saved.parent / layout.TRAIN_METRICS):
+            try:
+                return json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+        log.warning("the training figures of the saved Phase-2 model %s are missing: metrics.json lacks them", saved)
+        return {}
+
+    def _save(self, model, tokenizer, rescued: list[Path], figures: Mapping[str, Any]) -> None:
+        """The final model (and its train/phase2/* figures) into the run folder; when the disk refuses it
+        (full, read-only: OSError, SafetensorError, torch's RuntimeError), the weights and figures are kept
+        in the first rescue place that takes them and the message names it: the same command then saves
+        them without training again."""
         target = self.run_dir.checkpoint
+        tmp = target.with_name(f".{target.name}.tmp")
         try:
-            tmp = target.with_name(f".{target.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            (tmp / layout.TRAIN_METRICS).write_text(json.dumps(dict(figures), indent=2, sort_keys=True))
             shutil.rmtree(target, ignore_errors=True)
             tmp.replace(target)
-        except OSError as exc:
-            shutil.rmtree(target.with_name(f".{target.name}.tmp"), ignore_errors=True)
-            kept = self._rescue(model, tokenizer, rescued)
-            raise CftError(
-                f"could not write the final model to {target}: {exc.strerror or exc}. "
+        except Exception as exc:
+            cause = disk.reason(exc)
+            if cause is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            kept, refused = self._rescue(model, tokenizer, figures, rescued)
+            self._rescued = kept
+            raise DiskError(
+                f"could not write the final model to {target}: {cause}. "
                 + (
-                    f"The trained weights are kept in {kept}; free space or fix the permissions and run the same command "
-                    "again: it saves them without training again."
+                    f"The trained weights and train/phase2/* figures are kept in {kept}"
+                    + (f" ({'; '.join(refused)})" if refused else "")
+                    + "; free space or fix the permissions and run the same command again: it saves them without "
+                    "training again."
                     if kept
-                    else "Keeping the weights elsewhere failed too: nothing of Phase 2 could be kept."
+                    else f"Keeping the weights elsewhere failed too ({'; '.join(refused)}): nothing of Phase 2 could be kept. "
+                    "Set paths.rescue_dir to a folder with space."
                 )
             ) from None
         shutil.rmtree(self.run_dir.path / layout.CHECKPOINTS, ignore_errors=True)
-        shutil.rmtree(rescued, ignore_errors=True)
+        for place in rescued:
+            shutil.rmtree(place, ignore_errors=True)
 
     @staticmethod
-    def _rescue(model, tokenizer, rescued: Path) -> Path | None:
-        try:
-            shutil.rmtree(rescued, ignore_errors=True)
-            (rescued / "model").mkdir(parents=True)
-            model.save_pretrained(rescued / "model")
-            tokenizer.save_pretrained(rescued / "model")
-            (rescued / layout.DONE).write_text("")
-            return rescued
-        except OSError:
-            return None
+    def _rescue(model, tokenizer, figures: Mapping[str, Any], places: list[Path]) -> tuple[Path | None, list[str]]:
+        """(the place that took the weights and figures, or None; why each earlier place did not)."""
+        need = disk.model_bytes(model)
+        refused = []
+        for place in places:
+            free = disk.free_bytes(place)
+            if free < need:  # checked first: a half-written rescue is worse than none
+                refused.append(f"{place.parent}: {free / 2**20:.0f} MiB free, {need / 2**20:.0f} MiB needed")
+                continue
+            try:
+                shutil.rmtree(place, ignore_errors=True)
+                (place / "model").mkdir(parents=True)
+                model.save_pretrained(place / "model")
+                tokenizer.save_pretrained(place / "model")
+                (place / layout.TRAIN_METRICS).write_text(json.dumps(dict(figures), indent=2, sort_keys=True))
+                (place / layout.DONE).write_text("")
+                return place, refused
+            except Exception as exc:
+                if disk.reason(exc) is None:
+                    raise
+                shutil.rmtree(place, ignore_errors=True)
+                refused.append(f"{place.parent}: {disk.reason(exc)}")
+        return None, refused
 
 
 def train_cell(cfg: DictConfig, *, run_dir: str | Path, choices: Mapping[str, str]) -> dict[str, Any]:

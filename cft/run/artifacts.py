@@ -69,6 +69,21 @@ def is_complete(path: Path) -> bool:
 # ---------------------------------------------------------------- manifests
 
 
+def manifest_digest(path: str | Path) -> str | None:
+    """A digest of the manifest of the artifact that holds `path` (the folder itself or one of its two
+    parents): it changes whenever a rebuild writes other bytes, so what is keyed by it (an evaluation)
+    describes the exact model it scored. None outside the cache or for an artifact from before manifests."""
+    folder = Path(path)
+    for candidate in (folder, *list(folder.parents)[:2]):
+        done = candidate / DONE
+        if done.is_file():
+            try:
+                return key_of(json.loads(done.read_text())["files"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
 def checksum(path: str | Path) -> str:
     """The xxh3_64 checksum of a file (hex), read in 8 MiB chunks."""
     import xxhash

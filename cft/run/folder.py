@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from cft.errors import CftError, ConfigError
+from cft.errors import ConfigError
 from cft.run import layout
 from cft.run.layout import latest_run  # noqa: F401 (re-exported: where run folders are found)
 
@@ -72,14 +72,21 @@ def versions() -> dict[str, str]:
     return out
 
 
-def rescue_dir(run_path: str | Path) -> Path:
+def rescue_dir(run_path: str | Path, root: str | Path | None = None) -> Path:
     """Where a trained Phase-2 model goes when its run folder cannot take it (full or read-only disk):
-    outside the output root, named by the run folder, so the same command finds it again."""
+    outside the output root (the temporary folder, or `root`), named by the run folder, so the same
+    command finds it again."""
     import tempfile
 
     from cft.run.artifacts import key_of
 
-    return Path(tempfile.gettempdir()) / "cft-rescue" / key_of(str(Path(run_path).resolve()))
+    return Path(root or Path(tempfile.gettempdir()) / "cft-rescue") / key_of(str(Path(run_path).resolve()))
+
+
+def rescue_dirs(run_path: str | Path, second: str | Path | None) -> list[Path]:
+    """The rescue places in the order they are tried: the temporary folder's, then `paths.rescue_dir`'s
+    (for when the temporary folder is on the same full or read-only filesystem)."""
+    return [rescue_dir(run_path)] + ([rescue_dir(run_path, Path(str(second)).expanduser())] if second else [])
 
 
 def _main() -> bool:
@@ -128,7 +135,8 @@ class RunDir:
             if distributed.is_main():
                 shutil.rmtree(self.path / layout.CHECKPOINTS, ignore_errors=True)
                 shutil.rmtree(self.checkpoint, ignore_errors=True)
-                shutil.rmtree(rescue_dir(self.path), ignore_errors=True)
+                for place in rescue_dirs(self.path, (resolved.get("paths") or {}).get("rescue_dir")):
+                    shutil.rmtree(place, ignore_errors=True)
             distributed.barrier()
 
     # Writers are no-ops on ranks other than 0: every rank of a multi-process run holds a RunDir.
@@ -172,7 +180,9 @@ class RunDir:
                     tmp.unlink(missing_ok=True)
                 except OSError:
                     pass
-            raise CftError(
+            from cft.run.disk import DiskError
+
+            raise DiskError(
                 f"could not write {path}: {exc.strerror or exc}. Kept: {self.kept()}; shared artifacts in the cache "
                 "are not affected. Free space or fix the permissions, then run the same command again: it resumes this cell."
             ) from None
@@ -282,7 +292,16 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        if self._lock is not None:
-            self.holder_file.unlink(missing_ok=True) if self.holder_file.exists() else None
+        """Never raises: it runs in cleanup, after a full or read-only disk may have failed the run, and
+        must not bury that message (the OS lock goes with the process anyway; a stale holder file is harmless)."""
+        if self._lock is None:
+            return
+        try:
+            self.holder_file.unlink(missing_ok=True)
+        except OSError:
+            pass
+        try:
             self._lock.release()
-            self._lock = None
+        except OSError:
+            pass
+        self._lock = None

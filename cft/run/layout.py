@@ -44,6 +44,7 @@ FAILED = "FAILED"  # a failed run: JSON with the phase and the message (no DONE)
 LOCK = ".run.lock"  # held by the process that runs the cell
 CHECKPOINT = "checkpoint"  # the final Phase-2 model
 CHECKPOINTS = "checkpoints"  # resumable checkpoints while training (removed at the end)
+TRAIN_METRICS = "train_metrics.json"  # beside a saved or rescued Phase-2 model: its train/phase2/* figures
 EVAL_SAMPLES = "eval"  # lm-eval's samples of the run's evaluations
 LAYER_CHANGES = "layer_changes.csv"
 TRAIN_LOG = "train.log"
@@ -60,6 +61,7 @@ RESULT_NEUTRAL = (
     "eval.batch_size",
     "threads",
     "check",
+    "preflight",
     *(f"train.{phase}{key}" for phase in ("", "phase1.", "phase2.") for key in _LOOP_BOOKKEEPING),
 )
 # Overrides that do not make a different cell, or that the folder names already (group choices).
@@ -275,8 +277,15 @@ def write_failure(run: str | Path, *, phase: str, message: str, error: str) -> P
     path = Path(run) / FAILED
     tmp = path.with_name(f".{FAILED}.tmp")
     record = {"phase": phase, "error": error, "message": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False))
+        os.replace(tmp, path)
+    except BaseException:
+        try:  # a full disk leaves no empty .FAILED.tmp behind
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
     return path
 
 

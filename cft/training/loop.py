@@ -50,6 +50,10 @@ class TrainingError(CftError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
 
+class CheckpointNotWritten(TrainingError):
+    """A resumable checkpoint could not be written (a full or read-only disk)."""
+
+
 class Interrupted(CftError):
     """The run was asked to stop (SIGTERM) and saved what it had; the same command resumes it."""
 
@@ -462,9 +466,21 @@ def train_phase(
                         "tokens": int(distributed.all_sum(tokens)),
                         "examples": int(distributed.all_sum(examples)),
                     }
-                    _save_checkpoint(
-                        ckpt_root, step, settings.keep_checkpoints, counts, accelerator=accelerator, engine=engine, phase=phase
-                    )
+                    try:
+                        _save_checkpoint(
+                            ckpt_root,
+                            step,
+                            settings.keep_checkpoints,
+                            counts,
+                            accelerator=accelerator,
+                            engine=engine,
+                            phase=phase,
+                        )
+                    except CheckpointNotWritten as exc:
+                        if stopping:
+                            raise
+                        # A periodic checkpoint is insurance: a full disk must not end the training it insures.
+                        log.warning("%s", exc.note)
                 if stopping and stop.terminates():
                     bar.close()
                     saved = (
@@ -541,15 +557,23 @@ def _save_checkpoint(
             (tmp / "DONE").write_text("")
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
-    except OSError as exc:
+    except Exception as exc:  # a full disk: OSError, SafetensorError, or torch's RuntimeError from inline_container
+        from cft.run import disk
+
+        if not isinstance(exc, OSError) and disk.reason(exc) is None:
+            raise
         if distributed.is_main():
             shutil.rmtree(tmp, ignore_errors=True)
         previous = _latest_checkpoint(root)
-        raise TrainingError(
-            f"{phase}: could not write the checkpoint of step {step} ({exc}). "
+        error = CheckpointNotWritten(
+            f"{phase}: could not write the checkpoint of step {step} ({disk.reason(exc) or exc}). "
             + (f"The previous checkpoint {previous} is intact; " if previous else "")
             + "free disk space (or lower train.keep_checkpoints) and rerun the same command to resume."
-        ) from exc
+        )
+        error.note = f"{phase}: the checkpoint of step {step} was not written ({disk.reason(exc) or exc}); training goes on " + (
+            f"(a rerun would resume from {previous})" if previous else "(no checkpoint to resume from yet)"
+        )
+        raise error from exc
     if distributed.is_main():
         done = sorted((p for p in root.glob("step-*") if (p / "DONE").exists()), key=lambda p: int(p.name.split("-")[1]))
         for old in done[: max(len(done) - max(keep, 1), 0)]:

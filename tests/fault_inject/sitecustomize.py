@@ -6,6 +6,11 @@ the process makes through Python to a matching path (open for writing, os.open w
 mkdir, rename or replace onto it) fails with that error, as a full or read-only filesystem would.
 Tests run as root, where chmod does not stop writes, and a real full disk cannot be made on demand,
 so the fault is planted here, beneath cft, rather than by mocking cft's own code.
+
+CFT_FAULT_RAISE picks the exception the writers of a full disk really raise, for writes to matching
+paths: `safetensors` (safetensors.torch.save_file raises SafetensorError "No space left on device") or
+`torch` (torch.save raises torch's RuntimeError from inline_container.cc). CFT_FAULT_OOM_AT=N makes the
+N-th backward pass of the process raise torch.cuda.OutOfMemoryError (a GPU out of memory, on a CPU).
 """
 
 import builtins
@@ -63,3 +68,47 @@ if _PATTERNS:
 
     builtins.open = io.open = _patched_open
     os.open, os.mkdir, os.replace, os.rename = _patched_os_open, _patched_mkdir, _patched_replace, _patched_rename
+
+
+_RAISE = os.environ.get("CFT_FAULT_RAISE", "")
+if _PATTERNS and _RAISE == "safetensors":
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    _save_file = safetensors.torch.save_file
+
+    def _full_save_file(tensors, filename, *args, **kwargs):
+        if _hit(filename):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return _save_file(tensors, filename, *args, **kwargs)
+
+    safetensors.torch.save_file = _full_save_file
+if _PATTERNS and _RAISE == "torch":
+    import torch
+
+    _torch_save = torch.save
+
+    def _full_torch_save(obj, f, *args, **kwargs):
+        if not hasattr(f, "write") and _hit(f):
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos 106624 vs 106516"
+            )  # what a full disk gives torch's zip writer
+        return _torch_save(obj, f, *args, **kwargs)
+
+    torch.save = _full_torch_save
+
+if os.environ.get("CFT_FAULT_OOM_AT"):
+    import torch
+
+    _oom_at, _backwards = int(os.environ["CFT_FAULT_OOM_AT"]), [0]
+    _backward = torch.Tensor.backward
+
+    def _backward_oom(self, *args, **kwargs):
+        _backwards[0] += 1
+        if _backwards[0] == _oom_at:
+            raise torch.cuda.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB"
+            )
+        return _backward(self, *args, **kwargs)
+
+    torch.Tensor.backward = _backward_oom

@@ -1,0 +1,86 @@
+"""Disk faults: telling a full or read-only disk from a bug, whatever type the writer raised.
+
+A full disk does not always raise OSError: safetensors raises its own SafetensorError ("No space
+left on device"), torch.save a RuntimeError from inline_container.cc ("file write failed"). Every
+place that writes trained work asks `reason(exc)`: a short cause for a disk fault, None for anything
+else (which stays a bug with its traceback). `DiskError` is the one-line failure that follows
+(exit 1: the inputs were fine, the machine refused).
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+from cft.errors import CftError
+
+# errno -> the cause a message names
+_ERRNOS = {
+    errno.ENOSPC: "No space left on device",
+    errno.EDQUOT: "Disk quota exceeded",
+    errno.EROFS: "Read-only file system",
+    errno.EACCES: "Permission denied",
+    errno.EPERM: "Operation not permitted",
+    errno.EIO: "Input/output error",
+}
+# What writers that do not raise OSError say (safetensors, torch's PytorchStreamWriter)
+_TEXTS = {
+    "no space left on device": "No space left on device",
+    "disk quota exceeded": "Disk quota exceeded",
+    "read-only file system": "Read-only file system",
+    "permission denied": "Permission denied",
+    "file write failed": "file write failed (a full disk?)",
+    "pytorchstreamwriter failed": "file write failed (a full disk?)",
+    "inline_container.cc": "file write failed (a full disk?)",  # torch.save's zip writer, past the end of the disk
+    "basic_ios::clear: iostream error": "file write failed (a full disk?)",
+}
+
+
+class DiskError(CftError):
+    """A disk refused trained work (full, read-only); the message says what was kept where."""
+
+    exit_code = 1
+
+
+def reason(exc: BaseException) -> str | None:
+    """The cause when `exc` is a disk refusing a write (any writer's exception type), else None."""
+    for current in _chain(exc):
+        if isinstance(current, OSError) and current.errno in _ERRNOS:
+            return _ERRNOS[current.errno]
+        if isinstance(current, (OSError, RuntimeError)) or type(current).__name__ == "SafetensorError":
+            text = str(current).lower()
+            if "pytorchstreamreader" in text:  # the same zip code reading a damaged file: not a disk refusing writes
+                continue
+            for needle, cause in _TEXTS.items():
+                if needle in text:
+                    return cause
+    return None
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def free_bytes(folder: str | Path) -> int:
+    """Free space where `folder` is (or would be made); 0 when nothing of it can be read."""
+    path = Path(folder).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
+def model_bytes(model) -> int:
+    """What saving `model` takes on disk, about (its tensors, plus a margin for the tokenizer and config)."""
+    try:
+        tensors = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    except Exception:  # a wrapper without a state dict: no estimate, no refusal
+        return 0
+    return int(tensors * 1.05) + 16 * 2**20
