@@ -46,7 +46,8 @@ class SweepId(Callback):
         os.environ[ENV] = sweep
         os.environ[START_ENV] = str(time.time())
         os.environ.pop(CELLS_ENV, None)  # set by cft.config.checks for this sweep (after this callback)
-        print(f"cft: sweep_id={sweep}", flush=True)
+        if os.environ.get("RANK", "0") == "0":  # one line per job, not per rank
+            print(f"cft: sweep_id={sweep}", flush=True)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         import sys
@@ -54,11 +55,21 @@ class SweepId(Callback):
         sweep = os.environ.get(ENV)
         if not sweep:
             return
-        since = float(os.environ.get(START_ENV, "0"))
-        failed = failed_cells(config.paths.output_root, sweep, since=since)
-        cells = os.environ.get(CELLS_ENV)
-        if cells:  # the cells this command ran (cft.config.checks lists them): also those that left no FAILED
-            failed = unfinished_cells(config.paths.output_root, sweep, json.loads(cells), since=since, failed=failed)
+        from cft.training import distributed
+
+        failed = None
+        if distributed.is_main():
+            since = float(os.environ.get(START_ENV, "0"))
+            failed = failed_cells(config.paths.output_root, sweep, since=since)
+            cells = os.environ.get(CELLS_ENV)
+            if cells:  # the cells this command ran (cft.config.checks lists them): also those that left no FAILED
+                failed = unfinished_cells(config.paths.output_root, sweep, json.loads(cells), since=since, failed=failed)
+        # Several ranks: rank 0 (whose lock held each cell) judges; every rank exits with its verdict, one summary.
+        failed = distributed.share(failed)
+        if not distributed.is_main():
+            if failed:
+                sys.exit(1)
+            return
         if failed:
             from tabulate import tabulate
 

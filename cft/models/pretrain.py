@@ -97,7 +97,8 @@ def pretrain(
 
 def save_pretrained_base(out_dir: str | Path, architecture: Mapping[str, Any], spec: Mapping[str, Any], *, seed: int = 0) -> Path:
     """Build the model of `architecture` (initialised from `seed`), pre-train it by `spec` and save
-    model + tokenizer to `out_dir`, with the phase-0 statistics in `out_dir/pretrain_stats.json`."""
+    model + tokenizer to `out_dir`, with the phase-0 statistics in `out_dir/pretrain_stats.json`.
+    With several ranks, every rank calls this (they train together) and rank 0 alone writes."""
     from cft.models import build_model, build_tokenizer
 
     tokenizer = build_tokenizer()
@@ -114,6 +115,10 @@ def save_pretrained_base(out_dir: str | Path, architecture: Mapping[str, Any], s
         seed=int(spec.get("data_seed", 0)),
     )
     out_dir = Path(out_dir)
+    from cft.training import distributed
+
+    if not distributed.is_main():  # several ranks trained it together; rank 0 alone writes
+        return out_dir
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "pretrain_stats.json").write_text(json.dumps(asdict(stats), indent=2))

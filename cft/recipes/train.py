@@ -94,7 +94,10 @@ def base_reference(model_cfg: Mapping[str, Any], cache_dir: Path) -> str:
         from cft.models.pretrain import save_pretrained_base
 
         spec = {"build": arch, "seed": seed, "tokenizer": "bytes-v1", "pretrain": pretrain}
-        path = cache.artifact("base", spec, lambda tmp: save_pretrained_base(tmp / "model", arch, pretrain, seed=seed))
+        # Phase 0 trains: with several ranks every rank trains it (collective; rank 0 writes), none waits for it.
+        path = cache.artifact(
+            "base", spec, lambda tmp: save_pretrained_base(tmp / "model", arch, pretrain, seed=seed), collective=True
+        )
     else:
         spec = {"build": arch, "seed": seed, "tokenizer": "bytes-v1"}
         path = cache.artifact("base", spec, lambda tmp: save_built_model(tmp / "model", arch, seed=seed))
@@ -247,15 +250,17 @@ class TrainRecipe:
     # ------------------------------------------------------------ the story
 
     def run(self) -> dict[str, Any]:
+        ok, skipped = False, False
         try:
             if not self.setup():
-                return self.run_dir.metrics()  # finished before: skipped
-            self.phase1()
-            self.phase2()
-            if not distributed.is_main():
-                return {}  # another rank: its part (training) is done; rank 0 evaluates and records
-            self.evaluate()
-            self.record()
+                skipped = ok = True  # finished before
+            else:
+                self.phase1()
+                self.phase2()
+                if distributed.is_main():  # the other ranks' part (training) is done; rank 0 evaluates and records
+                    self.evaluate()
+                    self.record()
+                ok = True
         except BaseException as exc:
             error = self._disk_error(exc) or self._memory_error(exc)
             self.fail(error or exc)
@@ -264,8 +269,26 @@ class TrainRecipe:
             raise
         finally:
             self.cleanup()
+            self._leave_together(ok)
+        if skipped:
+            return self.run_dir.metrics()
+        if not distributed.is_main():
+            return {}
         print_summary(self.metrics, self.run_dir.path)
         return self.metrics
+
+    @staticmethod
+    def _leave_together(ok: bool) -> None:
+        """Every rank ends the cell here, together: the others wait (without a timeout) while rank 0
+        evaluates, so none runs ahead into the next cell's training or reads the sweep's end early. A stop
+        (SIGTERM, Ctrl-C) skips it: every rank stops, and the launcher ends the job."""
+        import sys
+
+        from cft.training.loop import Interrupted
+
+        if isinstance(sys.exc_info()[1], (Interrupted, KeyboardInterrupt, SystemExit)):
+            return
+        distributed.meet(ok)
 
     def setup(self) -> bool:
         """Check every input, then prepare the run folder, the base and the tracker. False: already finished."""
@@ -274,8 +297,18 @@ class TrainRecipe:
         threads.configure(cfg.get("threads"))
         distributed.init()  # several ranks (torchrun, SLURM tasks) train one cell; rank 0 alone writes
         resolved = OmegaConf.to_container(cfg, resolve=True)
+        refused = None
         if distributed.is_main():
-            self._lock = self.run_dir.lock()  # one process per cell; a second one stops here, naming the holder
+            try:
+                self._lock = self.run_dir.lock()  # one process per cell; a second one stops here, naming the holder
+            except CftError as exc:
+                refused = exc
+        # Rank 0 decides for the job: the other ranks must not train a cell whose rank 0 stopped at the lock.
+        message = distributed.share(str(refused) if refused else None)
+        if refused is not None:
+            raise refused
+        if message:
+            raise CftError(message)
         self.run_dir.check_config(resolved)
         if self.run_dir.is_done():
             log.info("%s is already finished (DONE); skipping it. Delete the folder to run it again.", self.run_dir.path)

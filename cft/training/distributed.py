@@ -9,7 +9,11 @@ Rules the rest of cft follows:
 - every rank computes the same run folder and the same artifact keys (no timestamps, no pids);
 - rank 0 alone writes run files, metrics, checkpoints' bookkeeping, W&B and artifacts;
 - ranks that must wait for rank 0 (an artifact it builds alone, e.g. an evaluation that can take
-  hours) poll the file system instead of blocking in a collective, so no collective times out.
+  hours) poll the file system instead of blocking in a collective, so no collective times out;
+- every cell of a multirun starts and ends on all ranks together (`meet`, `share`): they run over a
+  second, CPU (gloo) process group whose timeout is days (CFT_DIST_WAIT_HOURS, default 168), so a rank
+  may wait there for rank 0's evaluation however long it takes. The training group's timeout
+  (CFT_DIST_TIMEOUT_MIN, default 60) bounds only the collectives that all ranks enter together.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _TOKEN: str | None = None
+_WAIT_GROUP: Any = None  # the long-timeout gloo group of `meet` and `share` (see the module docstring)
+TIMEOUT_ENV = "CFT_DIST_TIMEOUT_MIN"  # minutes: the training collectives' timeout
+WAIT_ENV = "CFT_DIST_WAIT_HOURS"  # hours: how long a rank waits at a meeting point (rank 0 evaluating)
 
 
 def _from_submitit() -> None:
@@ -73,8 +80,11 @@ def init(timeout_minutes: float | None = None) -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-    minutes = float(timeout_minutes or os.environ.get("CFT_DIST_TIMEOUT_MIN", 60))
+    minutes = float(timeout_minutes or os.environ.get(TIMEOUT_ENV, 60))
     dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(minutes=minutes))
+    global _WAIT_GROUP
+    # Collective: every rank creates it here, in the same order. gloo waits on a socket (no busy GPU).
+    _WAIT_GROUP = dist.new_group(backend="gloo", timeout=timedelta(hours=float(os.environ.get(WAIT_ENV, 168))))
     log.info("rank %d of %d joined the process group (%s)", rank(), world_size(), dist.get_backend())
     job_token()  # now, while every rank is here: later calls may come from rank 0 alone (nested artifacts)
 
@@ -138,6 +148,30 @@ def all_sum(value: float) -> float:
         t = t.cuda()
     dist.all_reduce(t)
     return float(t.item())
+
+
+def meet(ok: bool = True) -> bool:
+    """Wait until every rank is here (no timeout in practice: see the module docstring); True when every
+    rank passed ok=True. Ranks meet at the start and end of each cell, so one rank never runs ahead into
+    the next cell's training while rank 0 evaluates, and the ranks agree on what happened."""
+    if not _initialized() or _WAIT_GROUP is None:
+        return ok
+    import torch.distributed as dist
+
+    flags: list[Any] = [None] * world_size()
+    dist.all_gather_object(flags, bool(ok), group=_WAIT_GROUP)
+    return all(flags)
+
+
+def share(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank, waiting for rank 0 as long as `meet` does (rank 0 decides)."""
+    if not _initialized() or _WAIT_GROUP is None:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_WAIT_GROUP)
+    return box[0]
 
 
 def job_token() -> str:
