@@ -23,7 +23,9 @@ from pydantic import ValidationError
 
 from cft.errors import ConfigError
 from cft.evaluation.config import SHARED, SuiteConfig
-from cft.evaluation.scores import TaskScores, flatten
+from cft.evaluation.scores import TaskScores, flatten, items
+from cft.evaluation.uncertainty import write_items
+from cft.run import layout
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ class Suite(Mapping):
         return len(self.tasks)
 
     def evaluate(self, model, tokenizer, *, out_dir: str | Path) -> dict[str, float | int | str]:
-        """Run every task (outputs in `out_dir/<task>`) and return the flat metric keys."""
+        """Run every task (outputs in `out_dir/<task>`) and return the flat metric keys; the per-item
+        scores go to `out_dir/items.json` (cft.run.layout.EVAL_ITEMS)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         results: list[TaskScores] = []
@@ -63,6 +66,7 @@ class Suite(Mapping):
             log.info("Evaluated %s in %.1f s", name, time.perf_counter() - start)  # so a log's gaps are not misread
         for name, (ability, reason) in self.switched_off.items():
             results.append(TaskScores(name, ability, math.nan, not_computed=reason))
+        write_items(out_dir / layout.EVAL_ITEMS, items(results))
         return flatten(results, self.averages)
 
 
