@@ -150,22 +150,27 @@ def process_docs_squad(dataset):
     return dataset
 
 
-def _qa_results(doc, results, lang):
+def _qa_results(doc, results, lang, style):
     prediction = results[0]
     answers = doc["answers"]["text"] if isinstance(doc["answers"], dict) else doc["answers"]
     return {
-        "exact_match": metrics.qa_exact(prediction, answers, lang),
-        "f1": metrics.qa_f1(prediction, answers, lang),
+        "exact_match": metrics.qa_exact(prediction, answers, lang, style),
+        "f1": metrics.qa_f1(prediction, answers, lang, style),
     }
 
 
+# Scorer name prefix -> the official script it follows (cft.evaluation.metrics.qa_tokens).
+_QA_SCORERS = {"qa_results_": "squad", "mlqa_results_": "mlqa"}
+
+
 def __getattr__(name: str):
-    """`qa_results_<lang>`: the QA scorer with the normalisation of any language (articles, scripts),
-    so a benchmark file names it per language without a list of languages here."""
-    if name.startswith("qa_results_") and name != "qa_results_":
-        scorer = partial(_qa_results, lang=name.removeprefix("qa_results_"))
-        scorer.__name__ = name  # lm-eval and `datasets` read a function's name
-        return scorer
+    """`qa_results_<lang>` (XQuAD: SQuAD v1.1's script) and `mlqa_results_<lang>` (MLQA's script): the
+    QA scorer of any language, so a benchmark file names it per language without a list here."""
+    for prefix, style in _QA_SCORERS.items():
+        if name.startswith(prefix) and name != prefix:
+            scorer = partial(_qa_results, lang=name.removeprefix(prefix), style=style)
+            scorer.__name__ = name  # lm-eval and `datasets` read a function's name
+            return scorer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
