@@ -15,6 +15,7 @@ metrics.json, the W&B summary, the analysis tables and the dashboard all speak t
     <any score or average key>_stderr          its standard error over items (lm-eval's `_stderr`, a bootstrap for
                                                cft's own metrics; an average's is propagated: sqrt(sum se^2)/n)
     <phase>/eval/punkt                         which Punkt model IFEval split sentences with (real, or fallback)
+    <phase>/eval/dtype                         the precision the evaluation ran at (eval.dtype)
     delta/<ability>_avg                        Phase 2 minus Phase 1
     des, mpd, mpd/<...>                        dataset similarity and model distance (the paper's Definitions 1, 2)
     strategy/<...>, data/<...>, train/<phase>/<...>, eval/<phase>/<...>   what the strategy, data and loop did
@@ -74,6 +75,11 @@ def parse_stderr(key: str) -> str | None:
 def punkt(*, phase: str | None = None) -> str:
     """Which Punkt model IFEval's sentence splitting used: 'nltk' (the real one) or 'fallback' (cft's minimal one)."""
     return _join(phase, "eval", "punkt")
+
+
+def eval_dtype(*, phase: str | None = None) -> str:
+    """The precision an evaluation ran at: 'float32', 'bfloat16', ..."""
+    return _join(phase, "eval", "dtype")
 
 
 def average(ability: str, *, phase: str | None = None) -> str:
