@@ -108,6 +108,8 @@ class LMEvalTask:
         if self.ability not in ("ta", "la"):
             raise ConfigError(f"{where}: ability must be 'ta' or 'la', not {self.ability!r}")
         self.metric = metric or spec.headline
+        # The headline's direction (FLORES bits per byte: lower is better); another metric is taken as higher-better.
+        self.higher_is_better = spec.higher_is_better if self.metric == spec.headline else True
         if self.metric not in spec.metrics:
             raise ConfigError(f"{where}: metric {self.metric!r} is not one of {', '.join(spec.metrics)}")
         self.units = self._select_units(languages, subjects, where)
@@ -310,6 +312,7 @@ class LMEvalTask:
                     metrics=others(metrics),
                     stderr=stderr(top.name, per_item),
                     items={"": per_item} if per_item else {},
+                    higher_is_better=self.higher_is_better,
                 )
             ]
         per_language = {t.unit: values(t.name) for t in tasks if t.unit is not None}
@@ -330,6 +333,7 @@ class LMEvalTask:
                     stderr=propagated([errors[lang] for lang in counted]),
                     language_stderr={lang: errors[lang] for lang in counted if errors[lang] is not None},
                     items={lang: per_items[lang] for lang in counted if per_items[lang]},
+                    higher_is_better=self.higher_is_better,
                 )
             )
         if spec.english in per_language:
@@ -342,6 +346,7 @@ class LMEvalTask:
                     metrics=others(english),
                     stderr=errors[spec.english],
                     items={"": per_items[spec.english]} if per_items[spec.english] else {},
+                    higher_is_better=self.higher_is_better,
                 )
             )
         return results

@@ -50,6 +50,7 @@ class TaskScores:
     # Per-item headline scores, {lang or "": {item id: score}} ("" = the benchmark as a whole): the
     # paired bootstrap of differences reads them (cft.evaluation.uncertainty).
     items: dict[str, dict[str, float]] = field(default_factory=dict)
+    higher_is_better: bool = True  # False: a lower score is better (FLORES bits per byte)
     # Further flat keys (no phase) about how the task ran, e.g. keys.punkt() -> "fallback".
     reports: dict[str, str | float] = field(default_factory=dict)
 
@@ -77,6 +78,7 @@ def flatten(results: Iterable[TaskScores], averages: Mapping[str, Sequence[str]]
     flat: dict[str, float | int | str] = {}
     scored: dict[str, dict[str, float]] = {a: {} for a in keys.ABILITIES}
     errors: dict[str, dict[str, float | None]] = {a: {} for a in keys.ABILITIES}
+    lower: dict[str, set[str]] = {a: set() for a in keys.ABILITIES}
     seen: dict[str, list[str]] = {a: [] for a in keys.ABILITIES}
     for r in results:
         if r.ability not in keys.ABILITIES:
@@ -90,6 +92,9 @@ def flatten(results: Iterable[TaskScores], averages: Mapping[str, Sequence[str]]
         scored[r.ability][r.name] = float(r.score)
         errors[r.ability][r.name] = r.stderr
         flat[keys.score(r.ability, r.name)] = float(r.score)
+        if not r.higher_is_better:
+            lower[r.ability].add(r.name)
+            flat[keys.lower_is_better(keys.score(r.ability, r.name))] = 1
         if r.stderr is not None:
             flat[keys.stderr(keys.score(r.ability, r.name))] = float(r.stderr)
         for lang, value in r.per_language.items():
@@ -112,6 +117,13 @@ def flatten(results: Iterable[TaskScores], averages: Mapping[str, Sequence[str]]
                 flat[keys.not_computed(ability, name)] = (
                     f"no {ability} score from {name} (none of its languages counts for {ability})"
                 )
+        if covered and 0 < len(lower[ability] & set(covered)) < len(covered):
+            raise ValueError(
+                f"{keys.average(ability)} would mix scores where higher is better with ones where lower is better "
+                f"({', '.join(sorted(lower[ability] & set(covered)))}): define the suite's averages apart"
+            )
+        if covered and lower[ability] & set(covered):
+            flat[keys.lower_is_better(keys.average(ability))] = 1
         if covered:
             flat[keys.average(ability)] = mean(scored[ability][name] for name in covered)
             error = propagated([errors[ability][name] for name in covered])

@@ -165,4 +165,12 @@ def build_suite(eval_node: Mapping[str, Any]) -> Suite:
             own = getattr(tasks[name], "ability", ability)
             if own != ability:
                 raise ConfigError(f"eval.averages.{ability} names {name!r}, a {own} task")
+    for ability in ("ta", "la"):
+        names = (config.averages or {}).get(ability) or [n for n, t in tasks.items() if getattr(t, "ability", None) == ability]
+        lower = [n for n in names if n in tasks and not getattr(tasks[n], "higher_is_better", True)]
+        if lower and len(lower) < len([n for n in names if n in tasks]):
+            raise ConfigError(
+                f"the {ability}_avg of this suite would mix scores where lower is better ({', '.join(lower)}) with ones "
+                f"where higher is better: list the ones to average in eval.averages.{ability}"
+            )
     return Suite(tasks, averages=config.averages, switched_off=switched_off, dtype=config.dtype)

@@ -16,6 +16,7 @@ metrics.json, the W&B summary, the analysis tables and the dashboard all speak t
                                                cft's own metrics; an average's is propagated: sqrt(sum se^2)/n)
     <phase>/eval/punkt                         which Punkt model IFEval split sentences with (real, or fallback)
     <phase>/eval/dtype                         the precision the evaluation ran at (eval.dtype)
+    <phase>/lower_is_better/<score key>        1 where a lower score is better (FLORES bits per byte; its la_avg)
     delta/<ability>_avg                        Phase 2 minus Phase 1
     des, mpd, mpd/<...>                        dataset similarity and model distance (the paper's Definitions 1, 2)
     strategy/<...>, data/<...>, train/<phase>/<...>, eval/<phase>/<...>   what the strategy, data and loop did
@@ -75,6 +76,18 @@ def parse_stderr(key: str) -> str | None:
 def punkt(*, phase: str | None = None) -> str:
     """Which Punkt model IFEval's sentence splitting used: 'nltk' (the real one) or 'fallback' (cft's minimal one)."""
     return _join(phase, "eval", "punkt")
+
+
+LOWER_IS_BETTER = "lower_is_better"
+
+
+def lower_is_better(key: str) -> str:
+    """The marker of a score (or average) key whose lower values are better: 'lower_is_better/la/flores'
+    (a phase prefix goes first: phase2/lower_is_better/la_avg)."""
+    for phase in PHASES:
+        if key.startswith(phase + "/"):
+            return f"{phase}/{LOWER_IS_BETTER}/{key[len(phase) + 1 :]}"
+    return f"{LOWER_IS_BETTER}/{key}"
 
 
 def eval_dtype(*, phase: str | None = None) -> str:

@@ -236,3 +236,17 @@ def _hellaswag_doc(doc):
 
 def process_docs_hellaswag(dataset):
     return dataset.map(_hellaswag_doc, **_NO_CACHE)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLORES-200 (plain-text sentences; rolling log-likelihood)
+
+
+def flores_results(doc, results):
+    """A sentence's bits per byte (`bpb`, averaged over sentences) and lm-eval's (log-likelihood,
+    bytes) pair (`bits_per_byte`, pooled over the corpus by lm-eval's aggregation)."""
+    import math
+
+    (loglikelihood,) = results
+    n_bytes = max(1, len(doc["text"].encode("utf-8")))
+    return {"bpb": -loglikelihood / n_bytes / math.log(2), "bits_per_byte": (loglikelihood, n_bytes)}
