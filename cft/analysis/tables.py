@@ -451,7 +451,7 @@ def strategy_table(runs: list[Run]) -> Table | None:
     for block, block_runs in group_cells(runs, block_keys):
         # The Phase-1 model is shared by the strategies of a block: one run per seed, not one per strategy.
         per_seed = list({r.seed: r for r in block_runs}.values())
-        row = [stat([fn(r.metrics) for r in per_seed]) for _, fn in before]
+        row = [_stat(per_seed, fn) for _, fn in before]
         if any(c is not None for c in row):
             reference.add(len(index))
             index.append({**block, "strategy": paper.PHASE1_ROW})
