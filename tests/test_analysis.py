@@ -214,8 +214,8 @@ def test_sweep_tables_figures_and_report(sweep_root, capsys):
     tex = (out / "summary.tex").read_text()
     assert r"\textbf{50.0 $\pm$ 0.0}" in tex and r"lf\_h2" in tex and tex.count(r"\\") == 3
     csv_lines = (out / "summary.csv").read_text().splitlines()
-    assert csv_lines[0] == "phase1_data,phase2_data,model,strategy,column,mean,std,n,best"
-    assert "alpaca,multialpaca,tiny,lf_h2,TA P2,0.48,,1,1" in csv_lines
+    assert csv_lines[0] == "phase1_data,phase2_data,model,strategy,column,mean,std,n,best,se,ci_low,ci_high,significant"
+    assert "alpaca,multialpaca,tiny,lf_h2,TA P2,0.48,,1,1,,,," in csv_lines
     for name in ("ta_la_phases", "ta_la_tradeoff", "la_gain_per_language", "layer_changes_alpaca-multialpaca_tiny_lf_h2"):
         png = (out / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name

@@ -316,9 +316,19 @@ def test_scores_equal_lm_eval_cli(tiny_model_dir, bench_dir, tmp_path):
 # --- AlpacaEval --------------------------------------------------------------------------------
 
 
+def test_alpaca_eval_without_a_judge_generates_nothing(bench_dir, tmp_path):
+    class NoModel:  # any model call would fail
+        def __getattr__(self, name):
+            raise AssertionError(f"the model was used ({name})")
+
+    [scores] = AlpacaEvalTask(data_dir=bench_dir, limit=2).run(NoModel(), NoModel(), out_dir=tmp_path)
+    assert scores.not_computed and "nothing generated" in scores.not_computed and "save_outputs=true" in scores.not_computed
+    assert not (tmp_path / "model_outputs.json").exists()
+
+
 def test_alpaca_eval_saves_outputs_and_records_not_computed(tiny_model, bench_dir, tmp_path):
     model, tok = tiny_model
-    task = AlpacaEvalTask(data_dir=bench_dir, max_new_tokens=4, batch_size=2, limit=2)
+    task = AlpacaEvalTask(data_dir=bench_dir, max_new_tokens=4, batch_size=2, limit=2, save_outputs=True)
     [scores] = task.run(model, tok, out_dir=tmp_path)
     outputs = json.loads((tmp_path / "model_outputs.json").read_text())
     assert [o["instruction"] for o in outputs] == ["Say hello 0.", "Say hello 1."]
@@ -355,7 +365,8 @@ def test_alpaca_eval_judged_win_rate(tiny_model, bench_dir, tmp_path, monkeypatc
         if kwargs["annotators_config"].endswith("broken"):
             raise RuntimeError("judge crashed")
         n = len(kwargs["model_outputs"])
-        return pd.DataFrame({"win_rate": [62.5], "length_controlled_winrate": [50.0], "n_total": [n]}, index=["cft_model"]), None
+        frame = {"win_rate": [62.5], "length_controlled_winrate": [50.0], "standard_error": [4.0], "n_total": [n]}
+        return pd.DataFrame(frame, index=["cft_model"]), None
 
     monkeypatch.setitem(sys.modules, "alpaca_eval", types.SimpleNamespace(evaluate=fake_evaluate))
     model, tok = tiny_model
@@ -366,6 +377,7 @@ def test_alpaca_eval_judged_win_rate(tiny_model, bench_dir, tmp_path, monkeypatc
     )
     assert scores.not_computed is None and scores.score == 0.625
     assert scores.metrics == {"length_controlled_winrate": 0.5}  # win_rate is the headline
+    assert scores.stderr == pytest.approx(0.04)  # alpaca_eval's standard error of the win rate
     assert list(calls["reference_outputs"]["output"]) == ["Hello 0!", "Hello 1!"] and calls["annotators_config"] == str(judge)
     assert flatten([scores])["ta/alpaca_eval"] == 0.625
     assert flatten([scores])["ta/alpaca_eval:length_controlled_winrate"] == 0.5

@@ -14,7 +14,7 @@ import pytest
 
 from cft.evaluation import TaskScores, flatten
 from cft.evaluation.lmeval import LMEvalTask
-from cft.evaluation.metrics import mean, qa_exact, qa_f1, qa_tokens, rouge_l, rouge_tokens
+from cft.evaluation.metrics import cut_inside_character, mean, qa_exact, qa_f1, qa_tokens, rouge_l, rouge_tokens
 from cft.run import keys
 
 # --- XLSUM ROUGE-L ----------------------------------------------------------------------------
@@ -71,17 +71,46 @@ def test_qa_normalisation_squad():
     assert qa_f1("", ["Paris"]) == 0.0
 
 
-def test_qa_language_articles_and_characters():
-    assert qa_exact("der Hund", "Hund", "de") == 1.0
-    assert qa_exact("der Hund", "Hund", "en") == 0.0  # "der" is no English article
-    assert qa_exact("الكتاب", "كتاب", "ar") == 1.0
-    assert qa_exact("el perro", "perro", "es") == 1.0
+def test_qa_mlqa_script_articles_and_characters():
+    """MLQA's official script: its articles per language, all Unicode punctuation, Chinese by character."""
+    assert qa_exact("der Hund", "Hund", "de", "mlqa") == 1.0
+    assert qa_exact("der Hund", "Hund", "en", "mlqa") == 0.0  # "der" is no English article
+    assert qa_exact("الكتاب", "كتاب", "ar", "mlqa") == 1.0
+    assert qa_exact("el perro", "perro", "es", "mlqa") == 1.0
     # Characters: pred 北京大学 (4), gold 北京 (2), common 2: P = 1/2, R = 1, F = 2/3.
-    assert qa_f1("北京大学", "北京", "zh") == pytest.approx(2 / 3)
+    assert qa_f1("北京大学", "北京", "zh", "mlqa") == pytest.approx(2 / 3)
     # Full-width punctuation is removed like ASCII punctuation.
-    assert qa_exact("「北京」。", "北京", "zh") == 1.0
+    assert qa_exact("「北京」。", "北京", "zh", "mlqa") == 1.0
+    # Only Chinese is split: a Hindi answer keeps its words (pred 2 words, gold 1 of them: F = 2/3).
+    assert qa_tokens("नई दिल्ली", "hi", "mlqa") == ["नई", "दिल्ली"]
+    assert qa_f1("नई दिल्ली", "दिल्ली", "hi", "mlqa") == pytest.approx(2 / 3)
     # Repeated tokens count with multiplicity (SQuAD): pred x x y, gold x y y -> common 2, F = 2/3.
-    assert qa_f1("x x y", "x y y") == pytest.approx(2 / 3)
+    assert qa_f1("x x y", "x y y", style="mlqa") == pytest.approx(2 / 3)
+
+
+def test_qa_xquad_uses_squad_v11_whitespace_tokens_in_every_language():
+    """XQuAD's official scorer is SQuAD v1.1's evaluate: whitespace tokens, ASCII punctuation, English articles."""
+    # The issue's case: a truncated Thai answer shares characters with the gold, not a token: 0 (it was 0.36).
+    assert qa_f1("เป็นที่เ", "สี่", "th") == 0.0
+    assert qa_exact("เป็นที่เ", "สี่", "th") == 0.0
+    # Thai and Chinese answers are whole chunks between spaces.
+    assert qa_tokens("สี่ คน", "th") == ["สี่", "คน"]
+    assert qa_f1("สี่ คน", "สี่", "th") == pytest.approx(2 / 3)  # P 1/2, R 1
+    assert qa_f1("北京大学", "北京", "zh") == 0.0
+    assert qa_exact("北京", "北京", "zh") == 1.0
+    # Articles are English only; punctuation is ASCII only (a full-width 。 stays part of the token).
+    assert qa_exact("der Hund", "Hund", "de") == 0.0
+    assert qa_tokens("The Cat, sat!", "th") == ["cat", "sat"]
+    assert qa_exact("北京。", "北京", "zh") == 0.0
+    # pred {el, perro, grande}, gold {perro}: P 1/3, R 1, F 1/2.
+    assert qa_f1("el perro grande.", "perro", "es") == pytest.approx(0.5)
+
+
+def test_qa_answer_cut_inside_a_character_does_not_score():
+    assert cut_inside_character("เป็นที่เ") and not cut_inside_character("เป็นที่")
+    assert qa_f1("สี่ \ufffd", "สี่", "th") == 0.0  # bytes decoded mid-character
+    assert qa_exact("\u0301cafe", "cafe") == 0.0  # a combining accent with nothing before it
+    assert qa_f1("Paris", "Paris") == 1.0 and qa_f1("café", "café") == 1.0  # whole characters still score
 
 
 def test_mean():
@@ -126,6 +155,7 @@ def test_per_language_scores_and_averages():
     assert flat == {
         "la/xquad": pytest.approx(0.4),
         "la/xquad/de": 0.5,
+        "la/xquad/de_stderr": 0.1,  # lm-eval's; zh has none, so the mean over languages has none either
         "la/xquad/zh": 0.3,
         "la/xquad:em": pytest.approx(0.125),
         "la/xquad/de:em": 0.25,

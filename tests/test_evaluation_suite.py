@@ -192,8 +192,14 @@ def test_switched_off_task_of_an_average_is_recorded(tiny_model, bench_dir, tmp_
     assert suite.switched_off == {"ifeval": ("ta", "switched off in the suite (eval.tasks.ifeval=null)")}
     flat = suite.evaluate(model, tok, out_dir=tmp_path)
     assert len(read_samples(tmp_path / "hellaswag" / "samples" / "cft_hellaswag.jsonl")) == 2  # the suite's limit
-    assert len(json.loads((tmp_path / "alpaca_eval" / "model_outputs.json").read_text())) == 2
+    assert not (tmp_path / "alpaca_eval" / "model_outputs.json").exists()  # no judge, no save_outputs: nothing generated
     assert flat["ta_avg"] == flat["ta/hellaswag"] and flat["ta_avg_tasks"] == 1 and flat["ta_avg_over"] == "hellaswag"
+    # lm-eval's standard error of the mean of 2 items (0 or 1 each), and the average's propagated from it.
+    hits = json.loads((tmp_path / "items.json").read_text())["ta/hellaswag"]
+    assert len(hits) == 2 and sum(hits.values()) / 2 == pytest.approx(flat["ta/hellaswag"])
+    assert flat["ta/hellaswag_stderr"] == pytest.approx(abs(hits["0"] - hits["1"]) / 2)
+    assert flat["ta_avg_stderr"] == flat["ta/hellaswag_stderr"]
+    assert flat["eval/dtype"] == "float32"
     assert flat["not_computed/ta/ifeval"] == "switched off in the suite (eval.tasks.ifeval=null)"
     assert flat["not_computed/ta/alpaca_eval"].startswith("no AlpacaEval annotator configured")
     assert evaluation_table(flat, "mine").splitlines()[-1] == (
@@ -292,7 +298,8 @@ def test_a_new_benchmark_is_a_yaml_file(tiny_model, tmp_path):
         "la_avg",
         "la_avg_tasks",
         "la_avg_over",
-    }
+        "eval/dtype",
+    } | {f"{k}_stderr" for k in ("la/toy", "la/toy/fr", "en/toy", "la_avg")}  # a standard error beside every score
 
 
 def test_a_bad_benchmark_file_is_named(tmp_path):

@@ -15,6 +15,15 @@ Markdown and LaTeX, `best` in the CSV). Metric keys are read through `cft.run.ke
 
 A table with a TA or LA average that covers other benchmarks than the paper's (fewer, or others:
 `<phase>/ta_avg_tasks`, `<phase>/ta_avg_over`) carries a footnote saying so.
+
+Uncertainty (cft.evaluation.uncertainty): where runs record standard errors (`<key>_stderr`), a
+score reads "26.6 ± 1.4", ± being the standard error over the evaluated items (over several seeds:
+the error of their mean, sqrt(sum se^2)/n), and the seed spread follows apart as "(sd 0.8)". Runs
+without standard errors keep the older "mean ± sd over seeds". In the strategy table, ΔTA and ΔLA
+(Phase 2 - Phase 1) and the columns "vs full" (a strategy's Phase-2 score minus full fine-tuning's,
+same Phase-1 model and seed) are tested on the same items where the run folders hold per-item
+scores: a paired bootstrap 95% interval, and † where it excludes 0 (written to the CSV as
+ci_low, ci_high, significant).
 """
 
 from __future__ import annotations
@@ -24,11 +33,14 @@ import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from cft.analysis import paper
 from cft.analysis.runs import Run
-from cft.run import keys
+from cft.evaluation.summary import PUNKT_NOTE
+from cft.evaluation.uncertainty import Interval, paired_interval, propagated, read_items
+from cft.run import keys, layout
 from cft.run.layout import CELL_KEYS
 
 INDEX_LABELS = {
@@ -43,18 +55,30 @@ INDEX_LABELS = {
 MISSING = "—"
 
 
+SIGNIFICANT = "†"  # a difference whose paired bootstrap 95% interval excludes 0
+
+
 @dataclass
 class Stat:
     mean: float
-    std: float | None  # None with one value
+    std: float | None  # None with one value (the spread over seeds)
     n: int
+    se: float | None = None  # standard error over items (of the mean over seeds), where the runs record it
+    interval: Interval | None = None  # a difference's paired bootstrap interval (over items)
 
 
-def stat(values: Sequence[float]) -> Stat | None:
-    values = [float(v) for v in values if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
+def stat(values: Sequence[float], errors: Sequence[float | None] | None = None) -> Stat | None:
+    """Mean and seed spread of `values`; with `errors` (each value's standard error), the error of the mean."""
+    pairs = [
+        (float(v), e)
+        for v, e in zip(values, errors if errors is not None else [None] * len(values))
+        if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
+    ]
+    if not pairs:
         return None
-    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+    values = [v for v, _ in pairs]
+    se = propagated([e for _, e in pairs]) if errors is not None else None
+    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values), se)
 
 
 @dataclass
@@ -79,8 +103,14 @@ class Table:
         if s is None:
             return MISSING
         text = f"{s.mean * self.scale:.{self.digits}f}"
-        if s.std is not None:
+        if s.se is not None:  # ± the item error; the seed spread apart
+            text += f" ± {s.se * self.scale:.{self.digits}f}"
+            if s.std is not None:
+                text += f" (sd {s.std * self.scale:.{self.digits}f})"
+        elif s.std is not None:
             text += f" ± {s.std * self.scale:.{self.digits}f}"
+        if s.interval is not None and s.interval.significant:
+            text += SIGNIFICANT
         return text
 
     def best(self) -> list[list[bool]]:
@@ -155,7 +185,7 @@ class Table:
         marks = self.best()
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(self.index_cols + ["column", "mean", "std", "n", "best"])
+            w.writerow(self.index_cols + ["column", "mean", "std", "n", "best", "se", "ci_low", "ci_high", "significant"])
             for i, idx in enumerate(self.index):
                 for j, col in enumerate(self.columns):
                     s = self.cells[i][j]
@@ -167,6 +197,10 @@ class Table:
                             "" if s is None or s.std is None else repr(s.std),
                             0 if s is None else s.n,
                             int(marks[i][j]),
+                            "" if s is None or s.se is None else repr(s.se),
+                            "" if s is None or s.interval is None else repr(s.interval.low),
+                            "" if s is None or s.interval is None else repr(s.interval.high),
+                            "" if s is None or s.interval is None else int(s.interval.significant),
                         ]
                     )
 
@@ -198,7 +232,9 @@ def _latex_escape(text: str) -> str:
         ("^", r"\textasciicircum{}"),
     ):
         text = text.replace(a, b)
-    return text.replace("±", r"$\pm$").replace("—", "--").replace("Δ", r"$\Delta$")
+    return (
+        text.replace("±", r"$\pm$").replace("—", "--").replace("Δ", r"$\Delta$").replace(SIGNIFICANT, r"\textsuperscript{\dag}")
+    )
 
 
 # ----------------------------------------------------------------------------- building
@@ -239,7 +275,7 @@ def _table(
     groups = group_cells(runs, keys)
     if not columns or not groups:
         return None
-    cells = [[stat([fn(r.metrics) for r in rs]) for _, fn in columns] for _, rs in groups]
+    cells = [[_stat(rs, fn) for _, fn in columns] for _, rs in groups]
     if all(c is None for row in cells for c in row):
         return None
     return Table(
@@ -255,7 +291,18 @@ def _table(
 
 
 def _get(key: str) -> Callable[[dict], float | None]:
-    return lambda m: m.get(key)
+    fn = lambda m: m.get(key)  # noqa: E731 - a lambda with the key it reads, for its standard error
+    fn.key = key
+    return fn
+
+
+def _stat(runs: Sequence[Run], fn: Callable[[dict], float | None]) -> Stat | None:
+    """The Stat of a column over runs, with the standard error where the column reads a score that runs record one of."""
+    key = getattr(fn, "key", None)
+    errors = None
+    if key is not None and any(keys.stderr(key) in r.metrics for r in runs):
+        errors = [r.metrics.get(keys.stderr(key)) for r in runs]
+    return stat([fn(r.metrics) for r in runs], errors)
 
 
 def _delta(after: str, before: str) -> Callable[[dict], float | None]:
@@ -338,7 +385,11 @@ def average_footnotes(runs: Iterable[Run], abilities: Sequence[str]) -> list[str
 def summary_table(runs: list[Run]) -> Table | None:
     cols = [(f"{a.upper()} {paper.PHASE_SHORT[p]}", _get(keys.average(a, phase=p))) for a in ("ta", "la") for p in keys.PHASES]
     return _table(
-        "summary", "TA and LA averages (%), Phase 1 vs Phase 2", runs, cols, footnotes=average_footnotes(runs, ("ta", "la"))
+        "summary",
+        "TA and LA averages (%), Phase 1 vs Phase 2",
+        runs,
+        cols,
+        footnotes=average_footnotes(runs, ("ta", "la")) + uncertainty_footnotes(runs),
     )
 
 
@@ -355,7 +406,11 @@ def phase_table(runs: list[Run], ability: str) -> Table | None:
     if ability in paper.averages():
         cols += [(f"Avg {paper.PHASE_SHORT[p]}", _get(keys.average(ability, phase=p))) for p in keys.PHASES]
     return _table(
-        ability, PHASE_TABLE_TITLES[ability], runs, cols if tasks else [], footnotes=average_footnotes(runs, (ability,))
+        ability,
+        PHASE_TABLE_TITLES[ability],
+        runs,
+        cols if tasks else [],
+        footnotes=average_footnotes(runs, (ability,)) + uncertainty_footnotes(runs),
     )
 
 
@@ -388,35 +443,124 @@ def strategy_table(runs: list[Run]) -> Table | None:
         ("ΔLA", _delta(keys.average("la", phase="phase2"), keys.average("la", phase="phase1"))),
     ]
     before = columns("phase1") + [("ΔTA", lambda m: None), ("ΔLA", lambda m: None)]
+    changes = {"ΔTA": keys.average("ta"), "ΔLA": keys.average("la")}
+    versus = {"TA vs full": keys.average("ta"), "LA vs full": keys.average("la")}
     row_keys = cell_keys(runs)
     block_keys = [k for k in row_keys if k != "strategy"]
     index, cells, counts, reference = [], [], [], set()
     for block, block_runs in group_cells(runs, block_keys):
         # The Phase-1 model is shared by the strategies of a block: one run per seed, not one per strategy.
         per_seed = list({r.seed: r for r in block_runs}.values())
-        row = [stat([fn(r.metrics) for r in per_seed]) for _, fn in before]
+        row = [_stat(per_seed, fn) for _, fn in before]
         if any(c is not None for c in row):
             reference.add(len(index))
             index.append({**block, "strategy": paper.PHASE1_ROW})
             cells.append(row)
             counts.append(len(per_seed))
+        full = {r.seed: r for r in block_runs if r.choices.get("strategy") == "full"}
         for idx, rs in group_cells(block_runs, row_keys):
             index.append(idx)
-            cells.append([stat([fn(r.metrics) for r in rs]) for _, fn in after])
+            row = [_stat(rs, fn) for _, fn in after]
+            for j, (label, _) in enumerate(after):
+                if label in changes:
+                    row[j] = _with_interval(row[j], phase_change_interval(rs, changes[label]))
+            for name in versus.values():
+                interval = None if idx.get("strategy") == "full" or not full else versus_interval(rs, full, name)
+                diffs = (
+                    [
+                        r.metrics.get(f"phase2/{name}", math.nan) - full[r.seed].metrics.get(f"phase2/{name}", math.nan)
+                        for r in rs
+                        if r.seed in full
+                    ]
+                    if interval is not None
+                    else []
+                )
+                row.append(_with_interval(stat(diffs), interval))
+            cells.append(row)
             counts.append(len(rs))
+        for i in range(len(cells)):
+            if len(cells[i]) < len(after) + len(versus):  # the Phase-1 row
+                cells[i] += [None] * (len(after) + len(versus) - len(cells[i]))
     if not any(c is not None for row in cells for c in row):
         return None
+    labels = [c for c, _ in after]
+    if all(row[j] is None for row in cells for j in range(len(after), len(after) + len(versus))):
+        cells = [row[: len(after)] for row in cells]  # no paired items: no "vs full" columns
+    else:
+        labels += list(versus)
     return Table(
         name="strategies",
         title="Strategies after Phase 2 (%), with the Phase-1 model and the change from it (paper Tables 3, C6)",
         index_cols=list(row_keys),
         index=index,
-        columns=[c for c, _ in after],
+        columns=labels,
         cells=cells,
         counts=counts,
         reference_rows=reference,
-        footnotes=average_footnotes(runs, ("ta", "la")),
+        footnotes=average_footnotes(runs, ("ta", "la")) + uncertainty_footnotes(runs),
     )
+
+
+@lru_cache(maxsize=256)
+def _read_items(path: str) -> dict | None:
+    return read_items(path)
+
+
+def _phase_flat(run: Run, phase: str) -> tuple[dict, dict] | None:
+    """(scores without the phase prefix, per-item scores) of one phase of a run, or None without items."""
+    if run.path is None:
+        return None
+    items = _read_items(str(layout.eval_items(run.path, phase)))
+    if items is None:
+        return None
+    return {k[len(phase) + 1 :]: v for k, v in run.metrics.items() if k.startswith(phase + "/")}, items
+
+
+def phase_change_interval(runs: Sequence[Run], name: str) -> Interval | None:
+    """Paired bootstrap interval of Phase 2 - Phase 1 of score `name`, over the runs' (seeds') items."""
+    pairs = []
+    for r in runs:
+        before, after = _phase_flat(r, "phase1"), _phase_flat(r, "phase2")
+        if before is None or after is None:
+            return None
+        pairs.append((before, after))
+    return paired_interval(pairs, name) if pairs else None
+
+
+def versus_interval(runs: Sequence[Run], reference: dict, name: str) -> Interval | None:
+    """Paired interval of a strategy's Phase-2 score minus the reference's (full), seed by seed."""
+    pairs = []
+    for r in runs:
+        ref = reference.get(r.seed)
+        mine, theirs = _phase_flat(r, "phase2"), _phase_flat(ref, "phase2") if ref is not None else None
+        if mine is None or theirs is None:
+            return None
+        pairs.append((theirs, mine))
+    return paired_interval(pairs, name) if pairs else None
+
+
+def _with_interval(s: Stat | None, interval: Interval | None) -> Stat | None:
+    if s is None or interval is None:
+        return s
+    # A paired difference's standard error, read off its bootstrap interval.
+    return Stat(s.mean, s.std, s.n, (interval.high - interval.low) / (2 * 1.959963984540054), interval)
+
+
+UNCERTAINTY_NOTE = (
+    "± is the standard error over the evaluated items (of the mean over seeds); (sd x) is the spread over seeds; "
+    f"{SIGNIFICANT} marks a difference whose paired bootstrap 95% interval over the same items excludes 0"
+)
+
+
+def uncertainty_footnotes(runs: Iterable[Run]) -> list[str]:
+    """How to read ± and †, where runs record standard errors; the IFEval Punkt fallback, where used."""
+    runs = list(runs)
+    notes = []
+    if any(keys.parse_stderr(k) for r in runs for k in r.metrics):
+        notes.append(UNCERTAINTY_NOTE)
+    if any(r.metrics.get(keys.punkt(phase=p)) == "fallback" for r in runs for p in keys.PHASES):
+        notes.append(PUNKT_NOTE)
+    return notes
 
 
 def des_table(runs: list[Run]) -> Table | None:

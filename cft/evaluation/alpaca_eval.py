@@ -1,9 +1,12 @@
 """AlpacaEval (Li et al., 2023): the model's answers to the 805 AlpacaEval instructions, judged
 pairwise against the reference answers by the `alpaca_eval` package.
 
-The answers are always generated (greedy, the model's chat template) and saved in alpaca_eval's
-format, `<out_dir>/model_outputs.json`, next to `reference_outputs.json`; they can be judged later
-with `alpaca_eval --model_outputs ... --reference_outputs ... --annotators_config ...`.
+The answers are generated (greedy, the model's chat template) only when they will be judged: with
+an annotator that can run, or with `save_outputs: true` (e.g. `eval.tasks.alpaca_eval.save_outputs=true`),
+which saves them in alpaca_eval's format, `<out_dir>/model_outputs.json`, next to
+`reference_outputs.json`, to judge later with
+`alpaca_eval --model_outputs ... --reference_outputs ... --annotators_config ...`. Without either,
+nothing is generated (no model time) and the score is recorded as not computed.
 The win rate is computed only when an annotator is configured: an OpenAI judge
 (e.g. `alpaca_eval_gpt4_turbo_fn`, needs OPENAI_API_KEY) or a local judge (the path of an
 alpaca_eval annotator config folder, e.g. one using `huggingface_local_completions`). Without an
@@ -95,6 +98,9 @@ class AlpacaEvalTask:
             Field(description="the headline metric (when alpaca_eval computes it)"),
         ] = "win_rate",
         limit: Annotated[int | None, Field(ge=1, description="the first N of the 805 instructions; null = all")] = None,
+        save_outputs: Annotated[
+            bool, Field(description="generate and save the answers for later judging even without a judge here")
+        ] = False,
     ):
         if ability not in ("ta", "la"):
             raise ConfigError(f"eval task {name}: ability must be 'ta' or 'la', not {ability!r}")
@@ -104,6 +110,9 @@ class AlpacaEvalTask:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"eval task {name}: {option} must be a positive integer, not {value!r}")
         self.annotator = annotator or None
+        if not isinstance(save_outputs, bool):
+            raise ConfigError(f"eval task {name}: save_outputs must be true or false, not {save_outputs!r}")
+        self.save_outputs = save_outputs
         self.ability, self.name, self.metric, self.limit = ability, name, metric, limit
         self.max_new_tokens, self.batch_size, self.generator = max_new_tokens, batch_size, generator
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
@@ -140,6 +149,12 @@ class AlpacaEvalTask:
     def run(self, model, tokenizer, *, out_dir: Path) -> list[TaskScores]:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        reason = self.why_not_judged()
+        if reason is not None and not self.save_outputs:  # nobody will read the answers: generate none
+            reason += f" (nothing generated; eval.tasks.{self.name}.save_outputs=true saves answers for later judging)"
+            log.warning("AlpacaEval win rate not computed: %s", reason)
+            (out_dir / "score.json").write_text(json.dumps({"not_computed": reason}, indent=1))
+            return [TaskScores(self.name, self.ability, math.nan, not_computed=reason)]
         records = self.load()
         if self.limit:
             records = records[: self.limit]
@@ -163,7 +178,6 @@ class AlpacaEvalTask:
         ]
         (out_dir / "model_outputs.json").write_text(json.dumps(model_outputs, indent=1, ensure_ascii=False))
         (out_dir / "reference_outputs.json").write_text(json.dumps(references, indent=1, ensure_ascii=False))
-        reason = self.why_not_judged()
         result = None
         if reason is None:
             try:
@@ -179,8 +193,10 @@ class AlpacaEvalTask:
         if self.metric not in result:
             reason = f"alpaca_eval reported no {self.metric} (only {sorted(result)})"
             return [TaskScores(self.name, self.ability, math.nan, not_computed=reason)]
+        stderr = result.pop("standard_error", None) if self.metric == "win_rate" else None
+        result.pop("standard_error", None)
         others = {k: v for k, v in result.items() if k != self.metric}
-        return [TaskScores(self.name, self.ability, result[self.metric], metrics=others)]
+        return [TaskScores(self.name, self.ability, result[self.metric], metrics=others, stderr=stderr)]
 
     def _judge(self, model_outputs: list[dict], references: list[dict], out_dir: Path) -> dict[str, float]:
         import pandas as pd
@@ -197,4 +213,6 @@ class AlpacaEvalTask:
         )
         row = leaderboard.loc[self.generator]
         # alpaca_eval reports percentages; scores here are in [0, 1].
-        return {k: float(row[k]) / 100 for k in ("win_rate", "length_controlled_winrate") if k in row and row[k] == row[k]}
+        # standard_error is alpaca_eval's error of the win rate (over the instructions), also in percent.
+        names = ("win_rate", "length_controlled_winrate", "standard_error")
+        return {k: float(row[k]) / 100 for k in names if k in row and row[k] == row[k]}

@@ -19,6 +19,7 @@ how lm-eval runs one of its tasks. The adapter (`cft.evaluation.lmeval`) knows n
     metrics: {f1: f1, em: exact_match}                      # our metric name -> lm-eval's
     headline: f1
     num_fewshot: 0
+    higher_is_better: true       # false where a lower headline is better (FLORES bits per byte)
     generation: {until: ["\\n"], max_gen_toks: 32, do_sample: false}   # generative benchmarks only
     local:                       # files under eval.data_dir: split -> candidates (the first that exists)
       files: {validation: ["xquad/xquad.${lang}.json"]}
@@ -49,7 +50,16 @@ from cft.errors import ConfigError, DataError
 BENCHMARKS_DIR = Path(__file__).resolve().parent / "benchmarks"
 SPEC_FILE = "benchmark.yaml"
 # Loaders of `datasets` by file suffix (lm-eval's dataset_path for local files).
-LOCAL_TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# Plain text (FLORES' .devtest/.dev files): one example per line, in a `text` column.
+LOCAL_TABLE_FORMATS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".devtest": "text",
+    ".dev": "text",
+}
 
 
 class _Schema(BaseModel):
@@ -106,6 +116,7 @@ class BenchmarkSpec(_Schema):
     fewshot_split: str | None = Field(None, description="the split of the shots (needed only with num_fewshot > 0)")
     metrics: dict[str, str] = Field(description="our metric name -> lm-eval's")
     headline: str = Field(description="the headline metric (our name)")
+    higher_is_better: bool = Field(True, description="false: a lower headline is better (FLORES bits per byte)")
     num_fewshot: int = Field(0, ge=0, description="shots (the paper: zero-shot everywhere)")
     generation: dict[str, Any] | None = Field(None, description="lm-eval generation_kwargs; null = scored by log-likelihood")
     local: LocalFiles = Field(description="copies under eval.data_dir")

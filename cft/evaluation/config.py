@@ -34,6 +34,10 @@ class SuiteConfig(BaseModel):
         "auto",
         description="auto: the tokenizer's chat template, else the Alpaca prompt (as in training); alpaca; true; false (plain)",
     )
+    dtype: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32",
+        description="precision every evaluation of the suite runs at (both phases of a cell alike); auto = as the model is held",
+    )
     averages: dict[Literal["ta", "la"], list[str]] | None = Field(
         None,
         description="the tasks each headline average is defined over (the paper's: conf/eval/ta.yaml, la.yaml); "

@@ -2,7 +2,8 @@
 on held-out examples (a different random stream from the training data).
 
 English scores are task ability (`ta/<task>`), the other languages language ability
-(`la/<task>/<lang>`, and `la/<task>` their mean)."""
+(`la/<task>/<lang>`, and `la/<task>` their mean). Each score carries a bootstrap standard error over
+its examples, and its per-example hits (the paired bootstrap of differences reads them)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pydantic import Field
 from cft.data.demo import make_examples
 from cft.data.format import render_prompt
 from cft.evaluation.scores import TaskScores
+from cft.evaluation.uncertainty import bootstrap_stderr, propagated
 from cft.models.generate import generate
 
 
@@ -65,11 +67,24 @@ class DemoExactMatch:
                     + "\n"
                 )
         acc = {k: sum(v) / len(v) for k, v in hits.items()}
+        err = {k: bootstrap_stderr([float(h) for h in v], seed=self.seed) for k, v in hits.items()}
+        per_item = {k: {str(i): float(h) for i, h in enumerate(v)} for k, v in hits.items()}
         results = []
         for task in self.tasks:
+            en = (task, self.english)
             if self.english in self.languages:
-                results.append(TaskScores(name=task, ability="ta", score=acc[(task, self.english)]))
-            others = {lang: acc[(task, lang)] for lang in self.languages if lang != self.english}
+                results.append(TaskScores(task, "ta", acc[en], stderr=err[en], items={"": per_item[en]}))
+            others = [lang for lang in self.languages if lang != self.english]
             if others:
-                results.append(TaskScores(name=task, ability="la", score=sum(others.values()) / len(others), per_language=others))
+                results.append(
+                    TaskScores(
+                        name=task,
+                        ability="la",
+                        score=sum(acc[(task, lang)] for lang in others) / len(others),
+                        per_language={lang: acc[(task, lang)] for lang in others},
+                        stderr=propagated([err[(task, lang)] for lang in others]),
+                        language_stderr={lang: err[(task, lang)] for lang in others if err[(task, lang)] is not None},
+                        items={lang: per_item[(task, lang)] for lang in others},
+                    )
+                )
         return results

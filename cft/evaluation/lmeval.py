@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,6 +40,8 @@ from cft.evaluation.benchmark import load_benchmark, resolve_local_files
 from cft.evaluation.metrics import mean
 from cft.evaluation.scores import TaskScores
 from cft.evaluation.taskfiles import LMTask, lm_tasks, top_level, write_task_configs
+from cft.evaluation.uncertainty import BOOTSTRAP_ITERS, bootstrap_stderr, propagated
+from cft.run import keys
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,8 @@ class LMEvalTask:
         if self.ability not in ("ta", "la"):
             raise ConfigError(f"{where}: ability must be 'ta' or 'la', not {self.ability!r}")
         self.metric = metric or spec.headline
+        # The headline's direction (FLORES bits per byte: lower is better); another metric is taken as higher-better.
+        self.higher_is_better = spec.higher_is_better if self.metric == spec.headline else True
         if self.metric not in spec.metrics:
             raise ConfigError(f"{where}: metric {self.metric!r} is not one of {', '.join(spec.metrics)}")
         self.units = self._select_units(languages, subjects, where)
@@ -188,13 +193,14 @@ class LMEvalTask:
         import lm_eval
         from lm_eval.tasks import TaskManager
 
-        from cft.evaluation.benchmarks.hooks import ensure_nltk_offline
+        from cft.evaluation.benchmarks import hooks
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         template = harness.chat_template(self.apply_chat_template, tokenizer, self.name)
         chat = template is not None
-        ensure_nltk_offline()  # before lm-eval imports its IFEval module, which would try a download
+        hooks.ensure_punkt()  # before lm-eval imports its IFEval module, which would try a download
+        hooks.PUNKT_USED.clear()
         lm_kwargs = {
             "batch_size": self.batch_size,
             "max_length": self.max_length,
@@ -223,8 +229,9 @@ class LMEvalTask:
                     fewshot_as_multiturn=chat,
                     # lm-eval's own tasks get the benchmark's generation settings here; generated ones have them in their YAML.
                     gen_kwargs=dict(generation) if generation is not None and builtin_dirs else None,
-                    log_samples=True,
-                    bootstrap_iters=0,
+                    log_samples=True,  # per-item scores: the paired bootstrap of differences (items.json)
+                    # A mean's standard error is lm-eval's closed form; the iterations serve other aggregations.
+                    bootstrap_iters=BOOTSTRAP_ITERS,
                     random_seed=self.seed,
                     numpy_random_seed=self.seed,
                     torch_random_seed=self.seed,
@@ -237,14 +244,27 @@ class LMEvalTask:
                     f"and set eval.data_dir=<folder> (the file names are in {self.bench.folder / 'benchmark.yaml'})"
                 ) from exc
         harness.save(results, out_dir)
-        return self.scores(results["results"], tasks)
+        scores = self.scores(results["results"], tasks, results.get("samples"))
+        if hooks.PUNKT_USED:  # the benchmark split sentences with Punkt (IFEval): say which model
+            for s in scores:
+                s.reports[keys.punkt()] = sorted(hooks.PUNKT_USED)[-1]  # "fallback" over "nltk" if both
+        return scores
 
     # ------------------------------------------------------------------------------------------
 
-    def scores(self, lm_results: Mapping[str, Mapping[str, Any]], tasks: Sequence[LMTask]) -> list[TaskScores]:
+    def scores(
+        self,
+        lm_results: Mapping[str, Mapping[str, Any]],
+        tasks: Sequence[LMTask],
+        samples: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    ) -> list[TaskScores]:
         """Our TaskScores from lm-eval's `results` dict (keys "<metric>,<filter>"): one for the
-        benchmark's ability and, for a multilingual benchmark run in English, one for `en`."""
+        benchmark's ability and, for a multilingual benchmark run in English, one for `en`. Each
+        headline score carries lm-eval's standard error ("<metric>_stderr,<filter>"; a bootstrap over
+        the items where lm-eval gives none) and, from lm-eval's `samples`, its per-item scores."""
         spec = self.bench.spec
+        theirs_headline = spec.metrics[self.metric]
+        samples = samples or {}
 
         def values(task_name: str) -> dict[str, float]:
             row = lm_results.get(task_name)
@@ -258,14 +278,47 @@ class LMEvalTask:
                 out[ours] = float(row[key])
             return out
 
+        def item_scores(names: Sequence[str], prefix: bool) -> dict[str, float]:
+            out = {}
+            for name in names:
+                for record in samples.get(name, ()):
+                    value = record.get(theirs_headline)
+                    if isinstance(value, (list, tuple)):  # per-instruction lists (IFEval's inst level): their mean
+                        value = sum(map(float, value)) / len(value) if value else None
+                    if value is not None:
+                        out[f"{name}/{record['doc_id']}" if prefix else str(record["doc_id"])] = float(value)
+            return out
+
+        def stderr(task_name: str, per_item: Mapping[str, float]) -> float | None:
+            value = (lm_results.get(task_name) or {}).get(f"{theirs_headline}_stderr,none")
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                return float(value)
+            return bootstrap_stderr(list(per_item.values()), seed=self.seed) if per_item else None
+
         def others(metrics: Mapping[str, float]) -> dict[str, float]:
             return {k: v for k, v in metrics.items() if k != self.metric}
 
         if self.bench.unit_kind != "languages":  # one score for the whole benchmark (MMLU: its group)
             [top] = top_level(tasks)
             metrics = values(top.name)
-            return [TaskScores(self.name, self.ability, metrics[self.metric], metrics=others(metrics))]
+            # A group's members, or lm-eval's own task (whose subtasks only its samples name).
+            members = list(top.group_of) or ([top.name] if top.name in samples or not samples else list(samples))
+            per_item = item_scores(members, prefix=len(members) > 1)
+            return [
+                TaskScores(
+                    self.name,
+                    self.ability,
+                    metrics[self.metric],
+                    metrics=others(metrics),
+                    stderr=stderr(top.name, per_item),
+                    items={"": per_item} if per_item else {},
+                    higher_is_better=self.higher_is_better,
+                )
+            ]
         per_language = {t.unit: values(t.name) for t in tasks if t.unit is not None}
+        names = {t.unit: t.name for t in tasks if t.unit is not None}
+        per_items = {lang: item_scores([names[lang]], prefix=False) for lang in per_language}
+        errors = {lang: stderr(names[lang], per_items[lang]) for lang in per_language}
         results = []
         counted = {lang: m for lang, m in per_language.items() if lang != spec.english}
         if counted:
@@ -277,9 +330,23 @@ class LMEvalTask:
                     per_language={lang: m[self.metric] for lang, m in counted.items()},
                     metrics={k: mean(m[k] for m in counted.values()) for k in spec.metrics if k != self.metric},
                     language_metrics={lang: others(m) for lang, m in counted.items()},
+                    stderr=propagated([errors[lang] for lang in counted]),
+                    language_stderr={lang: errors[lang] for lang in counted if errors[lang] is not None},
+                    items={lang: per_items[lang] for lang in counted if per_items[lang]},
+                    higher_is_better=self.higher_is_better,
                 )
             )
         if spec.english in per_language:
             english = per_language[spec.english]
-            results.append(TaskScores(self.name, "en", english[self.metric], metrics=others(english)))
+            results.append(
+                TaskScores(
+                    self.name,
+                    "en",
+                    english[self.metric],
+                    metrics=others(english),
+                    stderr=errors[spec.english],
+                    items={"": per_items[spec.english]} if per_items[spec.english] else {},
+                    higher_is_better=self.higher_is_better,
+                )
+            )
         return results

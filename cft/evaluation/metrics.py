@@ -6,10 +6,11 @@
   word), and splits scripts written without spaces (Chinese, Japanese kana, Thai, Lao, Khmer,
   Myanmar) into one token per character, as the XL-Sum authors did for those languages.
   The LCS itself is `rouge_score`'s.
-- Extractive-QA F1 and exact match (XQuAD, MLQA) with the SQuAD normalisation: case-folded,
-  punctuation (all Unicode P* categories) and articles removed. Articles follow the MLQA
-  evaluation script for its languages (English ones otherwise, as SQuAD's script); texts in
-  scripts without spaces are compared character by character, as MLQA does for Chinese.
+- Extractive-QA F1 and exact match as each benchmark's official script computes them: SQuAD v1.1's
+  normalisation and whitespace tokens for XQuAD (its official scorer, in every language, Thai
+  included), MLQA's script for MLQA (all Unicode punctuation, its articles per language, Chinese
+  split into characters). An answer cut inside a character (a U+FFFD replacement character, a
+  dangling combining mark, a Thai leading vowel at its end) scores 0.
   (lm-eval's built-in xquad imports `transformers.data.metrics.squad_metrics`, which
   transformers 5 removed, so it cannot be used as is.)
 """
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -90,68 +92,97 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Extractive QA (SQuAD / XQuAD / MLQA)
+# Extractive QA (SQuAD / XQuAD / MLQA), as the benchmarks' official scripts score it
 
-_ARTICLES = {
+QA_STYLES = ("squad", "mlqa")
+# SQuAD v1.1's evaluate script (XQuAD's official scorer, every language): ASCII punctuation, English
+# articles, whitespace tokens (so Thai and Chinese answers are compared as whole space-separated chunks).
+_SQUAD_PUNCT = frozenset(string.punctuation)
+_SQUAD_ARTICLES = r"\b(a|an|the)\b"
+# MLQA's mlqa_evaluation_v1.py: all Unicode punctuation, its articles per language, whitespace tokens
+# except Chinese (mixed segmentation: each CJK character and punctuation mark alone).
+_MLQA_ARTICLES = {
     "en": r"\b(a|an|the)\b",
     "es": r"\b(un|una|unos|unas|el|la|los|las)\b",
-    "de": r"\b(ein|eine|einen|einem|eines|einer|der|die|das|den|dem|des)\b",
     "vi": r"\b(của|là|cái|chiếc|những)\b",
-    "ar": r"(?:^|\s)ال",
+    "de": r"\b(ein|eine|einen|einem|eines|einer|der|die|das|den|dem|des)\b",
+    "ar": "\\sال^|ال",  # the script's pattern as written: every ال goes
 }
+_MLQA_MIXED = ("zh",)
+_CJK = re.compile("[\u4e00-\u9fa5]")
+# Leading vowels of Thai and Lao: written before the consonant they follow in speech, so an answer
+# that ends with one was cut inside a syllable.
+_LEADING_VOWELS = frozenset(chr(c) for c in (*range(0x0E40, 0x0E45), *range(0x0EC0, 0x0EC5)))
 
 
 def _is_punct(ch: str) -> bool:
-    return unicodedata.category(ch).startswith("P") or ch in "$+<=>^`|~"
+    return unicodedata.category(ch).startswith("P") or ch in _SQUAD_PUNCT
 
 
-def qa_tokens(text: str, lang: str | None = None) -> list[str]:
-    """SQuAD-normalised answer tokens: lower case, no punctuation, no articles.
+def cut_inside_character(text: str) -> bool:
+    """An answer cut inside a character: a replacement character (bytes decoded mid-character), a
+    combining mark with nothing to combine with at its start, or a Thai/Lao leading vowel at its end."""
+    stripped = text.strip()
+    if not stripped:
+        return False
+    return "\ufffd" in stripped or unicodedata.category(stripped[0]).startswith("M") or stripped[-1] in _LEADING_VOWELS
 
-    `lang` picks the articles (MLQA's lists; English for None or a language without a list);
-    scripts without spaces are split into characters.
+
+def _mlqa_segments(text: str) -> list[str]:
+    out, chunk = [], ""
+    for ch in text:
+        if _CJK.match(ch) or _is_punct(ch):
+            out.extend(chunk.split())
+            chunk = ""
+            out.append(ch)
+        else:
+            chunk += ch
+    return out + chunk.split()
+
+
+def qa_tokens(text: str, lang: str | None = None, style: str = "squad") -> list[str]:
+    """Normalised answer tokens, as the official script of `style` makes them.
+
+    squad (XQuAD; SQuAD v1.1's evaluate): lower case, ASCII punctuation and English articles removed,
+    whitespace tokens, whatever the language. mlqa (MLQA's evaluation script): lower case, every
+    Unicode punctuation mark and the language's articles removed, whitespace tokens, Chinese split
+    into characters.
     """
+    if style not in QA_STYLES:
+        raise ValueError(f"style must be one of {QA_STYLES}, not {style!r}")
     text = text.lower()
-    text = "".join(" " if _is_punct(ch) else ch for ch in text)
-    pattern = _ARTICLES.get(lang or "en")
+    if style == "squad":
+        text = "".join(ch for ch in text if ch not in _SQUAD_PUNCT)
+        return re.sub(_SQUAD_ARTICLES, " ", text).split()
+    text = "".join(ch for ch in text if not _is_punct(ch))
+    pattern = _MLQA_ARTICLES.get(lang or "en")
     if pattern:
         text = re.sub(pattern, " ", text)
-    tokens: list[str] = []
-    for chunk in text.split():
-        word = ""
-        for ch in chunk:
-            if is_no_space_char(ch):
-                if word:
-                    tokens.append(word)
-                    word = ""
-                tokens.append(ch)
-            else:
-                word += ch
-        if word:
-            tokens.append(word)
-    return tokens
+    tokens = _mlqa_segments(text) if lang in _MLQA_MIXED else text.split()
+    return [t for t in tokens if t.strip()]
 
 
-def qa_exact(prediction: str, references: str | Sequence[str], lang: str | None = None) -> float:
-    """1.0 when the normalised prediction equals a normalised reference, else 0.0."""
+def qa_exact(prediction: str, references: str | Sequence[str], lang: str | None = None, style: str = "squad") -> float:
+    """1.0 when the normalised prediction equals a normalised reference, else 0.0 (0 for an answer cut inside a character)."""
     refs = [references] if isinstance(references, str) else list(references)
-    pred = qa_tokens(prediction, lang)
-    return float(any(pred == qa_tokens(r, lang) for r in refs))
+    if cut_inside_character(prediction):
+        return 0.0
+    pred = qa_tokens(prediction, lang, style)
+    return float(any(pred == qa_tokens(r, lang, style) for r in refs))
 
 
-def qa_f1(prediction: str, references: str | Sequence[str], lang: str | None = None) -> float:
-    """Token-overlap F1 in [0, 1], the best over the references (SQuAD)."""
+def qa_f1(prediction: str, references: str | Sequence[str], lang: str | None = None, style: str = "squad") -> float:
+    """Token-overlap F1 in [0, 1], the best over the references (the official scripts); 0 for an
+    answer cut inside a character."""
     refs = [references] if isinstance(references, str) else list(references)
-    pred = qa_tokens(prediction, lang)
+    if cut_inside_character(prediction):
+        return 0.0
+    pred = qa_tokens(prediction, lang, style)
     best = 0.0
     for ref in refs:
-        gold = qa_tokens(ref, lang)
-        if not pred or not gold:
-            # SQuAD v2 convention: two empty answers agree, one empty one does not.
-            best = max(best, float(pred == gold))
-            continue
+        gold = qa_tokens(ref, lang, style)
         common = sum((Counter(pred) & Counter(gold)).values())
-        if common == 0:
+        if common == 0:  # SQuAD v1.1 and MLQA: no overlap (an empty answer included) scores 0
             continue
         precision, recall = common / len(pred), common / len(gold)
         best = max(best, 2 * precision * recall / (precision + recall))

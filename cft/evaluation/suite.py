@@ -23,7 +23,9 @@ from pydantic import ValidationError
 
 from cft.errors import ConfigError
 from cft.evaluation.config import SHARED, SuiteConfig
-from cft.evaluation.scores import TaskScores, flatten
+from cft.evaluation.scores import TaskScores, flatten, items
+from cft.evaluation.uncertainty import write_items
+from cft.run import keys, layout
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,12 @@ class Suite(Mapping):
         *,
         averages: Mapping[str, list[str]] | None = None,
         switched_off: Mapping[str, tuple[str, str]] = (),  # name -> (ability, why it does not run)
+        dtype: str = "auto",  # the precision the model is evaluated at (cast before the first task)
     ):
         self.tasks = dict(tasks)
         self.averages = {k: list(v) for k, v in averages.items()} if averages else None
         self.switched_off = dict(switched_off)  # tasks of an average that do not run
+        self.dtype = dtype
 
     def __getitem__(self, name: str):
         return self.tasks[name]
@@ -52,9 +56,16 @@ class Suite(Mapping):
         return len(self.tasks)
 
     def evaluate(self, model, tokenizer, *, out_dir: str | Path) -> dict[str, float | int | str]:
-        """Run every task (outputs in `out_dir/<task>`) and return the flat metric keys."""
+        """Run every task (outputs in `out_dir/<task>`) and return the flat metric keys; the per-item
+        scores go to `out_dir/items.json` (cft.run.layout.EVAL_ITEMS)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        if self.dtype != "auto":
+            # One precision for every evaluation of a cell: Phase 1 is loaded in fp32, Phase 2 may be
+            # held in bf16 (ZeRO-3); both are scored at the suite's dtype (a cast of a saved model).
+            from cft.models import resolve_dtype
+
+            model = model.to(resolve_dtype(self.dtype))
         results: list[TaskScores] = []
         for name, task in self.tasks.items():
             log.info("Evaluating %s", name)
@@ -63,7 +74,10 @@ class Suite(Mapping):
             log.info("Evaluated %s in %.1f s", name, time.perf_counter() - start)  # so a log's gaps are not misread
         for name, (ability, reason) in self.switched_off.items():
             results.append(TaskScores(name, ability, math.nan, not_computed=reason))
-        return flatten(results, self.averages)
+        write_items(out_dir / layout.EVAL_ITEMS, items(results))
+        flat = flatten(results, self.averages)
+        flat[keys.eval_dtype()] = str(next(model.parameters()).dtype).removeprefix("torch.")
+        return flat
 
 
 def _plain(node: Any) -> Any:
@@ -151,4 +165,12 @@ def build_suite(eval_node: Mapping[str, Any]) -> Suite:
             own = getattr(tasks[name], "ability", ability)
             if own != ability:
                 raise ConfigError(f"eval.averages.{ability} names {name!r}, a {own} task")
-    return Suite(tasks, averages=config.averages, switched_off=switched_off)
+    for ability in ("ta", "la"):
+        names = (config.averages or {}).get(ability) or [n for n, t in tasks.items() if getattr(t, "ability", None) == ability]
+        lower = [n for n in names if n in tasks and not getattr(tasks[n], "higher_is_better", True)]
+        if lower and len(lower) < len([n for n in names if n in tasks]):
+            raise ConfigError(
+                f"the {ability}_avg of this suite would mix scores where lower is better ({', '.join(lower)}) with ones "
+                f"where higher is better: list the ones to average in eval.averages.{ability}"
+            )
+    return Suite(tasks, averages=config.averages, switched_off=switched_off, dtype=config.dtype)

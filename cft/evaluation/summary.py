@@ -1,6 +1,10 @@
 """The tables a run prints at its end: Phase-1 vs Phase-2 headline scores per benchmark with the
 averages (train.py), or one evaluation's (evaluate.py), each with a footnote wherever an average
-covers fewer benchmarks than it is defined over (AlpacaEval without a judge: 3 of the 4 TA ones)."""
+covers fewer benchmarks than it is defined over (AlpacaEval without a judge: 3 of the 4 TA ones).
+
+A score is shown with its standard error over items ("0.266 ± 0.014"). The change Phase 2 - Phase 1
+of a training run is tested on the same items where the run folder holds both phases' per-item
+scores: its paired bootstrap 95% interval is shown, with `*` where the interval excludes 0."""
 
 from __future__ import annotations
 
@@ -8,8 +12,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cft.run import keys
+from cft.evaluation.uncertainty import Interval, paired_interval, read_items
+from cft.run import keys, layout
 
+PUNKT_NOTE = (
+    "IFEval split sentences with cft's minimal Punkt fallback (NLTK's punkt_tab was not installed and could not "
+    "be downloaded): its sentence-count instructions may score differently from the official IFEval"
+)
 ABILITY_NAMES = {"ta": "TA", "la": "LA", "en": "English"}
 
 
@@ -32,9 +41,11 @@ def _is_number(value: Any) -> bool:
 
 
 def _cell(metrics: Mapping[str, Any], phase: str | None, name: str) -> str:
-    value = metrics.get(f"{phase}/{name}" if phase else name)
+    key = f"{phase}/{name}" if phase else name
+    value = metrics.get(key)
     if _is_number(value):
-        return f"{value:.3f}"
+        error = metrics.get(keys.stderr(key))
+        return f"{value:.3f} ± {error:.3f}" if _is_number(error) else f"{value:.3f}"
     p = keys.parse(name)
     if p is not None and keys.not_computed(p.ability, p.task, phase=phase) in metrics:
         return "not computed"
@@ -72,6 +83,8 @@ def footnotes(metrics: Mapping[str, Any], phase: str | None = None) -> list[str]
         if isinstance(declared, str):
             note += f"; the paper's average covers {len(defined)}"
         notes.append(note)
+    if metrics.get(keys.punkt(phase=phase)) == "fallback":
+        notes.append(PUNKT_NOTE)
     return notes
 
 
@@ -87,23 +100,48 @@ def _footer(metrics: Mapping[str, Any], phases: Sequence[str | None]) -> str:
     return "".join(f"\n* {line}" for line in lines)
 
 
-def summary_table(metrics: Mapping[str, Any]) -> str:
-    """Phase-1 vs Phase-2 headline scores per benchmark, the averages first, and the footnotes."""
+def phase_intervals(metrics: Mapping[str, Any], run_dir: str | Path | None) -> dict[str, Interval]:
+    """Paired bootstrap intervals of Phase 2 - Phase 1 per score name (no phase), from the run
+    folder's per-item scores; empty where it has none."""
+    if run_dir is None:
+        return {}
+    before, after = read_items(layout.eval_items(run_dir, "phase1")), read_items(layout.eval_items(run_dir, "phase2"))
+    if before is None or after is None:
+        return {}
+    flat = {p: {k[len(p) + 1 :]: v for k, v in metrics.items() if k.startswith(p + "/")} for p in keys.PHASES}
+    out = {}
+    for name in _names(metrics, keys.PHASES):
+        interval = paired_interval([((flat["phase1"], before), (flat["phase2"], after))], name)
+        if interval is not None:
+            out[name] = interval
+    return out
+
+
+def summary_table(metrics: Mapping[str, Any], run_dir: str | Path | None = None) -> str:
+    """Phase-1 vs Phase-2 headline scores per benchmark, the averages first, and the footnotes; with
+    `run_dir`, the paired 95% interval of each change (`*`: it excludes 0)."""
     from tabulate import tabulate
 
     phases = keys.PHASES
+    intervals = phase_intervals(metrics, run_dir)
     rows = []
     for name in _names(metrics, phases):
         p1, p2 = metrics.get(f"phase1/{name}"), metrics.get(f"phase2/{name}")
         delta = f"{p2 - p1:+.3f}" if _is_number(p1) and _is_number(p2) else "-"
-        rows.append([name, _cell(metrics, "phase1", name), _cell(metrics, "phase2", name), delta])
-    table = tabulate(
-        rows,
-        headers=["score", "phase 1", "phase 2", "change"],
-        disable_numparse=True,
-        colalign=("left", "right", "right", "right"),
-    )
-    return table + _footer(metrics, phases)
+        row = [name, _cell(metrics, "phase1", name), _cell(metrics, "phase2", name), delta]
+        if intervals:
+            i = intervals.get(name)
+            row.append(f"[{i.low:+.3f}, {i.high:+.3f}]{' *' if i.significant else ''}" if i else "-")
+        rows.append(row)
+    headers = ["score", "phase 1", "phase 2", "change"] + (["95% interval (paired)"] if intervals else [])
+    table = tabulate(rows, headers=headers, disable_numparse=True, colalign=("left",) + ("right",) * (len(headers) - 1))
+    footer = _footer(metrics, phases)
+    if intervals:
+        footer += (
+            "\n* ± is the standard error over items; the interval of a change is a paired bootstrap over the same "
+            "items (* = it excludes 0)"
+        )
+    return table + footer
 
 
 def evaluation_table(scores: Mapping[str, Any], suite: str) -> str:
@@ -116,4 +154,4 @@ def evaluation_table(scores: Mapping[str, Any], suite: str) -> str:
 
 
 def print_summary(metrics: Mapping[str, Any], run_dir: Path) -> None:
-    print(f"\n{summary_table(metrics)}\n\nRun folder: {run_dir}")
+    print(f"\n{summary_table(metrics, run_dir)}\n\nRun folder: {run_dir}")

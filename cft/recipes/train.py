@@ -172,8 +172,11 @@ def finetune_base(
     return Checkpoint(str(path / "model"), key=key, what=f"{kind} model", cache=cache), stats
 
 
-def evaluate_cached(model: Checkpoint, eval_cfg: Mapping[str, Any], tasks: Mapping[str, Any], cache: Cache) -> dict[str, Any]:
-    """Evaluate a model artifact once per (model, its exact weights, eval settings); later runs reuse the scores."""
+def evaluate_cached(
+    model: Checkpoint, eval_cfg: Mapping[str, Any], tasks: Mapping[str, Any], cache: Cache, items_to: Path | None = None
+) -> dict[str, Any]:
+    """Evaluate a model artifact once per (model, its exact weights, eval settings); later runs reuse the scores
+    (and get a copy of its per-item scores at `items_to`, for the paired bootstrap of Phase 2 - Phase 1)."""
     spec = {"model": model.key, "eval": comparable({"eval": dict(eval_cfg)})["eval"]}
     digest = manifest_digest(model.ref)
     if digest:  # the exact weights scored: a rebuilt model (bytes differ, e.g. on a GPU) gets a new evaluation
@@ -185,6 +188,10 @@ def evaluate_cached(model: Checkpoint, eval_cfg: Mapping[str, Any], tasks: Mappi
         (tmp / layout.METRICS).write_text(json.dumps(scores, indent=2, sort_keys=True))
 
     path = cache.artifact("eval", spec, build_scores)
+    items = path / "samples" / layout.EVAL_ITEMS
+    if items_to is not None and items.is_file():
+        items_to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(items, items_to)
     return json.loads((path / layout.METRICS).read_text())
 
 
@@ -426,7 +433,9 @@ class TrainRecipe:
             )
             self.metrics.update(mpd(self.p1.folder(), alone.folder()).metrics())
         self.step = "phase1 evaluation"
-        scores1 = evaluate_cached(self.p1, plain(cfg.eval), self.eval_tasks, self.cache)
+        scores1 = evaluate_cached(
+            self.p1, plain(cfg.eval), self.eval_tasks, self.cache, items_to=layout.eval_items(self.run_dir.path, "phase1")
+        )
         self.scores1 = scores1
         self.metrics.update(keys.phased("phase1", scores1))
 

@@ -12,6 +12,11 @@ metrics.json, the W&B summary, the analysis tables and the dashboard all speak t
     <phase>/<ability>_avg_of                   the benchmarks the suite defines the average over (conf/eval `averages`:
                                                the paper's), comma-separated; only where the suite defines it
     <phase>/not_computed/<ability>/<task>      why a score is missing (never recorded as 0)
+    <any score or average key>_stderr          its standard error over items (lm-eval's `_stderr`, a bootstrap for
+                                               cft's own metrics; an average's is propagated: sqrt(sum se^2)/n)
+    <phase>/eval/punkt                         which Punkt model IFEval split sentences with (real, or fallback)
+    <phase>/eval/dtype                         the precision the evaluation ran at (eval.dtype)
+    <phase>/lower_is_better/<score key>        1 where a lower score is better (FLORES bits per byte; its la_avg)
     delta/<ability>_avg                        Phase 2 minus Phase 1
     des, mpd, mpd/<...>                        dataset similarity and model distance (the paper's Definitions 1, 2)
     strategy/<...>, data/<...>, train/<phase>/<...>, eval/<phase>/<...>   what the strategy, data and loop did
@@ -36,6 +41,8 @@ ABILITIES = ("ta", "la", "en")
 HEADLINE_AVERAGES = ("ta_avg", "la_avg")
 METRIC_SEP = ":"
 NOT_COMPUTED = "not_computed"
+# A score's standard error over the evaluated items: `<score key>_stderr` (lm-eval's own suffix).
+STDERR_SUFFIX = "_stderr"
 SCORE_PREFIXES = ("phase1/", "phase2/", "delta/", "des", "mpd")
 
 
@@ -52,6 +59,40 @@ def score(ability: str, task: str, lang: str | None = None, metric: str | None =
             raise ValueError(f"a {name} name may not be empty or contain '/' or '{METRIC_SEP}': {value!r}")
     key = _join(phase, ability, task, lang)
     return f"{key}{METRIC_SEP}{metric}" if metric else key
+
+
+def stderr(key: str) -> str:
+    """The key of the standard error of a score or average key: stderr("phase1/ta/mmlu") -> 'phase1/ta/mmlu_stderr'."""
+    if key.endswith(STDERR_SUFFIX):
+        raise ValueError(f"{key!r} is already a standard-error key")
+    return key + STDERR_SUFFIX
+
+
+def parse_stderr(key: str) -> str | None:
+    """The score key whose standard error `key` is, or None for any other key."""
+    return key[: -len(STDERR_SUFFIX)] if key.endswith(STDERR_SUFFIX) and len(key) > len(STDERR_SUFFIX) else None
+
+
+def punkt(*, phase: str | None = None) -> str:
+    """Which Punkt model IFEval's sentence splitting used: 'nltk' (the real one) or 'fallback' (cft's minimal one)."""
+    return _join(phase, "eval", "punkt")
+
+
+LOWER_IS_BETTER = "lower_is_better"
+
+
+def lower_is_better(key: str) -> str:
+    """The marker of a score (or average) key whose lower values are better: 'lower_is_better/la/flores'
+    (a phase prefix goes first: phase2/lower_is_better/la_avg)."""
+    for phase in PHASES:
+        if key.startswith(phase + "/"):
+            return f"{phase}/{LOWER_IS_BETTER}/{key[len(phase) + 1 :]}"
+    return f"{LOWER_IS_BETTER}/{key}"
+
+
+def eval_dtype(*, phase: str | None = None) -> str:
+    """The precision an evaluation ran at: 'float32', 'bfloat16', ..."""
+    return _join(phase, "eval", "dtype")
 
 
 def average(ability: str, *, phase: str | None = None) -> str:
@@ -153,7 +194,9 @@ class ScoreKey:
 
 
 def parse(key: str) -> ScoreKey | None:
-    """The parts of a score key, or None for any other key (averages, not_computed, train/...)."""
+    """The parts of a score key, or None for any other key (averages, not_computed, standard errors, train/...)."""
+    if key.endswith(STDERR_SUFFIX):
+        return None
     head, sep, metric = key.partition(METRIC_SEP)
     parts = head.split("/")
     phase = None
@@ -169,8 +212,9 @@ def parse(key: str) -> ScoreKey | None:
 
 
 def is_score(key: str) -> bool:
-    """Scores compare across cells (phase scores, averages, deltas, DES, MPD); reports and statistics do not."""
-    return key.startswith(SCORE_PREFIXES)
+    """Scores compare across cells (phase scores, averages, deltas, DES, MPD); reports and statistics
+    (standard errors included) do not."""
+    return key.startswith(SCORE_PREFIXES) and not key.endswith(STDERR_SUFFIX)
 
 
 def tasks(keys: Iterable[str], ability: str) -> list[str]:

@@ -46,6 +46,9 @@ CHECKPOINT = "checkpoint"  # the final Phase-2 model
 CHECKPOINTS = "checkpoints"  # resumable checkpoints while training (removed at the end)
 TRAIN_METRICS = "train_metrics.json"  # beside a saved or rescued Phase-2 model: its train/phase2/* figures
 EVAL_SAMPLES = "eval"  # lm-eval's samples of the run's evaluations
+# Per-item headline scores of one evaluation, {score key: {item id: score}}, written beside its samples
+# (<run>/eval/<phase>/items.json): the paired bootstrap of differences reads them (cft.evaluation.uncertainty).
+EVAL_ITEMS = "items.json"
 LAYER_CHANGES = "layer_changes.csv"
 TRAIN_LOG = "train.log"
 
@@ -265,6 +268,11 @@ def evaluation_dir(run: str | Path | None, checkpoint: str | None, output_root: 
         return Path(str(run).rstrip("/")) / EVALUATIONS / check_component(suite, "eval")
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(checkpoint or "none").strip("/")).lstrip(".")
     return Path(output_root) / EVALUATIONS / (slug[-MAX_COMPONENT:] or "checkpoint") / check_component(suite, "eval")
+
+
+def eval_items(run: str | Path, phase: str) -> Path:
+    """The per-item scores of one phase's evaluation of a run."""
+    return Path(run) / EVAL_SAMPLES / phase / EVAL_ITEMS
 
 
 def write_failure(run: str | Path, *, phase: str, message: str, error: str) -> Path:

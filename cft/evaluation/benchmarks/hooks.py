@@ -6,15 +6,16 @@ Documents are normalised here so one YAML serves both the hub copy of a benchmar
 copy in the layout of the shared data folder (SQuAD-style nested JSON for XQuAD/MLQA, header-less
 CSVs for MMLU, preprocessed JSONL for HellaSwag).
 
-IFEval offline: lm-eval's IFEval module calls `nltk.download("punkt_tab")` when it is imported and
-needs the Punkt English model for two instructions (number of sentences; capital-word frequency
-through `nltk.word_tokenize`). No PyPI package ships that model, and runs are often offline.
-`ensure_nltk_offline()` runs before that import: when NLTK finds no `punkt_tab` of its own, it writes
-a minimal Punkt model (the algorithm unchanged, no trained collocations or sentence starters, a short
-list of common English abbreviations) into a private temporary folder and appends that folder to
-`nltk.data.path`. NLTK then finds a model, downloads nothing, and splits sentences at . ! ? followed
-by a space, except after the listed abbreviations. A real NLTK `punkt_tab` (e.g. in `$NLTK_DATA`)
-is found first and used unchanged.
+IFEval and NLTK's Punkt: lm-eval's IFEval module calls `nltk.download("punkt_tab")` when it is
+imported and needs the Punkt English model for two instructions (number of sentences; capital-word
+frequency through `nltk.word_tokenize`). `ensure_punkt()` runs before that import and uses NLTK's real
+Punkt wherever it can be had: already installed (e.g. in `$NLTK_DATA`), or downloaded now when the
+machine is online. Only where neither works (no PyPI package ships the model; offline machines) it
+writes a minimal Punkt model (the algorithm unchanged, no trained collocations or sentence starters,
+a short list of common English abbreviations) into a private temporary folder and appends that
+folder to `nltk.data.path`; NLTK then splits sentences at . ! ? followed by a space, except after the
+listed abbreviations. That fallback is said in the log (a warning), and the IFEval task records it
+(`<phase>/eval/punkt` = fallback in metrics.json; a footnote of the tables).
 """
 
 from __future__ import annotations
@@ -45,17 +46,56 @@ PUNKT_FALLBACK_ABBREVIATIONS = (
 ).split()
 
 _FALLBACK_DIR: Path | None = None
+_DOWNLOAD_TRIED = False
+PUNKT_REAL, PUNKT_FALLBACK = "nltk", "fallback"
+# Which Punkt model IFEval's scorer found since the last clear() (LMEvalTask records it).
+PUNKT_USED: set[str] = set()
 
 
-def ensure_nltk_offline() -> str:
-    """Make NLTK's Punkt English model available without a download; returns which one is used."""
-    global _FALLBACK_DIR
+def _find_punkt() -> str | None:
     import nltk
 
     try:
-        return str(nltk.data.find("tokenizers/punkt_tab/english/"))
+        found = str(nltk.data.find("tokenizers/punkt_tab/english/"))
     except LookupError:
-        pass
+        return None
+    return None if _FALLBACK_DIR is not None and found.startswith(str(_FALLBACK_DIR)) else found
+
+
+def punkt_source() -> str:
+    """Which Punkt model NLTK finds now: PUNKT_REAL or PUNKT_FALLBACK (after `ensure_punkt`)."""
+    return PUNKT_REAL if _find_punkt() is not None else PUNKT_FALLBACK
+
+
+def ensure_punkt() -> str:
+    """Make NLTK's Punkt English model available: the real one (installed, or downloaded once when
+    online), else the minimal fallback (with a warning). Returns PUNKT_REAL or PUNKT_FALLBACK."""
+    global _DOWNLOAD_TRIED
+    import nltk
+
+    if _find_punkt() is not None:
+        return PUNKT_REAL
+    if not _DOWNLOAD_TRIED:
+        _DOWNLOAD_TRIED = True  # once per process: offline, each try costs a failed connection
+        try:
+            if nltk.download("punkt_tab", quiet=True, raise_on_error=False) and _find_punkt() is not None:
+                log.info("Downloaded NLTK punkt_tab for IFEval")
+                return PUNKT_REAL
+        except Exception as exc:  # noqa: BLE001 - any failure to download means: use the fallback
+            log.debug("NLTK punkt_tab download failed: %s", exc)
+    _install_fallback()
+    return PUNKT_FALLBACK
+
+
+def ensure_nltk_offline() -> str:
+    """Kept for callers of the old name: `ensure_punkt()`."""
+    return ensure_punkt()
+
+
+def _install_fallback() -> None:
+    global _FALLBACK_DIR
+    import nltk
+
     if _FALLBACK_DIR is None:
         root = Path(tempfile.mkdtemp(prefix="cft-nltk-"))
         atexit.register(shutil.rmtree, root, ignore_errors=True)
@@ -65,14 +105,17 @@ def ensure_nltk_offline() -> str:
         for empty in ("collocations.tab", "sent_starters.txt", "ortho_context.tab"):
             (english / empty).write_text("")
         _FALLBACK_DIR = root
-        log.info("NLTK punkt_tab not installed: IFEval uses the built-in minimal Punkt model in %s", root)
+        log.warning(
+            "NLTK punkt_tab is not installed and could not be downloaded: IFEval splits sentences with cft's minimal "
+            "Punkt model (%s); install punkt_tab (python -m nltk.downloader punkt_tab, or set NLTK_DATA) for the real one",
+            root,
+        )
     if str(_FALLBACK_DIR) not in nltk.data.path:
         nltk.data.path.append(str(_FALLBACK_DIR))
-    return str(_FALLBACK_DIR)
 
 
 def ifeval_process_results(doc, results):
-    ensure_nltk_offline()
+    PUNKT_USED.add(ensure_punkt())
     from lm_eval.tasks.ifeval import utils as ifeval_utils
 
     # JSON loaders fill the kwargs a record lacks with None; lm-eval's scorer drops falsy values.
@@ -107,22 +150,27 @@ def process_docs_squad(dataset):
     return dataset
 
 
-def _qa_results(doc, results, lang):
+def _qa_results(doc, results, lang, style):
     prediction = results[0]
     answers = doc["answers"]["text"] if isinstance(doc["answers"], dict) else doc["answers"]
     return {
-        "exact_match": metrics.qa_exact(prediction, answers, lang),
-        "f1": metrics.qa_f1(prediction, answers, lang),
+        "exact_match": metrics.qa_exact(prediction, answers, lang, style),
+        "f1": metrics.qa_f1(prediction, answers, lang, style),
     }
 
 
+# Scorer name prefix -> the official script it follows (cft.evaluation.metrics.qa_tokens).
+_QA_SCORERS = {"qa_results_": "squad", "mlqa_results_": "mlqa"}
+
+
 def __getattr__(name: str):
-    """`qa_results_<lang>`: the QA scorer with the normalisation of any language (articles, scripts),
-    so a benchmark file names it per language without a list of languages here."""
-    if name.startswith("qa_results_") and name != "qa_results_":
-        scorer = partial(_qa_results, lang=name.removeprefix("qa_results_"))
-        scorer.__name__ = name  # lm-eval and `datasets` read a function's name
-        return scorer
+    """`qa_results_<lang>` (XQuAD: SQuAD v1.1's script) and `mlqa_results_<lang>` (MLQA's script): the
+    QA scorer of any language, so a benchmark file names it per language without a list here."""
+    for prefix, style in _QA_SCORERS.items():
+        if name.startswith(prefix) and name != prefix:
+            scorer = partial(_qa_results, lang=name.removeprefix(prefix), style=style)
+            scorer.__name__ = name  # lm-eval and `datasets` read a function's name
+            return scorer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -188,3 +236,17 @@ def _hellaswag_doc(doc):
 
 def process_docs_hellaswag(dataset):
     return dataset.map(_hellaswag_doc, **_NO_CACHE)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLORES-200 (plain-text sentences; rolling log-likelihood)
+
+
+def flores_results(doc, results):
+    """A sentence's bits per byte (`bpb`, averaged over sentences) and lm-eval's (log-likelihood,
+    bytes) pair (`bits_per_byte`, pooled over the corpus by lm-eval's aggregation)."""
+    import math
+
+    (loglikelihood,) = results
+    n_bytes = max(1, len(doc["text"].encode("utf-8")))
+    return {"bpb": -loglikelihood / n_bytes / math.log(2), "bits_per_byte": (loglikelihood, n_bytes)}

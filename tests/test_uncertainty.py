@@ -1,0 +1,140 @@
+"""Standard errors, their propagation, and paired bootstrap intervals of differences on the same
+items: by hand, and on a tiny demo sweep whose metrics.json, run summary and analysis tables show them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from helpers import SMALL, run_folders, run_script
+
+from cft.evaluation.uncertainty import bootstrap_stderr, mean_stderr, paired_interval, propagated, structure
+from cft.run import keys, layout
+
+
+def test_standard_errors_by_hand():
+    # 0, 1, 1, 0: mean 0.5, sample sd sqrt(1/3), se sqrt(1/3)/2.
+    assert mean_stderr([0, 1, 1, 0]) == pytest.approx(math.sqrt(1 / 3) / 2)
+    assert mean_stderr([1.0]) is None
+    # The bootstrap agrees with the closed form within its own noise (n = 200, p = 0.3: se 0.0324).
+    values = [1.0] * 60 + [0.0] * 140
+    assert bootstrap_stderr(values, iters=2000) == pytest.approx(mean_stderr(values), rel=0.1)
+    # An average of two independent scores: sqrt(0.03^2 + 0.04^2) / 2 = 0.025.
+    assert propagated([0.03, 0.04]) == pytest.approx(0.025)
+    assert propagated([0.03, None]) is None
+
+
+def _flat(over: str) -> dict:
+    return {"la_avg_over": over, "ta_avg_over": "a"}
+
+
+def test_paired_interval_marks_a_real_difference_and_not_noise():
+    n = 100
+    before = {"ta/a": {str(i): float(i % 2) for i in range(n)}}  # 0.5
+    better = {"ta/a": {str(i): 1.0 for i in range(n)}}  # 1.0 on the same items
+    same = {"ta/a": {str(i): float((i + 1) % 2) for i in range(n)}}  # 0.5, other items right
+    up = paired_interval([((_flat(""), before), (_flat(""), better))], "ta/a")
+    assert up.diff == pytest.approx(0.5) and up.low > 0.3 and up.significant and up.items == n
+    flat = paired_interval([((_flat(""), before), (_flat(""), same))], "ta/a")
+    assert flat.diff == pytest.approx(0.0) and flat.low < 0 < flat.high and not flat.significant
+    # ta_avg over its benchmarks, a benchmark over its languages: the structure the scores are defined by.
+    items = {"ta/a": before["ta/a"], "la/x/de": {"0": 1.0}, "la/x/fr": {"0": 0.0}}
+    assert structure("ta_avg", _flat(""), items) == ("mean", ["ta/a"])
+    assert structure("la/x", _flat("x"), items) == ("mean", ["la/x/de", "la/x/fr"])
+    assert structure("la/y", _flat("x"), items) is None  # no items: no interval
+    assert paired_interval([((_flat(""), before), (_flat(""), {}))], "ta/a") is None
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """Two strategies on one Phase-1 model, then the analysis (about 25 s)."""
+    root = tmp_path_factory.mktemp("uncertainty")
+    small = [o for o in SMALL if not o.startswith("eval.tasks.demo.per_task_language=")]
+    args = [*small, "eval.tasks.demo.per_task_language=6", "sweep_id=unc", "tracking.mode=disabled"]
+    train = run_script("train.py", ["-m", *args, "strategy=full,lora"], root)
+    analysis = run_script("analyze.py", ["sweep_id=unc", "tracking.mode=disabled", "embedder=hashing"], root)
+    return root, train, analysis
+
+
+def test_demo_sweep_records_a_standard_error_beside_every_score(tiny_sweep):
+    root, train, _ = tiny_sweep
+    folders = run_folders(root / "unc")
+    assert len(folders) == 2
+    for folder in folders:
+        metrics = json.loads((folder / layout.METRICS).read_text())
+        scores = [k for k in metrics if (p := keys.parse(k)) and p.headline] + [
+            k for k in metrics if k.startswith(keys.PHASES) and k.rsplit("/", 1)[-1] in keys.HEADLINE_AVERAGES
+        ]
+        assert len(scores) >= 16
+        for key in scores:
+            assert isinstance(metrics[keys.stderr(key)], float), key
+        # Both phases' per-item scores are in the run folder, the same items on each side.
+        before, after = (json.loads(layout.eval_items(folder, p).read_text()) for p in keys.PHASES)
+        assert set(before) == set(after) and all(set(before[k]) == set(after[k]) for k in before)
+        assert len(before["la/repeat/es"]) == 6
+        assert metrics["phase1/eval/dtype"] == metrics["phase2/eval/dtype"] == "float32"
+    # The run's own summary prints ± and the paired interval of each change.
+    assert "95% interval (paired)" in train.stdout and " ± " in train.stdout
+
+
+def test_analysis_tables_print_errors_and_paired_intervals(tiny_sweep):
+    root, _, analysis = tiny_sweep
+    out = root / "unc" / "analysis"
+    summary = (out / "summary.md").read_text()
+    assert " ± " in summary and "standard error over the evaluated items" in summary
+    strategies = (out / "strategies.md").read_text()
+    header = next(line for line in strategies.splitlines() if line.startswith("| Phase 1 data"))
+    assert header.endswith("| ΔTA | ΔLA | TA vs full | LA vs full |")
+    rows = list((out / "strategies.csv").read_text().splitlines())
+    assert rows[0].endswith(",se,ci_low,ci_high,significant")
+    # LoRA against full on the same Phase-1 model and items: an interval, significant or not.
+    versus = [r for r in rows if ",lora," in r and ",LA vs full," in r]
+    assert versus and versus[0].split(",")[-3] != ""
+
+
+def _cell_metrics(ta_items: dict, la_items: dict) -> dict:
+    """metrics.json keys of one phase pair from per-item hits (one TA and one LA benchmark)."""
+    from cft.evaluation.uncertainty import mean_stderr
+
+    m = {}
+    for phase in keys.PHASES:
+        for ability, items in (("ta", ta_items[phase]), ("la", la_items[phase])):
+            value = sum(items.values()) / len(items)
+            for key in (keys.score(ability, "t", phase=phase), keys.average(ability, phase=phase)):
+                m[key], m[keys.stderr(key)] = value, mean_stderr(list(items.values()))
+            m[keys.average_over(ability, phase=phase)] = "t"
+            m[keys.average_tasks(ability, phase=phase)] = 1
+    return m
+
+
+def test_tables_mark_the_significant_differences(tmp_path):
+    """Hand-made runs: LA rises on 40 of 40 items (significant), TA moves by 1 of 40 (not)."""
+    from test_analysis import OFF, write_run
+
+    from cft.analysis.sweep import analyze_sweep
+    from cft.evaluation.uncertainty import write_items
+
+    n = 40
+    hits = lambda k: {str(i): float(i < k) for i in range(n)}  # noqa: E731
+    cells = {"full": (hits(30), hits(29), hits(0), hits(40)), "lora": (hits(30), hits(30), hits(0), hits(2))}
+    for strategy, (ta1, ta2, la1, la2) in cells.items():
+        ta, la = {"phase1": ta1, "phase2": ta2}, {"phase1": la1, "phase2": la2}
+        run = write_run(tmp_path, f"alpaca-multialpaca/tiny/{strategy}", 0, _cell_metrics(ta, la), sweep_id="sig")
+        for phase in keys.PHASES:
+            path = layout.eval_items(run, phase)
+            path.parent.mkdir(parents=True)
+            write_items(path, {"ta/t": ta[phase], "la/t": la[phase]})
+    analyze_sweep("sig", output_root=tmp_path, tracking=OFF)
+    table = (tmp_path / "sig" / "analysis" / "strategies.md").read_text()
+    rows = {
+        line.split(" | ")[3]: [c.strip(" |*") for c in line.split(" | ")[5:]]
+        for line in table.splitlines()
+        if line.startswith("| alpaca")
+    }
+    # Columns: t, TA avg, t, LA avg, ΔTA, ΔLA, TA vs full, LA vs full.
+    full, lora = rows["full"], rows["lora"]
+    assert full[1] == "72.5 ± 7.1" and full[3].startswith("100.0 ± 0.0")  # TA 29/40; LA 40/40
+    assert "†" not in full[4] and full[5].endswith("†")  # ΔTA -2.5 (noise), ΔLA +100 (real)
+    assert "†" not in lora[6] and lora[7].endswith("†")  # LoRA vs full: TA same, LA -95 (real)
+    assert "†" in table and "paired bootstrap 95% interval" in table
