@@ -334,7 +334,7 @@ def test_generative_replay_is_the_phase1_models_own_output_and_cached(tmp_path, 
     loads = []
     ctx = context(tmp_path, tok, base_dir, phase1_dir=phase1, counterpart=counterpart, phase2_size=40)
     ctx.load_phase1 = lambda: loads.append(1) or load_model(str(phase1), dtype="fp32")[0]
-    strategy = GenerativeReplay(ratio=0.1, max_new_tokens=6, batch_size=3, keep_empty=True)
+    strategy = GenerativeReplay(ratio=0.1, max_new_tokens=6, batch_size=3, keep_empty=True, keep_capped=True)
     strategy.validate(model_config())
     mixed = strategy.phase2_data(data("es"), ctx)
     replay = mixed[12:]
@@ -353,7 +353,7 @@ def test_generative_replay_is_the_phase1_models_own_output_and_cached(tmp_path, 
     assert report["replay_examples"] == 4 and report["replay_share"] == pytest.approx(0.1)
     assert report["generation/requested"] == 4 and "generation/mean_new_tokens" in report
     # Same Phase-1 model, counterpart, size and settings: the cached set is reused, nothing generated.
-    again = GenerativeReplay(ratio=0.1, max_new_tokens=6, batch_size=3, keep_empty=True)
+    again = GenerativeReplay(ratio=0.1, max_new_tokens=6, batch_size=3, keep_empty=True, keep_capped=True)
     assert again.phase2_data(data("es"), ctx)[12:] == replay and loads == [1]
     # Another size is another artifact.
     GenerativeReplay(ratio=0.05, max_new_tokens=6, keep_empty=True).phase2_data(data("es"), ctx)

@@ -1,7 +1,9 @@
 """Batched greedy (or sampled) generation for generative replay and generative evaluations.
 
 Prompts are sorted by length so that each batch pads little, generated with the KV cache, and
-returned in the caller's order. Decoding stops at EOS or after `max_new_tokens`.
+returned in the caller's order. Decoding stops at any of `stop_token_ids` (the model's generation
+config EOS ids, the tokenizer's EOS and the chat template's end of turn) or after `max_new_tokens`;
+`return_finished=True` also says which replies reached a stop token (the others hit the cap).
 """
 
 from __future__ import annotations
@@ -25,14 +27,20 @@ def generate(
     top_p: float = 1.0,
     desc: str = "generate",
     progress: bool = True,
-) -> list[str]:
-    """Generate one completion per prompt (prompt text already formatted for the model)."""
+    return_finished: bool = False,
+) -> list[str] | tuple[list[str], list[bool]]:
+    """Generate one completion per prompt (prompt text already formatted for the model); with
+    `return_finished`, also whether each one ended at a stop token rather than at the cap."""
+    from cft.data.format import stop_token_ids
+
+    stops = stop_token_ids(tokenizer, model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
     outputs: list[str | None] = [None] * len(prompts)
+    finished = [False] * len(prompts)
     pad_id = tokenizer.pad_token_id
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
@@ -51,12 +59,15 @@ def generate(
             attention_mask=attention.to(device),
             max_new_tokens=max_new_tokens,
             pad_token_id=pad_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stops,
             **sampling,
         )
         for row, i in enumerate(idx):
             outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+            finished[i] = any(t in stops for t in out[row, width:].tolist())
         bar.update(len(idx))
     bar.close()
     model.train(was_training)
+    if return_finished:
+        return outputs, finished  # type: ignore[return-value]
     return outputs  # type: ignore[return-value]

@@ -443,7 +443,7 @@ class TrainRecipe:
         """The strategy's hooks around the one training loop; rank 0 saves the model."""
         self.step = "phase2"
         cfg = self.cfg
-        train2 = phase_train_config(cfg.train, "phase2")
+        train2 = self.strategy.phase2_train(phase_train_config(cfg.train, "phase2"))  # e.g. strategy.lr
         settings = train_settings(train2, seed=self.seed)
         rescued = rescue_dirs(self.run_dir.path, cfg.paths.get("rescue_dir"))
         with zero3_init(settings):  # under ZeRO-3 the trained copy is created partitioned, apart from the plain one

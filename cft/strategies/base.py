@@ -3,9 +3,11 @@
 A strategy is a small class with no-op defaults. The recipe calls, in order:
 
     validate(model_config)              before any training: reject bad options early
+    phase2_train(train)                 the Phase-2 train settings, e.g. the strategy's own `lr`
     phase2_data(examples, ctx)          e.g. mix in replay examples (ER, GR)
     prepare(model, ctx)                 e.g. freeze layers, wrap LoRA, set up gradient masks
-    -- the training loop calls penalty(model, batch) and on_before_optimizer_step(model) --
+    -- the training loop calls penalty(model, batch), on_before_optimizer_step(model) and
+       on_examples_trained(positions) (which examples each step trained on, e.g. to count replay) --
     finalize(model, ctx)                e.g. merge LoRA weights back for evaluation and saving
     report()                            what to record: frozen modules, replay share, ranks...
     tables()                            tables for the tracker (e.g. layer-change ranks)
@@ -21,7 +23,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from cft.data.records import Example
 from cft.errors import ConfigError
@@ -54,8 +58,17 @@ class StrategyContext:
         return (self.cache or Cache(self.cache_dir)).artifact(kind, spec, build)
 
 
+# Every strategy takes `lr`: its own Phase-2 learning rate (a method may want another rate than full
+# fine-tuning, e.g. LoRA), which wins over train.lr and train.phase2.lr in Phase 2 only.
+PhaseLR = Annotated[
+    float | None, Field(gt=0, le=1, description="Phase-2 learning rate of this strategy; null = train.phase2.lr or train.lr")
+]
+
+
 class Strategy:
     """End-to-end fine-tuning: every hook is a no-op. Other strategies override what they need."""
+
+    lr: float | None = None  # the strategy's own Phase-2 learning rate (PhaseLR), set by __init__
 
     # What the strategy reads beyond the model and the Phase-2 data, so the recipe checks it before any
     # model work: "base" (the base checkpoint's weights), "counterpart" (the English counterpart data).
@@ -66,6 +79,10 @@ class Strategy:
 
     def validate(self, model_config) -> None:
         """Raise ConfigError for options that cannot work with this model (before any training)."""
+
+    def phase2_train(self, train: dict[str, Any]) -> dict[str, Any]:
+        """The Phase-2 train settings (train.<key> updated by train.phase2.<key>), with the strategy's `lr`."""
+        return train if self.lr is None else {**train, "lr": float(self.lr)}
 
     def phase2_data(self, examples: list[Example], ctx: StrategyContext) -> list[Example]:
         return examples
@@ -78,6 +95,9 @@ class Strategy:
 
     def on_before_optimizer_step(self, model) -> None:
         pass
+
+    def on_examples_trained(self, positions) -> None:
+        """After each optimizer step: positions (in the list phase2_data returned) of the examples it trained on."""
 
     def finalize(self, model, ctx: StrategyContext):
         return model

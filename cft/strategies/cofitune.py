@@ -29,6 +29,7 @@ from cft.data.records import Example
 from cft.errors import ConfigError
 from cft.run import artifacts
 from cft.strategies.base import (
+    PhaseLR,
     Strategy,
     StrategyContext,
     check_modules,
@@ -152,7 +153,9 @@ class CoFiTune(Strategy):
         importance_batch_size: Annotated[int, Field(ge=1, description="batch size of the importance estimate")] = 8,
         dropout: Annotated[float, Field(ge=0, lt=1, description="dropout of the two passes at the masked units")] = 0.1,
         seed: Annotated[int | None, Field(ge=0, description="seed of the estimate; null = the run's seed")] = None,
+        lr: PhaseLR = None,
     ):
+        self.lr = lr
         self.modules = list(modules or [])
         self.layers = list(layers) if layers is not None else None
         self.fine = fine

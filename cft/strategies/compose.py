@@ -15,13 +15,16 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from cft.errors import ConfigError
-from cft.strategies.base import Strategy, StrategyContext, parameter_report
+from cft.strategies.base import PhaseLR, Strategy, StrategyContext, parameter_report
 
 
 class Compose(Strategy):
     def __init__(
-        self, parts: Annotated[Mapping[str, Any] | None, Field(description="the strategies combined, by name, in order")] = None
+        self,
+        parts: Annotated[Mapping[str, Any] | None, Field(description="the strategies combined, by name, in order")] = None,
+        lr: PhaseLR = None,
     ):
+        self.lr = lr
         self.parts: dict[str, Strategy] = dict(parts or {})
         self._params: dict[str, Any] = {}
 
@@ -57,6 +60,15 @@ class Compose(Strategy):
     def on_before_optimizer_step(self, model) -> None:
         for part in self.parts.values():
             part.on_before_optimizer_step(model)
+
+    def phase2_train(self, train: dict[str, Any]) -> dict[str, Any]:
+        for part in self.parts.values():  # a part's lr applies; the combination's own `lr` wins
+            train = part.phase2_train(train)
+        return super().phase2_train(train)
+
+    def on_examples_trained(self, positions) -> None:
+        for part in self.parts.values():
+            part.on_examples_trained(positions)
 
     def finalize(self, model, ctx: StrategyContext):
         for part in reversed(list(self.parts.values())):

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from cft.data.records import Example
 from cft.errors import ConfigError
-from cft.strategies.base import Strategy, StrategyContext, check_ratio, sample
+from cft.strategies.base import PhaseLR, Strategy, StrategyContext, check_ratio, sample
 
 
 def replay_count(ratio: float, phase2_size: int) -> int:
@@ -29,7 +29,28 @@ def counterpart_sample(ctx: StrategyContext, n: int, seed: int, what: str) -> li
     return sample(pool, n, seed, f"{what}: the English counterpart")
 
 
-class EnglishReplay(Strategy):
+class CountsReplay(Strategy):
+    """A strategy that appends replay examples to the Phase-2 data and reports, beside the configured
+    share, how many of them the loop actually trained on (a short run sees only part of an epoch)."""
+
+    _replay: tuple[int, int] = (0, 0)  # positions [start, end) of the replay examples in the mixed data
+    _fed: int = 0  # examples trained on (repeats counted; all ranks)
+    _replay_fed: int = 0  # ... of which replay
+
+    def on_examples_trained(self, positions) -> None:
+        start, end = self._replay
+        self._fed += len(positions)
+        self._replay_fed += sum(start <= p < end for p in positions)
+
+    def report(self) -> dict[str, Any]:
+        out = dict(self._report)
+        if self._fed:
+            out["replay_trained"] = self._replay_fed
+            out["replay_share_trained"] = self._replay_fed / self._fed
+        return out
+
+
+class EnglishReplay(CountsReplay):
     """Add `ratio` x |Phase-2 data| original English counterpart examples to the Phase-2 data."""
 
     NEEDS = frozenset({"counterpart"})
@@ -38,7 +59,9 @@ class EnglishReplay(Strategy):
         self,
         ratio: Annotated[float, Field(gt=0, le=1, description="replayed examples as a share of the Phase-2 size")] = 0.1,
         seed: Annotated[int | None, Field(ge=0, description="which counterpart examples; null = the run's seed")] = None,
+        lr: PhaseLR = None,
     ):
+        self.lr = lr
         self.ratio = ratio
         self.seed = seed
         self._report: dict[str, Any] = {}
@@ -57,7 +80,5 @@ class EnglishReplay(Strategy):
             "replay_share": len(replay) / size,
             "phase2_examples": size,
         }
+        self._replay = (len(examples), len(examples) + len(replay))
         return list(examples) + replay
-
-    def report(self) -> dict[str, Any]:
-        return dict(self._report)

@@ -3,6 +3,11 @@ instructions of the Phase-2 data's English counterpart, and those self-generated
 mixed into Phase 2 (5% / 10% of the Phase-2 size), so Phase 2 keeps rehearsing the Phase-1
 model's own task behaviour without needing its original training data.
 
+Replies stop at the chat template's end of turn (or the model's EOS ids; cft.data.format.stop_token_ids).
+A reply that reaches `max_new_tokens` without stopping is cut mid-answer: it is left out (and counted,
+`generation/hit_max_new_tokens`), since training on it would teach the model to stop mid-answer;
+`keep_capped=true` keeps it. Each kept reply is then closed by the template's end-of-turn token.
+
 The generated set is an artifact cached by (Phase-1 model, counterpart, size, seed, generation
 settings): a sweep generates it once per size and reruns reuse it.
 """
@@ -21,13 +26,13 @@ from pydantic import Field
 from cft.data.format import render_prompt
 from cft.data.records import Example
 from cft.errors import ConfigError
-from cft.strategies.base import Strategy, StrategyContext, check_ratio
-from cft.strategies.er import counterpart_sample, replay_count
+from cft.strategies.base import PhaseLR, StrategyContext, check_ratio
+from cft.strategies.er import CountsReplay, counterpart_sample, replay_count
 
 log = logging.getLogger(__name__)
 
 
-class GenerativeReplay(Strategy):
+class GenerativeReplay(CountsReplay):
     """Mix `ratio` x |Phase-2 data| English examples answered by the Phase-1 model into Phase 2."""
 
     NEEDS = frozenset({"counterpart"})
@@ -42,7 +47,10 @@ class GenerativeReplay(Strategy):
         temperature: Annotated[float, Field(gt=0, description="sampling temperature (do_sample=true)")] = 1.0,
         top_p: Annotated[float, Field(gt=0, le=1, description="nucleus sampling mass (do_sample=true)")] = 1.0,
         keep_empty: Annotated[bool, Field(description="keep empty responses in the replay data")] = False,
+        keep_capped: Annotated[bool, Field(description="keep replies cut at max_new_tokens (default: left out)")] = False,
+        lr: PhaseLR = None,
     ):
+        self.lr = lr
         self.ratio = ratio
         self.seed = seed
         self.generation = {
@@ -52,6 +60,7 @@ class GenerativeReplay(Strategy):
         }
         self.batch_size = batch_size
         self.keep_empty = keep_empty
+        self.keep_capped = keep_capped
         self._report: dict[str, Any] = {}
         self.artifact: Path | None = None
 
@@ -69,6 +78,7 @@ class GenerativeReplay(Strategy):
             "n": n,
             "seed": seed,
             "generation": self.generation,
+            "stops": "end_of_turn",  # replies stop at the template's end of turn; which ones hit the cap is kept
         }
 
         def build(tmp: Path) -> None:
@@ -79,12 +89,13 @@ class GenerativeReplay(Strategy):
                 raise ConfigError("generative replay needs the Phase-1 model, but the context gives no loader")
             model = ctx.load_phase1()
             start = time.time()
-            outputs = generate(
+            outputs, finished = generate(
                 model,
                 ctx.tokenizer,
                 [render_prompt(ctx.tokenizer, ex) for ex in prompts_from],
                 batch_size=self.batch_size,
                 desc="generative replay",
+                return_finished=True,
                 **self.generation,
             )
             seconds = time.time() - start
@@ -97,12 +108,13 @@ class GenerativeReplay(Strategy):
             with open(tmp / "replay.jsonl", "w", encoding="utf-8") as f:
                 for ex, out in zip(prompts_from, outputs):
                     f.write(json.dumps(asdict(replace(ex, output=out)), ensure_ascii=False) + "\n")
+            (tmp / "finished.json").write_text(json.dumps(finished))
             stats = {
                 "requested": n,
                 "empty": sum(not o.strip() for o in outputs),
                 "mean_new_tokens": sum(lengths) / max(len(lengths), 1),
-                # a response as long as the budget most likely did not reach EOS
-                "hit_max_new_tokens": sum(x >= self.generation["max_new_tokens"] for x in lengths),
+                # replies that reached max_new_tokens without a stop token (cut mid-answer)
+                "hit_max_new_tokens": sum(not f for f in finished),
                 "seconds": seconds,
             }
             (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
@@ -117,23 +129,29 @@ class GenerativeReplay(Strategy):
         generated = [
             Example(**json.loads(line)) for line in (self.artifact / "replay.jsonl").read_text(encoding="utf-8").splitlines()
         ]
-        replay = generated if self.keep_empty else [ex for ex in generated if ex.output.strip()]
-        if len(replay) < len(generated):
+        finished = json.loads((self.artifact / "finished.json").read_text())
+        capped = [ex for ex, f in zip(generated, finished) if not f]
+        replay = generated if self.keep_capped else [ex for ex, f in zip(generated, finished) if f]
+        if not self.keep_capped and capped:
             log.warning(
-                "generative replay: %d of %d generated responses are empty and left out",
-                len(generated) - len(replay),
+                "generative replay: %d of %d replies reached max_new_tokens=%d without an end of turn and are left out",
+                len(capped),
                 len(generated),
+                self.generation["max_new_tokens"],
             )
+        kept = len(replay)
+        replay = replay if self.keep_empty else [ex for ex in replay if ex.output.strip()]
+        if len(replay) < kept:
+            log.warning("generative replay: %d of %d generated responses are empty and left out", kept - len(replay), kept)
         stats = json.loads((self.artifact / "stats.json").read_text())
         self._report = {
             "replay_examples": len(replay),
             "replay_ratio": self.ratio,
             "replay_share": len(replay) / size,
             "phase2_examples": size,
+            "replay_capped_left_out": 0 if self.keep_capped else len(capped),
             "replay_artifact": self.artifact.name,
             **{f"generation/{k}": v for k, v in stats.items()},
         }
+        self._replay = (len(examples), len(examples) + len(replay))
         return list(examples) + replay
-
-    def report(self) -> dict[str, Any]:
-        return dict(self._report)

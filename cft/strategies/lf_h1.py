@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from cft.strategies.base import (
+    PhaseLR,
     Strategy,
     StrategyContext,
     check_count,
@@ -29,7 +30,9 @@ class RandomLayerFreeze(Strategy):
         k: Annotated[int, Field(ge=1, description="layers frozen (paper: 10 of 32)")] = 10,
         modules: Annotated[Sequence[str] | None, Field(description="modules frozen in those layers; null = all")] = None,
         seed: Annotated[int | None, Field(ge=0, description="which layers; null = the run's seed")] = None,
+        lr: PhaseLR = None,
     ):
+        self.lr = lr
         self.k = k
         self.modules = list(modules) if modules else None
         self.seed = seed

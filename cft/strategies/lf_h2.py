@@ -39,6 +39,7 @@ from pydantic import Field
 
 from cft.errors import ConfigError
 from cft.strategies.base import (
+    PhaseLR,
     Strategy,
     StrategyContext,
     check_count,
@@ -112,7 +113,9 @@ class ChangeRankedFreeze(Strategy):
         change: Annotated[
             Literal["norm", "relative"], Field(description="norm: ||W_p1 - W_base|| (the paper); relative: divided by ||W_base||")
         ] = "norm",
+        lr: PhaseLR = None,
     ):
+        self.lr = lr
         self.k = k
         self.modules = list(modules or [])
         self.selection = selection

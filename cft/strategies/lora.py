@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from cft.errors import ConfigError
-from cft.strategies.base import Strategy, StrategyContext, check_modules, parameter_report
+from cft.strategies.base import PhaseLR, Strategy, StrategyContext, check_modules, parameter_report
 
 
 class LoRA(Strategy):
@@ -29,7 +29,9 @@ class LoRA(Strategy):
             "up_proj",
             "down_proj",
         ),
+        lr: PhaseLR = 2e-4,  # conf/strategy/lora.yaml names the source
     ):
+        self.lr = lr
         self.r = r
         self.alpha = alpha
         self.dropout = dropout

@@ -20,6 +20,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from cft.strategies.base import (
+    PhaseLR,
     Strategy,
     StrategyContext,
     check_modules,
@@ -58,7 +59,9 @@ class Spectrum(Strategy):
         self,
         fraction: Annotated[float, Field(gt=0, le=1, description="share of layers trained per module type, by SNR")] = 0.25,
         modules: Annotated[Sequence[str], Field(min_length=1, description="module types ranked by SNR")] = DEFAULT_MODULES,
+        lr: PhaseLR = None,
     ):
+        self.lr = lr
         self.fraction = fraction
         self.modules = list(modules or [])
         self.rows: list[list[Any]] = []

@@ -7,6 +7,8 @@ a non-finite loss. A strategy only ever acts through its hooks:
 
     hooks.penalty(model, batch)          -> extra loss term or None
     hooks.on_before_optimizer_step(model)   gradients are complete here (e.g. CoFiTune masks)
+    hooks.on_examples_trained(positions)    after each optimizer step: which examples it trained on
+                                            (all ranks'; replayed for the steps before a resume)
 
 The data order is a pure function of (seed, epoch), so a resumed run sees the same batches as
 an uninterrupted one. A checkpoint holds the model, optimizer, scheduler, RNG states of every rank
@@ -160,6 +162,16 @@ class NoHooks:
 
     def on_before_optimizer_step(self, model):
         pass
+
+    def on_examples_trained(self, positions):
+        pass
+
+
+def step_examples(dataset: Sequence[Mapping[str, Any]], batches: list[list[int]], step_in_epoch: int, per_step: int) -> list[int]:
+    """Positions (an item's `example`, else its index) of the examples one optimizer step trains on, over all ranks."""
+    return [
+        dataset[j].get("example", j) for idx in batches[step_in_epoch * per_step : (step_in_epoch + 1) * per_step] for j in idx
+    ]
 
 
 def _precision(setting: str) -> str:
@@ -385,6 +397,7 @@ def train_phase(
     step = 0
     resumed_from = None
     tokens = examples = 0
+    notify = getattr(hooks, "on_examples_trained", None)
     latest = _latest_checkpoint(ckpt_root)
     if latest is not None:
         state = _load_checkpoint(latest, accelerator, engine)
@@ -392,6 +405,14 @@ def train_phase(
         if distributed.is_main():  # the counts of all ranks so far; the final sum adds every rank's since
             tokens, examples = state.get("tokens", 0), state.get("examples", 0)
         resumed_from = step
+        if notify is not None:  # the data order is a pure function of (seed, epoch): the steps done are known
+            for done in range(step):
+                epoch, step_in_epoch = divmod(done, steps_per_epoch)
+                notify(
+                    step_examples(
+                        dataset, epoch_batches(len(dataset), micro, per_step, settings.seed, epoch), step_in_epoch, per_step
+                    )
+                )
         log.info("%s: resuming from checkpoint %s (step %d of %d)", phase, latest, step, total)
 
     model.train()
@@ -438,6 +459,8 @@ def train_phase(
                         optimizer.zero_grad(set_to_none=True)
                 if not boundary:
                     continue
+                if notify is not None:
+                    notify(step_examples(dataset, batches, step_in_epoch + i // accum, per_step))
                 step += 1
                 log_step = step % settings.log_every == 0 or step == total
                 if log_step and world > 1:  # the mean over every rank's micro-batches (a collective: all ranks log together)
