@@ -104,6 +104,7 @@ class GenerativeReplay(Strategy):
                 # a response as long as the budget most likely did not reach EOS
                 "hit_max_new_tokens": sum(x >= self.generation["max_new_tokens"] for x in lengths),
                 "seconds": seconds,
+                "new_tokens_per_second": sum(lengths) / max(seconds, 1e-9),
             }
             (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
 

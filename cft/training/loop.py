@@ -150,6 +150,7 @@ class TrainStats:
     seconds: float
     final_loss: float
     resumed_from: int | None = None
+    peak_memory_gb: float | None = None  # the phase's peak GPU memory allocated by torch (None off CUDA)
 
     @property
     def tokens_per_second(self) -> float:
@@ -489,6 +490,8 @@ def train_phase(
         resumed_from = step
         log.info("%s: resuming from checkpoint %s (step %d of %d)", phase, latest, step, total)
 
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     model.train()
     # The loss is summed on the device and read at log steps only (train.sync_every_step: every step).
     loss_sum, loss_count, last_loss = torch.zeros((), device=device), 0, float("nan")
@@ -597,7 +600,8 @@ def train_phase(
     seconds = time.time() - start
     tokens, examples = int(distributed.all_sum(tokens)), int(distributed.all_sum(examples))  # all ranks'
     trained = _gathered(engine) if engine is not None else accelerator.unwrap_model(model)
-    stats = TrainStats(step, step / steps_per_epoch, examples, tokens, seconds, last_loss, resumed_from)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else None
+    stats = TrainStats(step, step / steps_per_epoch, examples, tokens, seconds, last_loss, resumed_from, peak)
     log.info(
         "%s: %d steps, %d tokens in %.1fs (%.0f tokens/s), final loss %.4f",
         phase,
