@@ -5,7 +5,10 @@
    with sdpa attention and, where the liger-kernel wheel was carried, Liger's fused kernels
    (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy); tokens/s per GPU and MFU;
 2. the same step under DeepSpeed ZeRO-2 on the one GPU (conf/train/deepspeed_zero2.yaml's block);
-3. batched generation for generative replay against one prompt at a time (bench/generation.py).
+3. batched generation for generative replay against one prompt at a time (bench/generation.py);
+4. with --levers, each throughput lever of the train settings on its own against packed sdpa, then all
+   of them together (LEVERS below: the SDPA backend, packed widths rounded to 64, fused AdamW, the loss
+   read every step as before, a token budget per micro-batch), with each variant's median and max step.
 
     python bench/gpu_bench.py --out gpu.json          # on the GPU (bench/gpu.sh does this)
     python bench/gpu_bench.py --cpu-smoke --out x.json  # the same code paths on the CPU, tiny shape, seconds
@@ -84,7 +87,24 @@ def _numbers(obj):
     return obj
 
 
-def train_variant(args, arch, tokenizer, examples, *, packing: bool, kernels: str, zero2: bool) -> dict:
+def levers(cpu: bool) -> dict[str, dict]:
+    """Each lever of cft's train settings on its own (name -> TrainSettings fields), then all that pay together.
+    On the CPU the memory-efficient SDPA backend does not exist: math stands in for it (the code path)."""
+    sdpa = "math" if cpu else "efficient"
+    return {
+        "lever_sdpa_" + sdpa: {"sdpa_backend": sdpa},
+        "lever_width64": {"pack_width_multiple": 64},
+        "lever_fused_adamw": {"adamw": "fused"},
+        "lever_foreach_adamw": {"adamw": "foreach"},
+        "lever_sync_every_step": {"sync_every_step": True},
+        "lever_token_budget": {"tokens_per_micro_batch": 8192},
+        "levers_recommended": {"sdpa_backend": sdpa, "pack_width_multiple": 64, "adamw": "fused"},
+    }
+
+
+def train_variant(
+    args, arch, tokenizer, examples, *, packing: bool, kernels: str, zero2: bool, lever: dict | None = None
+) -> dict:
     import torch
 
     from cft.data.format import tokenize_examples
@@ -107,6 +127,7 @@ def train_variant(args, arch, tokenizer, examples, *, packing: bool, kernels: st
         deepspeed=ds,
         log_every=1,
         seed=0,
+        **(lever or {}),
     )
     clock: list[float] = []
     if args.device.startswith("cuda"):
@@ -130,9 +151,12 @@ def train_variant(args, arch, tokenizer, examples, *, packing: bool, kernels: st
     timed = batches[args.warmup : args.warmup + args.steps]
     tokens = sum(lengths[i] for b in timed for i in b)
     seconds = clock[-1] - clock[args.warmup - 1] if args.warmup >= 1 else clock[-1] - start
+    steps_ms = [1000 * (b - a) for a, b in zip(clock[args.warmup - 1 : -1], clock[args.warmup :])] if args.warmup >= 1 else []
     out = {
         "tokens_per_s": tokens / seconds,
         "step_ms": 1000 * seconds / args.steps,
+        "step_ms_median": common.median(steps_ms) if steps_ms else None,
+        "step_ms_max": max(steps_ms) if steps_ms else None,
         "wall_seconds": wall,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
     }
@@ -178,6 +202,7 @@ def main() -> None:
         "--peak-tflops", type=float, default=None, help="default: the GPU's dense bf16 peak (train_throughput.PEAK_TFLOPS)"
     )
     p.add_argument("--skip", default="", help="comma-separated parts to skip: zero2, liger, generation")
+    p.add_argument("--levers", action="store_true", help="also each train-settings lever on its own (packed sdpa + one)")
     common.add_threads_arg(p)
     args = p.parse_args()
     if args.cpu_smoke:
@@ -222,6 +247,11 @@ def main() -> None:
             zero2_note = "run"
         except Exception as exc:
             zero2_note = f"not available: {type(exc).__name__}: {exc}"
+    if args.levers:
+        variants += [
+            {"name": name, "packing": True, "kernels": "sdpa", "zero2": False, "lever": lever}
+            for name, lever in levers(args.device == "cpu").items()
+        ]
     runs: dict[str, list[dict]] = {v["name"]: [] for v in variants}
     errors: dict[str, str] = {}
     for r in range(args.rounds):
@@ -229,7 +259,16 @@ def main() -> None:
             if v["name"] in errors:
                 continue
             try:
-                res = train_variant(args, arch, tokenizer, examples, packing=v["packing"], kernels=v["kernels"], zero2=v["zero2"])
+                res = train_variant(
+                    args,
+                    arch,
+                    tokenizer,
+                    examples,
+                    packing=v["packing"],
+                    kernels=v["kernels"],
+                    zero2=v["zero2"],
+                    lever=v.get("lever"),
+                )
             except Exception as exc:  # a path never run on this device kind: keep the other figures
                 errors[v["name"]] = f"{type(exc).__name__}: {exc}"[:2000]
                 log.exception("%s failed", v["name"])
@@ -260,11 +299,17 @@ def main() -> None:
         "tokens_per_s": {name: common.spread(x["tokens_per_s"] for x in xs) for name, xs in runs.items()},
         "step_ms": {name: common.spread(x["step_ms"] for x in xs) for name, xs in runs.items()},
         "peak_memory_gb": {name: xs[-1]["peak_memory_gb"] for name, xs in runs.items()},
+        "step_ms_median_max": {name: [xs[-1]["step_ms_median"], xs[-1]["step_ms_max"]] for name, xs in runs.items()},
+        "levers": {v["name"]: v["lever"] for v in variants if v.get("lever")},
         "liger": liger_note,
         "zero2": zero2_note,
         "errors": errors,
         **utilization(arch, n_params, lengths, med, peak),
     }
+    if "packed_sdpa" in med:
+        train["ratio_vs_packed_sdpa"] = {
+            name: common.ratio(t, med["packed_sdpa"]) for name, t in med.items() if name.startswith("lever")
+        }
     if "padded_sdpa" in med and "packed_sdpa" in med:
         train["ratio_packed_vs_padded_sdpa"] = common.ratio(med["packed_sdpa"], med["padded_sdpa"])
     figures = {

@@ -178,6 +178,22 @@ class TrainSettings(Schema):
     checkpoint_every: NonNegative = Field(0, description="optimizer steps between resumable checkpoints (0 = none)")
     keep_checkpoints: Count = Field(1, description="resumable checkpoints kept")
     log_every: Count = Field(10, description="optimizer steps between logged losses")
+    # Throughput levers (README "GPU"; bench/gpu_bench.py measures each on its own).
+    sdpa_backend: Literal["auto", "efficient", "flash", "math", "cudnn"] = Field(
+        "auto", description="torch SDPA backend for training; auto = torch's choice (cuDNN on H100/H200, plans per new shape)"
+    )
+    pack_width_multiple: Annotated[StrictInt, Field(ge=1, le=4096)] = Field(
+        1, description="packed rows padded to a multiple of this many tokens, so shapes repeat (1 = none)"
+    )
+    adamw: Literal["auto", "fused", "foreach", "for_loop"] = Field(
+        "auto", description="AdamW kernel: auto = fused on CUDA, foreach elsewhere and under DeepSpeed"
+    )
+    sync_every_step: StrictBool = Field(
+        False, description="read the loss and check it is finite every step (a host sync) instead of at log/checkpoint steps"
+    )
+    tokens_per_micro_batch: Annotated[StrictInt, Field(ge=16, le=1_048_576)] | None = Field(
+        None, description="token slots per micro-batch instead of micro_batch_size examples (no DeepSpeed); null = off"
+    )
 
 
 def _phase_overrides() -> type[BaseModel]:

@@ -57,9 +57,12 @@ class PackingCollator(DataCollatorWithFlattening):
     skips the masked blocks), which fit() picks by the model's attention implementation.
     """
 
-    def __init__(self, pad_id: int = 0, single_row: bool = False):
+    def __init__(self, pad_id: int = 0, single_row: bool = False, width_multiple: int = 1):
         super().__init__(return_position_ids=True, separator_id=-100, return_tensors="pt")
         self.pad_id, self.single_row = pad_id, single_row
+        # Rows padded to a multiple of this width (train.pack_width_multiple): fewer distinct shapes, so a
+        # kernel that plans per shape (cuDNN's attention) plans a few times instead of at every step.
+        self.width_multiple = max(int(width_multiple), 1)
 
     def __call__(self, features, return_tensors=None, separator_id=None) -> dict[str, torch.Tensor]:
         features = [{"input_ids": list(f["input_ids"]), "labels": list(f["labels"])} for f in features]
@@ -71,9 +74,10 @@ class PackingCollator(DataCollatorWithFlattening):
             )
             for row in rows
         ]
-        if len(packed) == 1:
-            return packed[0]
         width = max(p["input_ids"].shape[1] for p in packed)
+        width = -(-width // self.width_multiple) * self.width_multiple
+        if len(packed) == 1 and packed[0]["input_ids"].shape[1] == width:
+            return packed[0]
         out = {"input_ids": [], "labels": [], "position_ids": []}
         for p in packed:
             extra = width - p["input_ids"].shape[1]

@@ -45,6 +45,7 @@ class Suite(Mapping):
         self.averages = {k: list(v) for k, v in averages.items()} if averages else None
         self.switched_off = dict(switched_off)  # tasks of an average that do not run
         self.dtype = dtype
+        self.timing: dict[str, float] = {}  # the last evaluate(): seconds and items, per task and in all
 
     def __getitem__(self, name: str):
         return self.tasks[name]
@@ -67,11 +68,18 @@ class Suite(Mapping):
 
             model = model.to(resolve_dtype(self.dtype))
         results: list[TaskScores] = []
+        self.timing = {}
         for name, task in self.tasks.items():
             log.info("Evaluating %s", name)
             start = time.perf_counter()
             results.extend(task.run(model, tokenizer, out_dir=out_dir / name))
-            log.info("Evaluated %s in %.1f s", name, time.perf_counter() - start)  # so a log's gaps are not misread
+            seconds = time.perf_counter() - start
+            log.info("Evaluated %s in %.1f s", name, seconds)  # so a log's gaps are not misread
+            # items: the per-document records the task wrote (lm-eval's samples, one JSON line each)
+            n_items = sum(sum(1 for _ in f.open(encoding="utf-8")) for f in (out_dir / name).rglob("*.jsonl"))
+            self.timing.update({f"{name}/seconds": seconds, f"{name}/items": n_items})
+        self.timing["seconds"] = sum(v for k, v in self.timing.items() if k.endswith("/seconds"))
+        self.timing["items"] = sum(v for k, v in self.timing.items() if k.endswith("/items"))
         for name, (ability, reason) in self.switched_off.items():
             results.append(TaskScores(name, ability, math.nan, not_computed=reason))
         write_items(out_dir / layout.EVAL_ITEMS, items(results))

@@ -438,6 +438,8 @@ class TrainRecipe:
         )
         self.scores1 = scores1
         self.metrics.update(keys.phased("phase1", scores1))
+        timing = getattr(self.eval_tasks, "timing", {})  # empty when the scores came from the cache
+        self.metrics.update({keys.evaluation("phase1", k): v for k, v in timing.items()})
 
     def phase2(self) -> None:
         """The strategy's hooks around the one training loop; rank 0 saves the model."""
@@ -521,6 +523,7 @@ class TrainRecipe:
             out_dir=self.run_dir.path / layout.EVAL_SAMPLES / "phase2",
         )
         self.metrics.update(keys.phased("phase2", scores2))
+        self.metrics.update({keys.evaluation("phase2", k): v for k, v in getattr(self.eval_tasks, "timing", {}).items()})
         for name in keys.HEADLINE_AVERAGES:
             if name in self.scores1 and name in scores2:
                 self.metrics[keys.delta(name)] = scores2[name] - self.scores1[name]

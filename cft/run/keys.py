@@ -151,6 +151,11 @@ def train(phase: str, name: str) -> str:
     return f"train/{phase}/{name}"
 
 
+def evaluation(phase: str, name: str) -> str:
+    """What an evaluation of one phase cost: evaluation("phase2", "mmlu/seconds") -> 'eval/phase2/mmlu/seconds'."""
+    return f"eval/{phase}/{name}"
+
+
 def data(phase: str, name: str, lang: str | None = None) -> str:
     return _join("data", phase, name, lang)
 

@@ -116,6 +116,7 @@ class GenerativeReplay(CountsReplay):
                 # replies that reached max_new_tokens without a stop token (cut mid-answer)
                 "hit_max_new_tokens": sum(not f for f in finished),
                 "seconds": seconds,
+                "new_tokens_per_second": sum(lengths) / max(seconds, 1e-9),
             }
             (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
 

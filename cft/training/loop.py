@@ -123,6 +123,12 @@ class TrainSettings:
     keep_checkpoints: int = 1
     log_every: int = 10
     seed: int = 0
+    # Throughput levers (conf/train: each one's help; bench/gpu_bench.py measures each on its own).
+    sdpa_backend: str = "auto"  # auto (torch's choice) | efficient | flash | math | cudnn
+    pack_width_multiple: int = 1  # packed rows padded to a multiple of this width, so shapes repeat
+    adamw: str = "auto"  # auto (fused on CUDA, foreach elsewhere; foreach under DeepSpeed) | fused | foreach | for_loop
+    sync_every_step: bool = False  # read the loss (a host sync) every step, not only at log and checkpoint steps
+    tokens_per_micro_batch: int | None = None  # a token budget per micro-batch instead of micro_batch_size examples
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -150,6 +156,7 @@ class TrainStats:
     seconds: float
     final_loss: float
     resumed_from: int | None = None
+    peak_memory_gb: float | None = None  # the phase's peak GPU memory allocated by torch (None off CUDA)
 
     @property
     def tokens_per_second(self) -> float:
@@ -192,6 +199,89 @@ def _schedule(optimizer, kind: str, warmup: int, total: int):
     if kind == "constant":
         return get_constant_schedule_with_warmup(optimizer, warmup)
     raise ConfigError(f"train.scheduler={kind!r} is not one of cosine, linear, constant")
+
+
+SDPA_BACKENDS = ("auto", "efficient", "flash", "math", "cudnn")
+ADAMW_IMPLS = ("auto", "fused", "foreach", "for_loop")
+
+
+def sdpa_context(backend: str, on_cuda: bool):
+    """torch's SDPA restricted to one backend for the whole phase (train.sdpa_backend). On an H200,
+    cuDNN's backend (torch's default for bf16 with a mask) builds a plan for every new packed width,
+    about 600 ms of CPU per step (../shared/gpu/README.md); the memory-efficient one plans nothing."""
+    if backend not in SDPA_BACKENDS:
+        raise ConfigError(f"train.sdpa_backend={backend!r} is not one of {', '.join(SDPA_BACKENDS)}")
+    if backend == "auto":
+        return contextlib.nullcontext()
+    if not on_cuda and backend in ("efficient", "cudnn"):
+        raise ConfigError(f"train.sdpa_backend={backend} needs a CUDA GPU; on the CPU use auto, math or flash")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    named = {
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "math": SDPBackend.MATH,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }
+    return sdpa_kernel([named[backend]])
+
+
+def adamw(groups, settings: TrainSettings, *, on_cuda: bool, deepspeed: bool = False):
+    """torch's AdamW in the implementation train.adamw names: `auto` is the fused kernel on CUDA (one
+    kernel for all parameters instead of foreach's several per tensor list) and foreach elsewhere;
+    under DeepSpeed `auto` keeps foreach, the path measured there."""
+    impl = settings.adamw
+    if impl not in ADAMW_IMPLS:
+        raise ConfigError(f"train.adamw={impl!r} is not one of {', '.join(ADAMW_IMPLS)}")
+    if impl == "auto":
+        impl = "fused" if on_cuda and not deepspeed else "foreach"
+    kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.adam_betas), eps=settings.adam_eps, **kind)
+
+
+def token_budget_split(idx: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """One rank's examples of an optimizer step, longest first, in micro-batches of at most `budget`
+    token slots (examples x the longest one, what a padded micro-batch holds; a packed one holds no
+    more); an example longer than the budget gets a micro-batch of its own. The step's gradient is
+    the same whatever the split: each micro-batch's loss is weighted by its share of the examples."""
+    chunks: list[list[int]] = []
+    for j in sorted(idx, key=lambda j: lengths[j], reverse=True):
+        if chunks and (len(chunks[-1]) + 1) * lengths[chunks[-1][0]] <= budget:
+            chunks[-1].append(j)
+        else:
+            chunks.append([j])
+    return chunks
+
+
+class _FiniteCheck:
+    """The non-finite loss check without a host sync per step: the first bad step and its loss stay on
+    the device until `check` reads them (at log and checkpoint steps, and at the end), so the GPU
+    never waits for the host in between. The message names that step and its learning rate."""
+
+    def __init__(self, device, phase: str, rank: int, steps_per_epoch: int):
+        self.bad_step = torch.zeros((), dtype=torch.long, device=device)
+        self.bad_loss = torch.zeros((), device=device)
+        self.phase, self.rank, self.steps_per_epoch = phase, rank, steps_per_epoch
+        self.lrs: dict[int, float] = {}
+        self.checked = 0
+
+    def update(self, loss, step: int, lr: float) -> None:
+        self.lrs[step] = lr
+        bad = ~torch.isfinite(loss.detach()) & (self.bad_step == 0)
+        self.bad_step = torch.where(bad, step, self.bad_step)
+        self.bad_loss = torch.where(bad, loss.detach().float(), self.bad_loss)
+
+    def check(self, step: int) -> None:
+        bad = int(self.bad_step.item())
+        if bad:
+            raise TrainingError(
+                f"{self.phase}: loss is {self.bad_loss.item()} at step {bad} (epoch {(bad - 1) // self.steps_per_epoch}, "
+                f"rank {self.rank}; lr {self.lrs.get(bad, float('nan')):.3g}; found by the check of steps "
+                f"{self.checked + 1}-{step}); stopping. Lower train.lr or check the data; a rerun resumes from the "
+                "last checkpoint"
+            )
+        self.checked = step
+        self.lrs.clear()
 
 
 def epoch_batches(n: int, micro: int, per_step: int, seed: int, epoch: int) -> list[list[int]]:
@@ -290,7 +380,7 @@ def _deepspeed_engine(model, groups: list[dict], ds_config: dict, settings: Trai
     kwargs = (
         {"model_parameters": groups}
         if ds_config.get("optimizer")
-        else {"optimizer": torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.adam_betas), eps=settings.adam_eps)}
+        else {"optimizer": adamw(groups, settings, on_cuda=torch.cuda.is_available(), deepspeed=True)}
     )
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
@@ -352,6 +442,16 @@ def train_phase(
     rank, world = distributed.rank(), distributed.world_size()
     micro, accum = batch_shape(settings, world)
     ds_config = deepspeed_config(settings, world) if settings.deepspeed else None
+    budget = settings.tokens_per_micro_batch
+    if budget:
+        if ds_config is not None:
+            raise ConfigError(
+                "train.tokens_per_micro_batch works without DeepSpeed (its engine counts micro-batches itself); "
+                "set train.micro_batch_size instead"
+            )
+        micro, accum = micro * accum, 1  # a rank's whole step, split by tokens in the loop
+    on_cuda = torch.cuda.is_available()
+    sdpa = sdpa_context(settings.sdpa_backend, on_cuda)
     accelerator = None
     if ds_config is None:
         # cpu=True on machines without CUDA: accelerate then runs several CPU ranks as DDP over gloo.
@@ -385,7 +485,7 @@ def train_phase(
         model = engine
         device = engine.device
     else:
-        optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.adam_betas), eps=settings.adam_eps)
+        optimizer = adamw(groups, settings, on_cuda=on_cuda)
         scheduler = _schedule(optimizer, settings.scheduler, settings.warmup_steps, total)
         # The scheduler stays outside prepare(): accelerate would step it once per rank per step.
         model, optimizer = accelerator.prepare(model, optimizer)
@@ -415,31 +515,49 @@ def train_phase(
                 )
         log.info("%s: resuming from checkpoint %s (step %d of %d)", phase, latest, step, total)
 
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     model.train()
-    loss_sum, loss_count, last_loss = 0.0, 0, float("nan")
+    # The loss is summed on the device and read at log steps only (train.sync_every_step: every step).
+    loss_sum, loss_count, last_loss = torch.zeros((), device=device), 0, float("nan")
+    finite = _FiniteCheck(device, phase, rank, steps_per_epoch)
+    finite.checked = step
+    lengths = [len(ex["input_ids"]) for ex in dataset] if budget else []
     start = time.time()
     bar = tqdm(total=total, initial=step, desc=phase, disable=not distributed.is_main(), dynamic_ncols=True)
-    with _StopRequest() as stop:
+    with _StopRequest() as stop, sdpa:
         while step < total:
             epoch, step_in_epoch = divmod(step, steps_per_epoch)
             batches = epoch_batches(len(dataset), micro, per_step, settings.seed, epoch)
             mine = batches[step_in_epoch * per_step :][rank::world]
-            for i, idx in enumerate(mine):
+            if budget:  # each entry of `mine` is the rank's whole step: (micro-batch, weight, last of the step)
+                plan = [
+                    (c, len(c) / len(idx), k == len(cs) - 1)
+                    for idx in mine
+                    for cs in [token_budget_split(idx, lengths, budget)]
+                    for k, c in enumerate(cs)
+                ]
+            else:  # accelerate and DeepSpeed divide the loss by the accumulation count themselves
+                plan = [(idx, 1.0, (i + 1) % accum == 0) for i, idx in enumerate(mine)]
+            for idx, weight, boundary in plan:
                 batch = {k: v.to(device) for k, v in collator([dataset[j] for j in idx]).items()}
                 loss = model(**batch).loss
                 extra = hooks.penalty(unwrap(model), batch)
                 if extra is not None:
                     loss = loss + extra
-                if not torch.isfinite(loss):
+                if settings.sync_every_step and not torch.isfinite(loss):
                     raise TrainingError(
-                        f"{phase}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, rank {rank}); stopping. "
+                        f"{phase}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, rank {rank}; "
+                        f"lr {scheduler.get_last_lr()[0]:.3g}); stopping. "
                         "Lower train.lr or check the data; a rerun resumes from the last checkpoint"
                     )
-                loss_sum += loss.item()
-                loss_count += 1
+                finite.update(loss, step + 1, scheduler.get_last_lr()[0])
+                loss_sum += loss.detach().float() * len(idx)
+                loss_count += len(idx)
+                if weight != 1.0:
+                    loss = loss * weight
                 tokens += sum(len(dataset[j]["input_ids"]) for j in idx)  # real tokens, whatever the collator pads
                 examples += len(idx)
-                boundary = (i + 1) % accum == 0
                 if engine is not None:
                     # DeepSpeed scales by its own accumulation count and steps the schedule itself.
                     engine.backward(loss)
@@ -460,15 +578,19 @@ def train_phase(
                 if not boundary:
                     continue
                 if notify is not None:
-                    notify(step_examples(dataset, batches, step_in_epoch + i // accum, per_step))
+                    notify(step_examples(dataset, batches, step - epoch * steps_per_epoch, per_step))
                 step += 1
                 log_step = step % settings.log_every == 0 or step == total
-                if log_step and world > 1:  # the mean over every rank's micro-batches (a collective: all ranks log together)
-                    last_loss = distributed.all_sum(loss_sum) / max(distributed.all_sum(loss_count), 1)
-                else:
-                    last_loss = loss_sum / max(loss_count, 1)
+                stopping = step < total and stop.any_rank(world)
+                periodic = settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total
+                if log_step or settings.sync_every_step or (ckpt_root and (periodic or stopping)):
+                    finite.check(step)  # before any checkpoint: a saved one never holds a non-finite step
+                    if log_step and world > 1:  # the mean over every rank's micro-batches (a collective: all ranks log together)
+                        last_loss = distributed.all_sum(loss_sum.item()) / max(distributed.all_sum(loss_count), 1)
+                    else:
+                        last_loss = loss_sum.item() / max(loss_count, 1)
+                    bar.set_postfix(loss=f"{last_loss:.4f}")
                 bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.4f}")
                 if log_fn and distributed.is_main() and log_step:
                     log_fn(
                         {
@@ -480,9 +602,7 @@ def train_phase(
                             f"{phase}/tokens_per_second": tokens * world / max(time.time() - start, 1e-9),
                         }
                     )
-                loss_sum, loss_count = 0.0, 0
-                stopping = step < total and stop.any_rank(world)
-                periodic = settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total
+                loss_sum, loss_count = torch.zeros((), device=device), 0
                 if ckpt_root and (periodic or stopping):
                     counts = {
                         "step": step,
@@ -519,7 +639,8 @@ def train_phase(
     seconds = time.time() - start
     tokens, examples = int(distributed.all_sum(tokens)), int(distributed.all_sum(examples))  # all ranks'
     trained = _gathered(engine) if engine is not None else accelerator.unwrap_model(model)
-    stats = TrainStats(step, step / steps_per_epoch, examples, tokens, seconds, last_loss, resumed_from)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else None
+    stats = TrainStats(step, step / steps_per_epoch, examples, tokens, seconds, last_loss, resumed_from, peak)
     log.info(
         "%s: %d steps, %d tokens in %.1fs (%.0f tokens/s), final loss %.4f",
         phase,
@@ -684,7 +805,9 @@ def fit(
         "" if packing else " (set train.packing=true to pack)",
     )
     collator = (
-        PackingCollator(pad_id=tokenizer.pad_token_id, single_row=single_row) if packing else PadCollator(tokenizer.pad_token_id)
+        PackingCollator(pad_id=tokenizer.pad_token_id, single_row=single_row, width_multiple=settings.pack_width_multiple)
+        if packing
+        else PadCollator(tokenizer.pad_token_id)
     )
     with no_kv_cache(model) if packing else nullcontext():
         model, stats = train_phase(

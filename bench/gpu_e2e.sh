@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU kit of issue 22: the whole pipeline on one GPU, then the step benchmark, in one command
+# (within 6 minutes on one H100/H200: the e2e sweep gets up to $E2E_BUDGET s, the benchmark the rest of $TOTAL).
+#
+# Here, once (PyPI and ../shared/data reachable):   bash bench/gpu_prepare.sh
+#     -> bench/gpu_wheels/ (what the GPU image lacks) and bench/gpu_data/ (data subsets), checked <= 64 MiB.
+# On the device machine (the device tool's run, which copies the working tree):
+#     run(command="bash bench/gpu_e2e.sh", carry=["bench/gpu_wheels", "bench/gpu_data"], timeout_s=480)
+# Results in $OUT there (they come back): gpu_e2e.md (the table), gpu_e2e.json, gpu.json (the step benchmark)
+# and the logs; elsewhere in bench/results/gpu_e2e/.
+# On the CPU, the same scripts on the tiny shape:   bash bench/gpu_e2e.sh --cpu-smoke [--data-dir DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+[ -x .venv/bin/python ] && [ -z "${OUT:-}" ] && PY=.venv/bin/python   # here: the project's venv; there: the image's python3
+SMOKE=""; DATA=bench/gpu_data
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cpu-smoke) SMOKE=--cpu-smoke ;;
+    --data-dir) DATA=$2; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+RESULTS=${OUT:-${CFT_GPU_E2E_OUT:-bench/results/gpu_e2e}}
+mkdir -p "$RESULTS"
+[ -d "$DATA" ] || { echo "no data subsets in $DATA: run bash bench/gpu_prepare.sh here first" >&2; exit 2; }
+
+# What the image lacks, from the carried wheels, into a folder of its own first on the path (no network there).
+if [ -z "$SMOKE" ] && compgen -G "bench/gpu_wheels/*.whl" >/dev/null; then
+  SITE=${CFT_GPU_SITE:-/tmp/cft-gpu-site}
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" bench/gpu_wheels/*.whl
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  export PATH="$SITE/bin:$PATH"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # cft from the working tree, not installed there
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export WANDB_MODE=offline WANDB_SILENT=true
+export HF_HOME=${HF_HOME:-/tmp/cft-hf} NLTK_DATA=${NLTK_DATA:-/tmp/cft-nltk}
+[ -z "$SMOKE" ] && command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || true
+
+TOTAL=${TOTAL:-360}; E2E_BUDGET=${E2E_BUDGET:-270}
+start=$(date +%s)
+rc=0
+timeout "$E2E_BUDGET" "$PY" bench/gpu_e2e.py $SMOKE --data-dir "$DATA" --out "$RESULTS" || rc=$?
+left=$(( TOTAL - ($(date +%s) - start) ))
+if [ -n "$SMOKE" ]; then
+  "$PY" bench/gpu_bench.py --cpu-smoke --levers --out "$RESULTS/gpu.json" > /dev/null || rc=$?
+else
+  # The step benchmark, each lever on its own, in what time is left (its JSON is written as it goes).
+  timeout "$(( left > 60 ? left : 60 ))" "$PY" bench/gpu_bench.py --levers --rounds 1 --steps 12 --warmup 3 \
+    --skip zero2,generation --out "$RESULTS/gpu.json" > /dev/null || rc=$?
+fi
+echo "gpu_e2e.sh: done in $(( $(date +%s) - start )) s (rc $rc); results in $RESULTS" >&2
+exit $rc
