@@ -101,7 +101,7 @@ def _strategy(node_json: str):
 
 
 def _shape_problems(strategy, model_cfg: Mapping[str, Any], use_instruct: bool) -> list[str]:
-    from cft.recipes.train import model_shape
+    from cft.recipes.common import model_shape
 
     try:
         strategy.validate(model_shape(model_cfg, use_instruct=use_instruct))

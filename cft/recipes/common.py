@@ -58,3 +58,20 @@ def phase_train_config(train_cfg: Any, phase: str) -> dict[str, Any]:
 def train_settings(train: Mapping[str, Any], *, seed: int = 0) -> TrainSettings:
     """The loop's settings from one phase's train config (see `phase_train_config`)."""
     return TrainSettings.from_config(train, seed=seed)
+
+
+def model_shape(model_cfg: Mapping[str, Any], *, use_instruct: bool = False):
+    """The model's config (layer and head counts) without building or loading any weights, so
+    strategy options are checked against it before phase 0 or Phase 1 trains. Read from the checkpoint
+    the cell trains from: the Instruct model's with phase1_data=instruct (the base may not be on disk)."""
+    if model_cfg.get("build") and not model_cfg.get("base"):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(**{k: v for k, v in model_cfg["build"].items() if k != "seed"})
+    which = "instruct" if (use_instruct and model_cfg.get("instruct")) or not model_cfg.get("base") else "base"
+    what = {"instruct": "Instruct model", "base": "base model"}[which]
+    from cft.models.handle import Checkpoint
+
+    return Checkpoint(
+        str(model_cfg.get(which)), key="", what=what, gguf_file=model_cfg.get("gguf_file"), setting=f"model.{which}"
+    ).config()
