@@ -83,10 +83,10 @@ def candidates_of(runs, *, speciality: str, versatility: str) -> tuple[dict[tupl
             stat([r.metrics.get(keys.average(speciality, phase="phase2")) for r in members]),
             stat([r.metrics.get(keys.average(versatility, phase="phase2")) for r in members]),
         )
-    every = [r for m in groups.values() for r in m]
+    by_seed = {r.seed: r for m in groups.values() for r in m}  # one Phase-1 model per seed, shared by the candidates
     phase1 = {
-        "speciality": stat([r.metrics.get(keys.average(speciality, phase="phase1")) for r in every]),
-        "versatility": stat([r.metrics.get(keys.average(versatility, phase="phase1")) for r in every]),
+        "speciality": stat([r.metrics.get(keys.average(speciality, phase="phase1")) for r in by_seed.values()]),
+        "versatility": stat([r.metrics.get(keys.average(versatility, phase="phase1")) for r in by_seed.values()]),
     }
     return out, phase1
 
@@ -96,14 +96,14 @@ def best(cands: list[Candidate]) -> Candidate:
     return max(reversed(cands), key=lambda c: c.score.mean if c.score else float("-inf"))
 
 
-def command(sweep_id: str, level: str, block: str | None) -> str:
-    args = ["python", "train.py", "-m", f"experiment={EXPERIMENT}", f"sweep_id={sweep_id}"]
+def command(sweep_id: str, level: str, block: str | None, experiment: str = EXPERIMENT) -> str:
+    args = ["python", "train.py", "-m", f"experiment={experiment}", f"sweep_id={sweep_id}"]
     if level != LEVELS[0]:
         args += [f"search.level={level}", f"search.block={block}"]
     return " ".join(shlex.quote(a) for a in args) + "   # plus the model/data/train overrides of the first level"
 
 
-def walk(done: dict[tuple[str, str], Candidate], search: dict[str, Any], sweep_id: str):
+def walk(done: dict[tuple[str, str], Candidate], search: dict[str, Any], sweep_id: str, experiment: str = EXPERIMENT):
     """The levels reached: [(level, its candidates, the chosen one or None)], the next command or None, the final choice."""
     levels, block = [], None
     for level in LEVELS:
@@ -111,7 +111,7 @@ def walk(done: dict[tuple[str, str], Candidate], search: dict[str, Any], sweep_i
         found = [done[c] for c in wanted if c in done and done[c].score is not None]
         if len(found) < len(wanted):
             levels.append((level, wanted, found, None))
-            return levels, command(sweep_id, level, block), None
+            return levels, command(sweep_id, level, block, experiment), None
         chosen = best(found)
         levels.append((level, wanted, found, chosen))
         block = chosen.block
@@ -161,7 +161,9 @@ def cofitune_report(
             f"sweep {sweep_id} has no finished run of experiment={EXPERIMENT} (strategy=cofitune with strategy.block "
             f"and strategy.module_set); run: {command(sweep_id, LEVELS[0], None)}"
         )
-    levels, next_command, final = walk(done, search_node(conf_dir), sweep_id)
+    # The experiment the sweep ran (e.g. cofitune_search_demo), for the next level's command.
+    experiment = next((r.choices.get("experiment") for r in sweep.runs if r.choices.get("experiment")), EXPERIMENT)
+    levels, next_command, final = walk(done, search_node(conf_dir), sweep_id, experiment)
     tables = [level_table(level, found, chosen, phase1) for level, _, found, chosen in levels if found]
     lines = []
     for level, wanted, found, chosen in levels:
