@@ -175,8 +175,8 @@ def cofitune_report(
     if final is not None:
         lines.append(
             f"Final choice: strategy.block={final.block} strategy.module_set={final.module_set} (layers {final.layers}); "
-            f"train it with the fine level: python train.py strategy=cofitune strategy.block={final.block} "
-            f"strategy.module_set={final.module_set}"
+            f"train it with the fine level (and the search's model, data and train settings): python train.py "
+            f"strategy=cofitune strategy.block={final.block} strategy.module_set={final.module_set}"
         )
     else:
         lines.append(f"Next: {next_command}")
