@@ -113,3 +113,32 @@ def test_the_analysis_walks_the_levels_and_names_the_next_one_or_the_choice():
     levels, next_command, final = walk(done, search, "s")
     assert [lv[3].block for lv in levels] == ["bottom2", "middle_plus", "middle_plus"] and next_command is None
     assert (final.block, final.module_set) == ("middle_plus", "ffn") and phase1["speciality"].mean == pytest.approx(0.2)
+
+
+def test_mode_cofitune_reads_run_folders_and_names_the_next_level(tmp_path, capsys):
+    """analyze.py mode=cofitune on run folders as train.py lays them out (written here): the tables and
+    report are written, and the next level's command names the experiment the sweep ran."""
+    import json
+
+    import yaml
+
+    from cft.analysis import run as analyze
+    from cft.run import layout
+
+    for block, la in (("bottom1", 0.30), ("bottom2", 0.34), ("middle", 0.33), ("top", 0.31)):
+        cell = layout.Cell("demo", "demo", "demo", "cofitune", 0, f"strategy.block@{block}+strategy.module_set@ffn")
+        folder = layout.run_dir(tmp_path, "cs", cell)
+        folder.mkdir(parents=True)
+        choices = {"phase1_data": "demo", "phase2_data": "demo", "model": "demo", "strategy": "cofitune"}
+        meta = {"sweep_id": "cs", "seed": 0, "choices": {**choices, "experiment": "cofitune_search_demo"}}
+        (folder / layout.META).write_text(json.dumps(meta))
+        (folder / layout.CONFIG).write_text(yaml.safe_dump({"strategy": {"block": block, "module_set": "ffn"}}))
+        metrics = {"phase1/la_avg": 0.2, "phase1/ta_avg": 1.0, "phase2/la_avg": la, "phase2/ta_avg": 1.0, "strategy/layers": "1"}
+        (folder / layout.METRICS).write_text(json.dumps(metrics))
+        (folder / layout.DONE).write_text("")
+    values = {"mode": "cofitune", "sweep_id": "cs", "paths": {"output_root": str(tmp_path), "cache_dir": str(tmp_path / "c")}}
+    result = analyze({**values, "tracking": {"mode": "disabled"}, "embedder": {}}, conf_dir=REPO / "conf")
+    out = capsys.readouterr().out
+    assert "| bottom2 (chosen) | ffn | 1 | **34.0** | **100.0** | **67.0** |" in out
+    assert "Next: python train.py -m experiment=cofitune_search_demo sweep_id=cs search.level=widen search.block=bottom2" in out
+    assert (tmp_path / "cs" / "analysis" / "cofitune" / "cofitune_blocks.md").exists() and result.report.exists()
