@@ -66,6 +66,7 @@ def test_instruct_gguf_as_phase1_with_gr5_offline(gguf_dir, data, root):  # noqa
         "sweep_id=real_a",
         "strategy=gr5",
         "strategy.max_new_tokens=8",
+        "strategy.keep_capped=true",  # 8-token replies are cut at the cap
         *TINY_TRAIN,
     ]
     proc = run_script("train.py", args, root)

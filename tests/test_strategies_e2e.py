@@ -101,7 +101,8 @@ def test_generative_replay_sweep_generates_once_per_size_and_reuses_on_rerun(tmp
     from helpers import SMALL, run_folders, run_script
 
     # `++`: in a multirun Hydra first composes the default strategy (full), which has no max_new_tokens.
-    args = ["-m", *SMALL, "strategy=gr5,gr10", "++strategy.max_new_tokens=4"]
+    # keep_capped: 4-token replies are cut at the cap, which would leave them all out.
+    args = ["-m", *SMALL, "strategy=gr5,gr10", "++strategy.max_new_tokens=4", "++strategy.keep_capped=true"]
     proc = run_script("train.py", [*args, "sweep_id=gr"], tmp_path)
     generated = tmp_path / "cache" / "generative_replay"
     sets = sorted(p for p in generated.iterdir() if p.is_dir())
@@ -118,6 +119,7 @@ def test_generative_replay_sweep_generates_once_per_size_and_reuses_on_rerun(tmp
         assert m["strategy/generation/requested"] == requested
         assert m["strategy/replay_examples"] == requested - m["strategy/generation/empty"]
         assert m["strategy/replay_share"] == pytest.approx(m["strategy/replay_examples"] / 24)
+        assert 0 <= m["strategy/replay_trained"] <= m["train/phase2/examples"]  # what the loop fed, beside the share
     # Another sweep over the same sizes reuses both sets: nothing is generated again.
     again = run_script("train.py", [*args, "sweep_id=gr_again"], tmp_path)
     assert (again.stdout + again.stderr).count("Reusing generative_replay artifact") == 2

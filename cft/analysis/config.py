@@ -85,7 +85,14 @@ class DashboardOptions(_Schema):
     )
 
 
-MODES = ("sweep", "similarity", "representations", "layers", "dashboard")
+class CofituneOptions(_Schema):
+    """mode=cofitune: CoFiTune's coarse search scored from a sweep of experiment=cofitune_search."""
+
+    speciality: Literal["ta", "la", "en"] = Field("la", description="the average that measures speciality (Phase 2)")
+    versatility: Literal["ta", "la", "en"] = Field("ta", description="the average that measures versatility (Phase 2)")
+
+
+MODES = ("sweep", "similarity", "representations", "layers", "dashboard", "cofitune")
 
 
 class AnalyzeConfig(_Schema):
@@ -107,6 +114,7 @@ class AnalyzeConfig(_Schema):
     representations: RepresentationsOptions | None = Field(None, description="mode=representations's settings")
     layers: LayersOptions | None = Field(None, description="mode=layers's settings")
     dashboard: DashboardOptions | None = Field(None, description="mode=dashboard's settings")
+    cofitune: CofituneOptions | None = Field(None, description="mode=cofitune's settings")
 
     @model_validator(mode="after")
     def _options(self):
@@ -130,4 +138,5 @@ OPTIONS = {
     "representations": RepresentationsOptions,
     "layers": LayersOptions,
     "dashboard": DashboardOptions,
+    "cofitune": CofituneOptions,
 }

@@ -274,6 +274,9 @@ class TrainRoot(Schema):
     paths: PathsConfig = Field(description="conf/paths: the output root and the artifact cache")
     embedder: dict[str, Any] = Field(description="an embedder node (_target_ + options) for DES")
     setup: dict[str, Any] | None = Field(None, description="what the model choice composes (conf/setup)")
+    search: dict[str, Any] | None = Field(
+        None, description="a search's settings (experiment=cofitune_search): they choose the sweep's cells, not a result"
+    )
 
 
 class EvaluateRoot(Schema):

@@ -65,6 +65,7 @@ RESULT_NEUTRAL = (
     "threads",
     "check",
     "preflight",
+    "search",  # a search's level and choice pick cells; a candidate met at two levels is one folder
     *(f"train.{phase}{key}" for phase in ("", "phase1.", "phase2.") for key in _LOOP_BOOKKEEPING),
 )
 # Overrides that do not make a different cell, or that the folder names already (group choices).

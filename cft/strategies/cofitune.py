@@ -3,7 +3,10 @@ Framework...", arXiv 2404.10306), a baseline for arXiv 2410.16006's mitigations.
 
 Coarse level: only the chosen modules in a chosen layer range train (default: the FFN up/down
 projections in layers (N/4, N/2], which the CoFiTune paper found to gain speciality while
-harming versatility least); everything else is frozen.
+harming versatility least); everything else is frozen. The paper picks the range and modules by
+an empirical tree search; `block` and `module_set` name its candidates (BLOCKS, MODULE_SETS: the
+ones its repository lists), so one level of the search is a sweep (experiment=cofitune_search) and
+`analyze.py mode=cofitune` scores it (cft/analysis/cofitune.py).
 Fine level (soft masking): every attention head and FFN unit in that region gets an importance
 in [0, 1) -- the gradient magnitude of a multiplicative mask on the unit's output under a KL loss
 between two forward passes with different dropout noise, on Phase-2 data, normalized per layer
@@ -18,7 +21,7 @@ import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +51,31 @@ ATTENTION_COLS = ("o_proj",)  # ... and a block of input columns
 FFN_ROWS = ("gate_proj", "up_proj", "w1", "w3")  # an FFN unit owns an output row
 FFN_COLS = ("down_proj", "w2")  # ... and an input column
 MODULE_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:.+\.)?([^.]+)$")
+
+
+# The layer blocks of CoFiTune's repository (train_layers_7B: 8-layer blocks of a 32-layer model),
+# in quarters of N layers: [first quarter, last quarter) -> 0-based layers [a*N/4, b*N/4).
+BLOCKS = {
+    "bottom1": (0, 1),
+    "bottom2": (1, 2),  # (N/4, N/2] in 1-based numbers: the paper's default range
+    "middle": (2, 3),
+    "top": (3, 4),
+    "bottom_plus": (0, 2),  # the "plus" widenings: two adjacent blocks
+    "middle_plus": (1, 3),
+    "top_plus": (2, 4),
+}
+# Module types searched: the FFN up/down projections (the paper's choice), attention q/k/v, or both.
+MODULE_SETS = {
+    "ffn": ("up_proj", "down_proj"),
+    "attention": ("q_proj", "k_proj", "v_proj"),
+    "ffn_attention": ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj"),
+}
+
+
+def block_layers(block: str, num_layers: int) -> list[int]:
+    """0-based layers of a named block of a model with `num_layers` layers (BLOCKS)."""
+    first, last = BLOCKS[block]
+    return list(range(first * num_layers // 4, last * num_layers // 4))
 
 
 def default_layers(num_layers: int) -> list[int]:
@@ -148,6 +176,14 @@ class CoFiTune(Strategy):
         layers: Annotated[
             Sequence[Annotated[int, Field(ge=0)]] | None, Field(description="0-based layers trained; null = (N/4, N/2]")
         ] = None,
+        block: Annotated[
+            Literal[tuple(BLOCKS)] | None,  # type: ignore[valid-type]
+            Field(description="a named layer block of the coarse search (BLOCKS); null = `layers`"),
+        ] = None,
+        module_set: Annotated[
+            Literal[tuple(MODULE_SETS)] | None,  # type: ignore[valid-type]
+            Field(description="a named module set of the coarse search (MODULE_SETS); null = `modules`"),
+        ] = None,
         fine: Annotated[bool, Field(description="also scale unit gradients by (1 - importance)")] = True,
         importance_examples: Annotated[int, Field(ge=1, description="Phase-2 examples for the importance estimate")] = 256,
         importance_batch_size: Annotated[int, Field(ge=1, description="batch size of the importance estimate")] = 8,
@@ -156,7 +192,11 @@ class CoFiTune(Strategy):
         lr: PhaseLR = None,
     ):
         self.lr = lr
-        self.modules = list(modules or [])
+        if block is not None and layers is not None:
+            raise ConfigError(f"strategy.block={block} and strategy.layers={list(layers)}: set one of them")
+        self.block = block
+        self.module_set = module_set
+        self.modules = list(MODULE_SETS[module_set] if module_set in MODULE_SETS else modules or [])
         self.layers = list(layers) if layers is not None else None
         self.fine = fine
         self.importance_examples = importance_examples
@@ -170,11 +210,14 @@ class CoFiTune(Strategy):
 
     def validate(self, model_config) -> None:
         check_modules("strategy.modules", self.modules, model_config)
+        if self.block is not None and self.block not in BLOCKS:
+            raise ConfigError(f"strategy.block={self.block!r} is not one of {', '.join(BLOCKS)}")
         n = int(model_config.num_hidden_layers)
-        layers = default_layers(n) if self.layers is None else self.layers
+        layers = self.chosen_layers(n)
         if not layers:
+            what = f"the block {self.block}" if self.block else "the default range (N/4, N/2]"
             raise ConfigError(
-                f"strategy.layers: the default range (N/4, N/2] is empty for a model with {n} layers; "
+                f"strategy.layers: {what} is empty for a model with {n} layers (blocks are quarters of the layers); "
                 "list the layers to train, e.g. strategy.layers=[0]"
             )
         bad = [x for x in layers if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x < n]
@@ -186,6 +229,12 @@ class CoFiTune(Strategy):
             value = getattr(self, option)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"strategy.{option}={value!r} must be a positive integer")
+
+    def chosen_layers(self, num_layers: int) -> list[int]:
+        """The trained layers: `layers`, else the named `block`, else the paper's default range."""
+        if self.layers is not None:
+            return sorted(self.layers)
+        return block_layers(self.block, num_layers) if self.block else default_layers(num_layers)
 
     def phase2_data(self, examples: list[Example], ctx: StrategyContext) -> list[Example]:
         self._examples = list(examples)  # importance is measured on the Phase-2 data
@@ -273,8 +322,7 @@ class CoFiTune(Strategy):
         return out
 
     def prepare(self, model, ctx: StrategyContext):
-        n = int(model.config.num_hidden_layers)
-        layers = default_layers(n) if self.layers is None else sorted(self.layers)
+        layers = self.chosen_layers(int(model.config.num_hidden_layers))
         region, modules = set(layers), set(self.modules)
 
         def outside(name: str) -> bool:
@@ -285,6 +333,8 @@ class CoFiTune(Strategy):
         self._report = {
             "layers": layers_text(layers),
             "modules": ",".join(self.modules),
+            **({"block": self.block} if self.block else {}),
+            **({"module_set": self.module_set} if self.module_set else {}),
             "frozen_tensors": len(frozen),
             "fine": self.fine,
             **parameter_report(model),

@@ -506,13 +506,10 @@ def train_phase(
             tokens, examples = state.get("tokens", 0), state.get("examples", 0)
         resumed_from = step
         if notify is not None:  # the data order is a pure function of (seed, epoch): the steps done are known
-            for done in range(step):
-                epoch, step_in_epoch = divmod(done, steps_per_epoch)
-                notify(
-                    step_examples(
-                        dataset, epoch_batches(len(dataset), micro, per_step, settings.seed, epoch), step_in_epoch, per_step
-                    )
-                )
+            for epoch in range(math.ceil(step / steps_per_epoch)):
+                batches = epoch_batches(len(dataset), micro, per_step, settings.seed, epoch)
+                for step_in_epoch in range(min(steps_per_epoch, step - epoch * steps_per_epoch)):
+                    notify(step_examples(dataset, batches, step_in_epoch, per_step))
         log.info("%s: resuming from checkpoint %s (step %d of %d)", phase, latest, step, total)
 
     if on_cuda:
