@@ -192,7 +192,8 @@ ADAMW_IMPLS = ("auto", "fused", "foreach", "for_loop")
 def sdpa_context(backend: str, on_cuda: bool):
     """torch's SDPA restricted to one backend for the whole phase (train.sdpa_backend). On an H200,
     cuDNN's backend (torch's default for bf16 with a mask) builds a plan for every new packed width,
-    about 600 ms of CPU per step (../shared/gpu/README.md); the memory-efficient one plans nothing."""
+    about 600 ms of CPU per step (../shared/gpu/README.md); the memory-efficient one plans nothing.
+    The math kernel stays allowed as a fallback for inputs the chosen one cannot take."""
     if backend not in SDPA_BACKENDS:
         raise ConfigError(f"train.sdpa_backend={backend!r} is not one of {', '.join(SDPA_BACKENDS)}")
     if backend == "auto":
@@ -207,7 +208,9 @@ def sdpa_context(backend: str, on_cuda: bool):
         "math": SDPBackend.MATH,
         "cudnn": SDPBackend.CUDNN_ATTENTION,
     }
-    return sdpa_kernel([named[backend]])
+    # math stays allowed as the fallback for inputs the chosen kernel cannot take (torch picks the chosen one
+    # first), so a setting never stops a run that `auto` would have trained
+    return sdpa_kernel([named[backend]] if backend == "math" else [named[backend], SDPBackend.MATH])
 
 
 def adamw(groups, settings: TrainSettings, *, on_cuda: bool, deepspeed: bool = False):
