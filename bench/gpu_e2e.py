@@ -47,12 +47,12 @@ SIZES = {
     "gpu": {
         "phase1_examples": 640,
         "phase2_per_language": 240,
-        "phase1_steps": 40,
-        "phase2_steps": 30,
+        "phase1_steps": 30,
+        "phase2_steps": 20,
         "global_batch": 16,
         "micro_batch": 16,
         "max_length": 512,
-        "eval_limit": 16,
+        "eval_limit": 8,
         "ifeval_tokens": 64,
     },
     "cpu": {
@@ -135,6 +135,7 @@ def overrides(args, size: dict) -> list[str]:
         f"eval.tasks.xquad.languages=[{','.join(XQUAD_LANGUAGES)}]",
         "eval.tasks.alpaca_eval=null",  # needs a judge (not computed anyway)
         f"++eval.tasks.ifeval.gen_kwargs.max_gen_toks={size['ifeval_tokens']}",
+        "similarity.layer_changes=false",  # three full state dicts read per cell: time the kit spends elsewhere
         f"sweep_id={SWEEP}",
     ]
 
@@ -253,7 +254,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shape on the CPU, fp32, a few steps: the code paths only")
     p.add_argument("--data-dir", required=True, help="the subsets (subset_data / bench/gpu_prepare.sh)")
-    p.add_argument("--out", required=True, help="folder for the sweep, the logs, gpu_e2e.json and gpu_e2e.md")
+    p.add_argument("--out", required=True, help="folder for the table (gpu_e2e.md, .json, .csv) and the logs")
+    p.add_argument("--work", default=None, help="folder for the sweep's runs and W&B files (default: <out>/sweep)")
     p.add_argument("--shape", default=None, help="bench/common.py SHAPES name (default: 1b on GPU, tiny on CPU)")
     p.add_argument("--peak-tflops", type=float, default=None, help="default: the GPU's dense bf16 peak")
     p.add_argument("--skip-zero3", action="store_true", help="leave out the torchrun ZeRO-3 cell")
@@ -262,14 +264,15 @@ def main() -> None:
     args.shape = args.shape or ("tiny" if args.cpu_smoke else "1b")
     size = SIZES["cpu" if args.cpu_smoke else "gpu"]
     out = Path(args.out).resolve()
-    root = out / "sweep"
+    root = Path(args.work).resolve() if args.work else out / "sweep"
     root.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         **common.OFFLINE_ENV,
         "CFT_OUTPUT_ROOT": str(root),
         "WANDB_MODE": "offline",
-        "WANDB_DIR": str(out),
+        "WANDB_DIR": str(root),
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("CFT_SWEEP_ID", None)
@@ -283,9 +286,12 @@ def main() -> None:
         launch = [py, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port())]
         steps["zero3_cell"] = [*launch, "train.py", "strategy=full", "train=deepspeed_zero3", *common_args]
     steps["analyze"] = [py, "analyze.py", f"sweep_id={SWEEP}"]
+    # Each later step keeps a share of the budget, so a slow sweep still leaves the ZeRO-3 cell and the analysis.
+    reserve = {"sweep": 0.0, "zero3_cell": 0.3 * args.budget, "analyze": 0.08 * args.budget}
     seconds, errors = {}, {}
-    for name, cmd in steps.items():
-        seconds[name], error = run(cmd, out / f"{name}.log", env, deadline - time.perf_counter())
+    for i, (name, cmd) in enumerate(steps.items()):
+        later = sum(reserve[n] for n in list(steps)[i + 1 :])
+        seconds[name], error = run(cmd, out / f"{name}.log", env, deadline - time.perf_counter() - later)
         if error:
             errors[name] = error
 

@@ -215,6 +215,21 @@ def test_loss_is_read_at_log_steps_only(tiny_model_dir, monkeypatch):
     assert stats.final_loss == pytest.approx(stats_sync.final_loss, abs=1e-6)
 
 
+def test_when_the_loss_is_read_stays_out_of_cache_keys():
+    """train.sync_every_step cannot change a result: Phase 1 is not retrained for it (cft/run/layout.py)."""
+    from helpers import SMALL, compose
+
+    from cft.recipes.common import phase_train_config
+    from cft.run.artifacts import key_of
+    from cft.run.folder import comparable
+
+    def key(*overrides):
+        return key_of(comparable({"train": phase_train_config(compose([*SMALL, *overrides]).train, "phase1")}))
+
+    assert key("train.sync_every_step=true") == key()
+    assert key("train.adamw=for_loop") != key()  # another kernel: bitwise another result
+
+
 def test_nan_loss_found_at_the_log_step_names_its_step_and_lr(tiny_model_dir):
     from cft.training.loop import TrainingError
 
