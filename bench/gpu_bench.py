@@ -178,6 +178,14 @@ def generation(args) -> dict:
     return json.loads(proc.stdout)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _partial(path: str, obj: dict) -> None:
     """Write what there is so far: a run cut off at its time limit still leaves its figures."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +219,9 @@ def main() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     common.apply_threads(args.threads)
     # DeepSpeed in one process: the rank variables it reads (ENVIRONMENT.md: without them it asks for mpi4py)
-    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517"}.items():
+    # a free port, not a fixed one: a second run on the machine (a test, another bench) would hold it
+    port = str(_free_port())
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}.items():
         os.environ.setdefault(k, v)
     skip = {s for s in args.skip.split(",") if s}
 

@@ -47,12 +47,12 @@ SIZES = {
     "gpu": {
         "phase1_examples": 640,
         "phase2_per_language": 240,
-        "phase1_steps": 40,
-        "phase2_steps": 30,
+        "phase1_steps": 30,
+        "phase2_steps": 20,
         "global_batch": 16,
         "micro_batch": 16,
         "max_length": 512,
-        "eval_limit": 16,
+        "eval_limit": 8,
         "ifeval_tokens": 64,
     },
     "cpu": {
@@ -62,7 +62,7 @@ SIZES = {
         "phase2_steps": 2,
         "global_batch": 8,
         "micro_batch": 8,
-        "max_length": 64,
+        "max_length": 128,
         "eval_limit": 1,
         "ifeval_tokens": 4,
     },
@@ -135,6 +135,7 @@ def overrides(args, size: dict) -> list[str]:
         f"eval.tasks.xquad.languages=[{','.join(XQUAD_LANGUAGES)}]",
         "eval.tasks.alpaca_eval=null",  # needs a judge (not computed anyway)
         f"++eval.tasks.ifeval.gen_kwargs.max_gen_toks={size['ifeval_tokens']}",
+        "similarity.layer_changes=false",  # three full state dicts read per cell: time the kit spends elsewhere
         f"sweep_id={SWEEP}",
     ]
 
@@ -145,17 +146,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(cmd: list[str], log_path: Path, env: dict, timeout: int) -> float:
-    """One step of the kit, its output in log_path; fails loudly with the log's tail."""
+def run(cmd: list[str], log_path: Path, env: dict, timeout: float) -> tuple[float, str | None]:
+    """One step of the kit, its output in log_path: (seconds, None) or (seconds, what went wrong). A step that
+    fails or runs out of time does not stop the kit: the table reports the cells that finished."""
     start = time.perf_counter()
+    error = None
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+        try:
+            proc = subprocess.run(cmd, cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=max(timeout, 1))
+            if proc.returncode != 0:
+                error = f"exit status {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            error = f"stopped after {timeout:.0f} s (the kit's time budget)"
     seconds = time.perf_counter() - start
-    print(f"[gpu_e2e] {' '.join(cmd[:4])} ... -> rc {proc.returncode} in {seconds:.0f} s (log: {log_path})", file=sys.stderr)
-    if proc.returncode != 0:
-        tail = log_path.read_text(errors="replace")[-6000:]
-        raise SystemExit(f"[gpu_e2e] failed: {' '.join(cmd)}\n{tail}")
-    return seconds
+    print(f"[gpu_e2e] {' '.join(cmd[:4])} ... -> {error or 'ok'} in {seconds:.0f} s (log: {log_path})", file=sys.stderr)
+    if error:
+        error += ": " + log_path.read_text(errors="replace")[-3000:]
+        print(error, file=sys.stderr)
+    return seconds, error
 
 
 def cell_rows(root: Path, arch: dict, peak_tflops: float | None) -> list[dict]:
@@ -171,7 +179,13 @@ def cell_rows(root: Path, arch: dict, peak_tflops: float | None) -> list[dict]:
         if not (folder / "metrics.json").exists():
             continue
         m = json.loads((folder / "metrics.json").read_text())
-        row = {"cell": str(folder.relative_to(root))}
+        choices = json.loads(meta_path.read_text()).get("choices", {})
+        row = {
+            "cell": f"{choices.get('strategy')} (train={choices.get('train')})",
+            "strategy": choices.get("strategy"),
+            "train": choices.get("train"),
+            "folder": str(folder.relative_to(root)),
+        }
         for phase in keys.PHASES:
             seconds, tokens = m.get(keys.train(phase, "seconds")), m.get(keys.train(phase, "tokens"))
             examples = m.get(keys.train(phase, "examples"))
@@ -240,23 +254,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shape on the CPU, fp32, a few steps: the code paths only")
     p.add_argument("--data-dir", required=True, help="the subsets (subset_data / bench/gpu_prepare.sh)")
-    p.add_argument("--out", required=True, help="folder for the sweep, the logs, gpu_e2e.json and gpu_e2e.md")
+    p.add_argument("--out", required=True, help="folder for the table (gpu_e2e.md, .json, .csv) and the logs")
+    p.add_argument("--work", default=None, help="folder for the sweep's runs and W&B files (default: <out>/sweep)")
     p.add_argument("--shape", default=None, help="bench/common.py SHAPES name (default: 1b on GPU, tiny on CPU)")
     p.add_argument("--peak-tflops", type=float, default=None, help="default: the GPU's dense bf16 peak")
     p.add_argument("--skip-zero3", action="store_true", help="leave out the torchrun ZeRO-3 cell")
-    p.add_argument("--timeout", type=int, default=600, help="seconds for each of the kit's commands")
+    p.add_argument("--budget", type=float, default=3600, help="seconds for the kit's commands together (each gets what is left)")
     args = p.parse_args()
     args.shape = args.shape or ("tiny" if args.cpu_smoke else "1b")
     size = SIZES["cpu" if args.cpu_smoke else "gpu"]
     out = Path(args.out).resolve()
-    root = out / "sweep"
+    root = Path(args.work).resolve() if args.work else out / "sweep"
     root.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         **common.OFFLINE_ENV,
         "CFT_OUTPUT_ROOT": str(root),
         "WANDB_MODE": "offline",
-        "WANDB_DIR": str(out),
+        "WANDB_DIR": str(root),
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("CFT_SWEEP_ID", None)
@@ -264,16 +280,20 @@ def main() -> None:
         env.setdefault("DS_ACCELERATOR", "cpu")
     common_args = overrides(args, size)
     py = sys.executable
-    seconds = {}
-    seconds["sweep"] = run(
-        [py, "train.py", "-m", f"strategy={','.join(STRATEGIES)}", *common_args], out / "sweep.log", env, args.timeout
-    )
+    deadline = time.perf_counter() + args.budget
+    steps = {"sweep": [py, "train.py", "-m", f"strategy={','.join(STRATEGIES)}", *common_args]}
     if not args.skip_zero3:
         launch = [py, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port())]
-        seconds["zero3_cell"] = run(
-            [*launch, "train.py", "strategy=full", "train=deepspeed_zero3", *common_args], out / "zero3.log", env, args.timeout
-        )
-    seconds["analyze"] = run([py, "analyze.py", f"sweep_id={SWEEP}"], out / "analyze.log", env, args.timeout)
+        steps["zero3_cell"] = [*launch, "train.py", "strategy=full", "train=deepspeed_zero3", *common_args]
+    steps["analyze"] = [py, "analyze.py", f"sweep_id={SWEEP}"]
+    # Each later step keeps a share of the budget, so a slow sweep still leaves the ZeRO-3 cell and the analysis.
+    reserve = {"sweep": 0.0, "zero3_cell": 0.3 * args.budget, "analyze": 0.08 * args.budget}
+    seconds, errors = {}, {}
+    for i, (name, cmd) in enumerate(steps.items()):
+        later = sum(reserve[n] for n in list(steps)[i + 1 :])
+        seconds[name], error = run(cmd, out / f"{name}.log", env, deadline - time.perf_counter() - later)
+        if error:
+            errors[name] = error
 
     import torch
     from train_throughput import PEAK_TFLOPS
@@ -292,6 +312,7 @@ def main() -> None:
         "sizes": size,
         "peak_tflops_assumed": peak,
         "command_seconds": seconds,
+        "errors": errors,
         "analysis_files": sorted(str(p.relative_to(analysis)) for p in analysis.rglob("*") if p.is_file())
         if analysis.exists()
         else [],
@@ -320,6 +341,8 @@ def main() -> None:
                         q["eval_items_per_s"],
                     ]
                 )
+    if errors:
+        raise SystemExit(f"[gpu_e2e] {len(errors)} step(s) failed: {', '.join(errors)} (the table holds what finished)")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,22 @@ def test_sdpa_backend_holds_for_the_whole_phase_and_trains_the_same(tiny_model_d
     assert torch.allclose(_weights(math_model), _weights(auto_model), atol=1e-5)
 
 
+def test_sdpa_backend_keeps_math_as_the_fallback(tiny_model_dir):
+    seen = []
+
+    class Probe:
+        def penalty(self, model, batch):
+            cuda = torch.backends.cuda
+            seen.append((cuda.flash_sdp_enabled(), cuda.math_sdp_enabled(), cuda.mem_efficient_sdp_enabled()))
+            return None
+
+        def on_before_optimizer_step(self, model):
+            pass
+
+    _train(tiny_model_dir, hooks=Probe(), sdpa_backend="flash", max_steps=1)
+    assert seen and all(flags == (True, True, False) for flags in seen)  # flash first, math as the fallback
+
+
 def test_sdpa_backend_that_the_cpu_lacks_says_so(tiny_model_dir):
     with pytest.raises(ConfigError, match="train.sdpa_backend=efficient needs a CUDA GPU"):
         _train(tiny_model_dir, sdpa_backend="efficient")
@@ -146,14 +162,13 @@ def test_pack_width_multiple_reaches_fit(tiny_model_dir, monkeypatch):
 # --- (b) fused AdamW ----------------------------------------------------------------------------
 
 
-def test_adamw_auto_is_fused_on_cuda_and_foreach_elsewhere():
+def test_adamw_auto_is_fused_except_under_deepspeed():
     from cft.training.loop import TrainSettings, adamw
 
     params = [torch.nn.Parameter(torch.zeros(2, 2))]
     s = TrainSettings(lr=1e-3)
     assert adamw(params, s, on_cuda=True).defaults["fused"] is True
-    cpu = adamw(params, s, on_cuda=False).defaults
-    assert cpu["foreach"] is True and not cpu["fused"]
+    assert adamw(params, s, on_cuda=False).defaults["fused"] is True  # CPU parameters: torch's fused CPU kernel
     assert adamw(params, s, on_cuda=True, deepspeed=True).defaults["foreach"] is True
     assert adamw(params, TrainSettings(lr=1e-3, adamw="for_loop"), on_cuda=True).defaults["foreach"] is False
 
@@ -197,6 +212,21 @@ def test_loss_is_read_at_log_steps_only(tiny_model_dir, monkeypatch):
     assert lazy <= 2 * 2  # two checks (steps 4 and 8), each reads the bad-step flag and the loss
     assert calls[0] >= 8 * 2  # every step: each micro-batch's finite check, plus the step's loss
     assert stats.final_loss == pytest.approx(stats_sync.final_loss, abs=1e-6)
+
+
+def test_when_the_loss_is_read_stays_out_of_cache_keys():
+    """train.sync_every_step cannot change a result: Phase 1 is not retrained for it (cft/run/layout.py)."""
+    from helpers import SMALL, compose
+
+    from cft.recipes.common import phase_train_config
+    from cft.run.artifacts import key_of
+    from cft.run.folder import comparable
+
+    def key(*overrides):
+        return key_of(comparable({"train": phase_train_config(compose([*SMALL, *overrides]).train, "phase1")}))
+
+    assert key("train.sync_every_step=true") == key()
+    assert key("train.adamw=for_loop") != key()  # another kernel: bitwise another result
 
 
 def test_nan_loss_found_at_the_log_step_names_its_step_and_lr(tiny_model_dir):
@@ -280,3 +310,179 @@ def test_token_budget_with_uneven_lengths_trains(tiny_model_dir):
 def test_token_budget_under_deepspeed_says_so(tiny_model_dir):
     with pytest.raises(ConfigError, match="tokens_per_micro_batch works without DeepSpeed"):
         _train(tiny_model_dir, tokens_per_micro_batch=64, deepspeed={"zero_optimization": {"stage": 2}})
+
+
+# --- the bundle: what travels to the GPU machine covers what the pipeline imports -----------------
+
+
+def _bundle():
+    import sys
+
+    from helpers import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_bundle
+
+    return gpu_bundle
+
+
+def test_bundle_pins_every_distribution_the_image_lacks_at_this_venvs_version():
+    """bench/gpu_requirements.txt (what gpu_prepare.sh turns into wheels) holds the closure of cft's
+    dependencies minus the GPU image's packages (bench/gpu_image_packages.txt), at the versions installed here."""
+    import importlib.metadata as md
+
+    bundle = _bundle()
+    image, pins, needed = bundle.image_packages(), bundle.pinned(), bundle.needed()
+    assert {"torch", "transformers", "accelerate", "peft"} <= image  # the list is the image's, not empty
+    assert {"hydra-core", "omegaconf", "antlr4-python3-runtime", "lm-eval", "datasets", "wandb", "deepspeed"} <= set(pins)
+    missing = sorted(set(needed) - set(pins))
+    assert not missing, f"the bundle lacks {missing}: run `python bench/gpu_bundle.py requirements`"
+    assert not set(pins) & image, "a pin the image already has would replace the image's version"
+    for name, version in pins.items():
+        if needed.get(name):
+            assert md.version(name) == version, (name, version)
+
+
+def test_bundle_closure_follows_requirements_and_stops_at_the_image():
+    bundle = _bundle()
+    got = bundle.closure(["hydra-core"], image=set())
+    assert {"hydra-core", "omegaconf", "antlr4-python3-runtime", "pyyaml"} <= set(got)
+    stopped = bundle.closure(["hydra-core"], image={"omegaconf"})
+    assert "omegaconf" in stopped and "antlr4-python3-runtime" in stopped  # hydra itself needs antlr4
+    assert "pyyaml" not in bundle.closure(["omegaconf"], image={"omegaconf"})  # the image's needs are the image's
+
+
+def test_bundle_covers_every_module_the_pipeline_imports(tmp_path):
+    """Import what the kit's processes import (train.py's recipe, the strategies, lm-eval's HF backend,
+    DeepSpeed, W&B, analyze.py's analysis) in a fresh interpreter; every top-level module's distribution is
+    in the GPU image or in the bundle."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    bundle = _bundle()
+    code = """
+import importlib, json, sys
+for m in ["cft.recipes.train", "cft.analysis", "cft.analysis.sweep", "cft.analysis.figures",
+          "cft.evaluation.lmeval", "cft.strategies.gr", "cft.strategies.lora", "cft.strategies.lf_h2",
+          "cft.analysis.runs", "lm_eval.models.huggingface", "lm_eval.evaluator", "hydra",
+          "deepspeed", "wandb", "datasets", "cft.evaluation.benchmarks.hooks"]:
+    importlib.import_module(m)
+print(json.dumps(sorted({n.split(".")[0] for n in sys.modules})))
+"""
+    env = {"PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "NLTK_DATA": str(tmp_path)}
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modules = json.loads(proc.stdout.strip().splitlines()[-1])
+    import importlib.metadata as md
+
+    from packaging.utils import canonicalize_name
+
+    owners = md.packages_distributions()
+    image = bundle.image_packages()
+    # What only the image's packages need (here at this venv's versions, e.g. huggingface-hub's HTTP client)
+    # comes with the image's own versions there; what cft's dependencies need through no image package must travel.
+    installed = [n for n in image if owners and any(canonicalize_name(d) == n for ds in owners.values() for d in ds)]
+    image_needs = set(bundle.closure(installed, image=set())) - set(bundle.closure(bundle.roots(), image))
+    have = image | set(bundle.pinned()) | image_needs
+    uncovered = {}
+    for m in modules:
+        if m in sys.stdlib_module_names or m in ("cft", "__main__") or m.startswith("_"):
+            continue
+        dists = {canonicalize_name(d) for d in owners.get(m, [])}
+        if dists and not dists & have:
+            uncovered[m] = sorted(dists)
+    assert {"lm_eval", "hydra", "deepspeed", "wandb"} <= set(modules)
+    assert not uncovered, f"imported on the GPU but neither in the image nor in the bundle: {uncovered}"
+
+
+def test_bundle_size_check_fails_over_the_limit(monkeypatch, tmp_path):
+    bundle = _bundle()
+    wheels = tmp_path / "w"
+    wheels.mkdir()
+    monkeypatch.setattr(bundle, "WHEELS", wheels)
+    monkeypatch.setattr(bundle, "DATA", tmp_path / "none")
+    monkeypatch.setattr("sys.argv", ["gpu_bundle.py", "size"])
+    bundle.main()  # the project alone fits
+    with open(wheels / "big.whl", "wb") as f:
+        f.truncate(bundle.LIMIT_MIB * 2**20)
+    with pytest.raises(SystemExit) as err:
+        bundle.main()
+    assert err.value.code == 1
+
+
+# --- the kit, end to end on the CPU -------------------------------------------------------------
+
+
+def _kit_data(root):
+    """What bench/gpu_prepare.sh makes from ../shared/data, written by the test: Alpaca-like records,
+    MultiAlpaca es/ja, and a tiny copy of every benchmark in the shared layout."""
+    import json
+
+    from helpers import write_jsonl
+    from test_evaluation_lmeval import write_benchmarks
+
+    write_benchmarks(root)
+    (root / "alpaca").mkdir()
+    records = [{"instruction": f"Repeat {i}.", "input": "", "output": f"{i} {i}"} for i in range(40)]
+    (root / "alpaca" / "alpaca_5000.json").write_text(json.dumps(records))
+    for lang, word in (("es", "Repite"), ("ja", "繰り返す")):
+        write_jsonl(
+            root / "multialpaca" / f"{lang}.jsonl",
+            [{"instruction": f"{word} {i}", "input": None, "output": str(i)} for i in range(20)],
+        )
+    return root
+
+
+@pytest.mark.slow
+def test_gpu_e2e_cpu_smoke_runs_the_whole_pipeline_and_prints_one_table(tmp_path):
+    """bash bench/gpu_e2e.sh --cpu-smoke: the train.py -m sweep (full, lf_h2, gr5, lora), the torchrun ZeRO-3
+    cell, lm-eval on the local subsets, analyze.py, the table from metrics.json, and the step benchmark's levers.
+    Slow (about 2 minutes on 2 cores): five entry-script processes, each importing torch, transformers and lm-eval."""
+    import json
+    import os
+    import subprocess
+
+    from helpers import REPO
+
+    data = _kit_data(tmp_path / "data")
+    out = tmp_path / "out"
+    env = {**os.environ, "CFT_GPU_E2E_OUT": str(out), "PYTHONPATH": str(REPO)}
+    env.pop("OUT", None)
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_e2e.sh"), "--cpu-smoke", "--data-dir", str(data)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    figures = json.loads((out / "gpu_e2e.json").read_text())
+    cells = {c["cell"]: c for c in figures["cells"]}
+    assert sorted(cells) == [
+        "full (train=deepspeed_zero3)",  # the torchrun cell
+        "full (train=demo)",
+        "gr5 (train=demo)",
+        "lf_h2 (train=demo)",
+        "lora (train=demo)",
+    ]
+    for cell in cells.values():
+        p2 = cell["phase2"]
+        assert p2["seconds"] > 0 and p2["tokens_per_s"] > 0 and p2["eval_seconds"] > 0 and p2["eval_items_per_s"] > 0
+        assert {"ifeval", "mmlu", "hellaswag", "xquad"} <= set(p2["eval_tasks"])
+        assert p2["mfu"] is None and p2["peak_memory_gb"] is None  # no GPU: no peak to divide by, no CUDA memory
+    gr5 = cells["gr5 (train=demo)"]
+    assert gr5["replay_new_tokens_per_s"] is not None
+    table = proc.stdout.strip().splitlines()
+    assert table[0].startswith("| cell | P1 s | P1 tok/s | P1 MFU") and len(table) == 2 + len(cells)
+    assert figures["analysis_files"], "analyze.py wrote nothing"
+    bench = json.loads((out / "gpu.json").read_text())["train"]
+    assert not bench["errors"], bench["errors"]
+    assert {"lever_width64", "lever_fused_adamw", "lever_sync_every_step", "lever_token_budget", "levers_recommended"} <= set(
+        bench["tokens_per_s"]
+    )

@@ -180,13 +180,13 @@ class TrainSettings(Schema):
     log_every: Count = Field(10, description="optimizer steps between logged losses")
     # Throughput levers (README "GPU"; bench/gpu_bench.py measures each on its own).
     sdpa_backend: Literal["auto", "efficient", "flash", "math", "cudnn"] = Field(
-        "auto", description="torch SDPA backend for training; auto = torch's choice (cuDNN on H100/H200, plans per new shape)"
+        "auto", description="torch SDPA backend for training (math as its fallback); auto = torch's choice (cuDNN on H100/H200)"
     )
     pack_width_multiple: Annotated[StrictInt, Field(ge=1, le=4096)] = Field(
         1, description="packed rows padded to a multiple of this many tokens, so shapes repeat (1 = none)"
     )
     adamw: Literal["auto", "fused", "foreach", "for_loop"] = Field(
-        "auto", description="AdamW kernel: auto = fused on CUDA, foreach elsewhere and under DeepSpeed"
+        "auto", description="AdamW kernel: auto = fused (CUDA and CPU), foreach under DeepSpeed"
     )
     sync_every_step: StrictBool = Field(
         False, description="read the loss and check it is finite every step (a host sync) instead of at log/checkpoint steps"
