@@ -138,3 +138,24 @@ def test_tables_mark_the_significant_differences(tmp_path):
     assert "†" not in full[4] and full[5].endswith("†")  # ΔTA -2.5 (noise), ΔLA +100 (real)
     assert "†" not in lora[6] and lora[7].endswith("†")  # LoRA vs full: TA same, LA -95 (real)
     assert "†" in table and "paired bootstrap 95% interval" in table
+
+
+def test_tables_read_bits_per_byte_as_lower_is_better(tmp_path):
+    """An LA average over FLORES bits per byte: shown as bits per byte, the lowest marked best, a footnote."""
+    from test_analysis import OFF, write_run
+
+    from cft.analysis.sweep import analyze_sweep
+
+    for strategy, (before, after) in {"full": (1.6, 1.2), "lora": (1.6, 1.5)}.items():
+        m = {}
+        for phase, value in (("phase1", before), ("phase2", after)):
+            for key in (keys.score("la", "flores", phase=phase), keys.average("la", phase=phase)):
+                m[key], m[keys.lower_is_better(key)] = value, 1
+            m[keys.average_over("la", phase=phase)] = "flores"
+            m[keys.average_tasks("la", phase=phase)] = 1
+        write_run(tmp_path, f"alpaca-multialpaca/tiny/{strategy}", 0, m, sweep_id="bpb")
+    analyze_sweep("bpb", output_root=tmp_path, tracking=OFF)
+    summary = (tmp_path / "bpb" / "analysis" / "summary.md").read_text()
+    assert "| alpaca | multialpaca | tiny | full | 1 | — | — | **1.600** | **1.200** |" in summary  # the lower LA P2 is best
+    assert "| alpaca | multialpaca | tiny | lora | 1 | — | — | **1.600** | 1.500 |" in summary
+    assert "lower is better for la/flores, la_avg" in summary
