@@ -10,7 +10,8 @@ A suite (conf/eval/<suite>.yaml) lists tasks by `_target_`; an evaluation task i
 
 The modules: `scores` (TaskScores, the flat keys and averages), `suite` and `config` (suites),
 `benchmark` (benchmark files, cft/evaluation/benchmarks/<name>/), `taskfiles` (lm-eval task YAMLs),
-`harness` (running lm-eval), `lmeval` (LMEvalTask), `alpaca_eval`, `demo`, `metrics`, `summary`.
+`harness` (running lm-eval), `lmeval` (LMEvalTask), `alpaca_eval`, `demo`, `metrics`, `summary`,
+`uncertainty` (standard errors, items.json, paired bootstrap intervals).
 """
 
 from __future__ import annotations
