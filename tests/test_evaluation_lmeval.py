@@ -418,7 +418,9 @@ def test_hub_mode_uses_lm_eval_built_ins_where_they_work(tmp_path):
 
 
 def test_bad_input_is_rejected_at_construction(bench_dir, tmp_path):
-    with pytest.raises(ConfigError, match="Unknown benchmark 'xquadd': cft has flores, global_mmlu_lite, hellaswag, ifeval, mlqa, mmlu,"):
+    with pytest.raises(
+        ConfigError, match="Unknown benchmark 'xquadd': cft has flores, global_mmlu_lite, hellaswag, ifeval, mlqa, mmlu,"
+    ):
         LMEvalTask("xquadd")
     with pytest.raises(ConfigError, match=r"eval task xquad: languages \['xx'\] not available; xquad has ar, de"):
         LMEvalTask("xquad", languages=["de", "xx"])
