@@ -74,6 +74,9 @@ def test_demo_sweep_records_a_standard_error_beside_every_score(tiny_sweep):
         assert set(before) == set(after) and all(set(before[k]) == set(after[k]) for k in before)
         assert len(before["la/repeat/es"]) == 6
         assert metrics["phase1/eval/dtype"] == metrics["phase2/eval/dtype"] == "float32"
+        for name in keys.HEADLINE_AVERAGES:  # the change of each average with its paired interval
+            low, high = keys.interval(keys.delta(name))
+            assert metrics[low] <= metrics[keys.delta(name)] <= metrics[high]
     # The run's own summary prints ± and the paired interval of each change.
     assert "95% interval (paired)" in train.stdout and " ± " in train.stdout
 

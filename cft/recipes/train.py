@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from cft.data.sources import SFTData, load_config
 from cft.errors import CftError, ConfigError
 from cft.evaluation import evaluate
-from cft.evaluation.summary import print_summary
+from cft.evaluation.summary import phase_intervals, print_summary
 from cft.models import save_built_model
 from cft.models.handle import Checkpoint
 from cft.recipes.common import (
@@ -481,6 +481,11 @@ class TrainRecipe:
         for name in keys.HEADLINE_AVERAGES:
             if name in self.scores1 and name in scores2:
                 self.metrics[keys.delta(name)] = scores2[name] - self.scores1[name]
+        # The paired bootstrap interval of each change, over the items both phases scored (eval/<phase>/items.json).
+        for name, found in phase_intervals(self.metrics, self.run_dir.path).items():
+            if name in keys.HEADLINE_AVERAGES:
+                low, high = keys.interval(keys.delta(name))
+                self.metrics[low], self.metrics[high] = found.low, found.high
 
     def record(self) -> None:
         """metrics.json, the W&B summary and tables, then DONE (last)."""
