@@ -156,9 +156,11 @@ def test_tables_read_bits_per_byte_as_lower_is_better(tmp_path):
                 m[key], m[keys.lower_is_better(key)] = value, 1
             m[keys.average_over("la", phase=phase)] = "flores"
             m[keys.average_tasks("la", phase=phase)] = 1
+            m[keys.punkt(phase=phase)] = "fallback"  # IFEval scored with the fallback splitter: said under the tables
         write_run(tmp_path, f"alpaca-multialpaca/tiny/{strategy}", 0, m, sweep_id="bpb")
     analyze_sweep("bpb", output_root=tmp_path, tracking=OFF)
     summary = (tmp_path / "bpb" / "analysis" / "summary.md").read_text()
     assert "| alpaca | multialpaca | tiny | full | 1 | — | — | **1.600** | **1.200** |" in summary  # the lower LA P2 is best
     assert "| alpaca | multialpaca | tiny | lora | 1 | — | — | **1.600** | 1.500 |" in summary
     assert "lower is better for la/flores, la_avg" in summary
+    assert "minimal Punkt fallback" in summary
