@@ -1,13 +1,12 @@
 """Standard errors, their propagation, and paired bootstrap intervals of differences on the same
-items: by hand, and on a tiny demo sweep whose metrics.json, run summary and analysis tables show them."""
+items: by hand, and in the analysis tables of hand-made runs (the demo run of tests/test_spine.py
+checks them end to end: metrics.json, items.json, the run's summary and analyze.py's tables)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
-from helpers import SMALL, run_folders, run_script
 
 from cft.evaluation.uncertainty import bootstrap_stderr, mean_stderr, paired_interval, propagated, structure
 from cft.run import keys, layout
@@ -44,56 +43,6 @@ def test_paired_interval_marks_a_real_difference_and_not_noise():
     assert structure("la/x", _flat("x"), items) == ("mean", ["la/x/de", "la/x/fr"])
     assert structure("la/y", _flat("x"), items) is None  # no items: no interval
     assert paired_interval([((_flat(""), before), (_flat(""), {}))], "ta/a") is None
-
-
-@pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory):
-    """Two strategies on one Phase-1 model, then the analysis (about 25 s)."""
-    root = tmp_path_factory.mktemp("uncertainty")
-    small = [o for o in SMALL if not o.startswith("eval.tasks.demo.per_task_language=")]
-    args = [*small, "eval.tasks.demo.per_task_language=6", "sweep_id=unc", "tracking.mode=disabled"]
-    train = run_script("train.py", ["-m", *args, "strategy=full,lora"], root)
-    analysis = run_script("analyze.py", ["sweep_id=unc", "tracking.mode=disabled", "embedder=hashing"], root)
-    return root, train, analysis
-
-
-def test_demo_sweep_records_a_standard_error_beside_every_score(tiny_sweep):
-    root, train, _ = tiny_sweep
-    folders = run_folders(root / "unc")
-    assert len(folders) == 2
-    for folder in folders:
-        metrics = json.loads((folder / layout.METRICS).read_text())
-        scores = [k for k in metrics if (p := keys.parse(k)) and p.headline] + [
-            k for k in metrics if k.startswith(keys.PHASES) and k.rsplit("/", 1)[-1] in keys.HEADLINE_AVERAGES
-        ]
-        assert len(scores) >= 16
-        for key in scores:
-            assert isinstance(metrics[keys.stderr(key)], float), key
-        # Both phases' per-item scores are in the run folder, the same items on each side.
-        before, after = (json.loads(layout.eval_items(folder, p).read_text()) for p in keys.PHASES)
-        assert set(before) == set(after) and all(set(before[k]) == set(after[k]) for k in before)
-        assert len(before["la/repeat/es"]) == 6
-        assert metrics["phase1/eval/dtype"] == metrics["phase2/eval/dtype"] == "float32"
-        for name in keys.HEADLINE_AVERAGES:  # the change of each average with its paired interval
-            low, high = keys.interval(keys.delta(name))
-            assert metrics[low] <= metrics[keys.delta(name)] <= metrics[high]
-    # The run's own summary prints ± and the paired interval of each change.
-    assert "95% interval (paired)" in train.stdout and " ± " in train.stdout
-
-
-def test_analysis_tables_print_errors_and_paired_intervals(tiny_sweep):
-    root, _, analysis = tiny_sweep
-    out = root / "unc" / "analysis"
-    summary = (out / "summary.md").read_text()
-    assert " ± " in summary and "standard error over the evaluated items" in summary
-    strategies = (out / "strategies.md").read_text()
-    header = next(line for line in strategies.splitlines() if line.startswith("| Phase 1 data"))
-    assert header.endswith("| ΔTA | ΔLA | TA vs full | LA vs full |")
-    rows = list((out / "strategies.csv").read_text().splitlines())
-    assert rows[0].endswith(",se,ci_low,ci_high,significant")
-    # LoRA against full on the same Phase-1 model and items: an interval, significant or not.
-    versus = [r for r in rows if ",lora," in r and ",LA vs full," in r]
-    assert versus and versus[0].split(",")[-3] != ""
 
 
 def _cell_metrics(ta_items: dict, la_items: dict) -> dict:
