@@ -223,6 +223,7 @@ def test_ifeval_punkt_real_where_it_can_be_had_else_the_fallback_said(monkeypatc
     from cft.evaluation.summary import PUNKT_NOTE, summary_table
 
     calls = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online: a download is tried
     monkeypatch.setattr(hooks, "_DOWNLOAD_TRIED", False)
     monkeypatch.setattr(hooks, "_find_punkt", lambda: None)  # not installed
     monkeypatch.setattr(nltk, "download", lambda *a, **k: calls.append(a) or False)  # offline
@@ -230,6 +231,10 @@ def test_ifeval_punkt_real_where_it_can_be_had_else_the_fallback_said(monkeypatc
         assert hooks.ensure_punkt() == hooks.PUNKT_FALLBACK
     assert calls == [("punkt_tab",)] and "could not be downloaded" in caplog.text
     assert hooks.ensure_punkt() == hooks.PUNKT_FALLBACK and len(calls) == 1  # one try per process
+    monkeypatch.setattr(hooks, "_DOWNLOAD_TRIED", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # declared offline: no try at all
+    assert hooks.ensure_punkt() == hooks.PUNKT_FALLBACK and len(calls) == 1
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(hooks, "_find_punkt", lambda: "/nltk_data/tokenizers/punkt_tab/english")  # installed
     assert hooks.ensure_punkt() == hooks.PUNKT_REAL
     # Online: downloaded, then found.
