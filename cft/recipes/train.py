@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cft.data.sources import SFTData, load_config
 from cft.errors import CftError, ConfigError
-from cft.evaluation import evaluate
+from cft.evaluation import SCORING_PROTOCOL, evaluate
 from cft.evaluation.summary import phase_intervals, print_summary
 from cft.models import save_built_model
 from cft.models.handle import Checkpoint
@@ -173,7 +173,7 @@ def evaluate_cached(
 ) -> dict[str, Any]:
     """Evaluate a model artifact once per (model, eval settings); later runs reuse the scores (and
     get a copy of its per-item scores at `items_to`, for the paired bootstrap of Phase 2 - Phase 1)."""
-    spec = {"model": model.key, "eval": comparable({"eval": dict(eval_cfg)})["eval"]}
+    spec = {"model": model.key, "eval": comparable({"eval": dict(eval_cfg)})["eval"], "protocol": SCORING_PROTOCOL}
 
     def build_scores(tmp: Path) -> None:
         loaded, tokenizer = model.load()
