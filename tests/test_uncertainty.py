@@ -90,6 +90,9 @@ def test_tables_mark_the_significant_differences(tmp_path):
     assert "†" not in full[4] and full[5].endswith("†")  # ΔTA -2.5 (noise), ΔLA +100 (real)
     assert "†" not in lora[6] and lora[7].endswith("†")  # LoRA vs full: TA same, LA -95 (real)
     assert "†" in table and "paired bootstrap 95% interval" in table
+    # The per-benchmark table has each change, tested on the same items.
+    la = (tmp_path / "sig" / "analysis" / "la.md").read_text()
+    assert "| t P1 | t P2 | t Δ | Avg P1 | Avg P2 | Avg Δ |" in la and "100.0 ± 0.0†" in la
 
 
 def test_tables_read_bits_per_byte_as_lower_is_better(tmp_path):

@@ -279,7 +279,7 @@ def _table(
     groups = group_cells(runs, keys)
     if not columns or not groups:
         return None
-    cells = [[_stat(rs, fn) for _, fn in columns] for _, rs in groups]
+    cells = [[_with_interval(_stat(rs, fn), _change_of(rs, fn)) for _, fn in columns] for _, rs in groups]
     if all(c is None for row in cells for c in row):
         return None
     kwargs.setdefault("lower_better", _lower_better(runs, columns))
@@ -293,6 +293,23 @@ def _table(
         counts=[len(rs) for _, rs in groups],
         **kwargs,
     )
+
+
+def _change_of(runs: Sequence[Run], fn: Callable) -> Interval | None:
+    """The paired interval of a Phase 2 - Phase 1 column (`_change`), else None."""
+    name = getattr(fn, "change_of", None)
+    return phase_change_interval(runs, name) if name is not None else None
+
+
+def _change(name: str) -> Callable[[dict], float | None]:
+    """Phase 2 - Phase 1 of score `name` (no phase), tested on the same items in the tables."""
+    fn = _delta(f"phase2/{name}", f"phase1/{name}")
+    fn.change_of = name
+    return fn
+
+
+def _has_items(runs: Iterable[Run]) -> bool:
+    return any(_phase_flat(r, p) is not None for r in runs for p in keys.PHASES)
 
 
 def _get(key: str) -> Callable[[dict], float | None]:
@@ -436,9 +453,14 @@ PHASE_TABLE_TITLES = {
 
 def phase_table(runs: list[Run], ability: str) -> Table | None:
     tasks = task_names(runs, ability)
-    cols = [(f"{t} {paper.PHASE_SHORT[p]}", _get(keys.score(ability, t, phase=p))) for t in tasks for p in keys.PHASES]
+    changes = _has_items(runs)  # with per-item scores: each change, tested on the same items
+    cols = []
+    for t in tasks:
+        cols += [(f"{t} {paper.PHASE_SHORT[p]}", _get(keys.score(ability, t, phase=p))) for p in keys.PHASES]
+        cols += [(f"{t} Δ", _change(keys.score(ability, t)))] if changes else []
     if ability in paper.averages():
         cols += [(f"Avg {paper.PHASE_SHORT[p]}", _get(keys.average(ability, phase=p))) for p in keys.PHASES]
+        cols += [("Avg Δ", _change(keys.average(ability)))] if changes else []
     return _table(
         ability,
         PHASE_TABLE_TITLES[ability],
