@@ -225,6 +225,7 @@ def test_ifeval_punkt_real_where_it_can_be_had_else_the_fallback_said(monkeypatc
     calls = []
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online: a download is tried
     monkeypatch.setattr(hooks, "_DOWNLOAD_TRIED", False)
+    monkeypatch.setattr(hooks, "_FALLBACK_DIR", None)  # as in a fresh process (the warning comes with the first install)
     monkeypatch.setattr(hooks, "_find_punkt", lambda: None)  # not installed
     monkeypatch.setattr(nltk, "download", lambda *a, **k: calls.append(a) or False)  # offline
     with caplog.at_level("WARNING"):

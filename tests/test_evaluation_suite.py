@@ -69,7 +69,11 @@ def test_every_shipped_suite_passes_its_schema():
 @pytest.mark.parametrize(
     "tasks, averages, message",
     [
-        ({"x": {"_target_": LMEVAL, "benchmark": "xquadd"}}, None, "Unknown benchmark 'xquadd': cft has global_mmlu_lite,"),
+        (
+            {"x": {"_target_": LMEVAL, "benchmark": "xquadd"}},
+            None,
+            "Unknown benchmark 'xquadd': cft has flores, global_mmlu_lite,",
+        ),
         (
             {"x": {"_target_": LMEVAL, "benchmark": "xquad", "limitt": 3}},
             None,
