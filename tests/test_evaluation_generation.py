@@ -140,7 +140,7 @@ def test_generation_length_clipped_to_the_context(bench_dir, tmp_path, caplog):
     # AlpacaEval (cft's own generation) is clipped the same way.
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cft.evaluation.harness"):
-        AlpacaEvalTask(data_dir=bench_dir, limit=1, batch_size=1).run(model, tok, out_dir=tmp_path / "a")
+        AlpacaEvalTask(data_dir=bench_dir, limit=1, batch_size=1, save_outputs=True).run(model, tok, out_dir=tmp_path / "a")
     assert any(m.startswith("eval task alpaca_eval: a generation length of 1024 tokens") for m in caplog.messages)
 
 

@@ -201,7 +201,17 @@ def test_generative_task_in_process(tiny_model, bench_dir, tmp_path):
     assert set(flat) == {
         "la/xquad", "la/xquad/de", "la/xquad/zh", "la/xquad:em", "la/xquad/de:em", "la/xquad/zh:em",
         "la_avg", "la_avg_tasks", "la_avg_over",
-    }  # fmt: skip
+    } | {f"{k}_stderr" for k in ("la/xquad", "la/xquad/de", "la/xquad/zh", "la_avg")}  # fmt: skip
+    # lm-eval's standard error of each language's F1 (a mean over 3 questions), propagated to the mean of two.
+    from cft.evaluation.uncertainty import mean_stderr
+
+    for lang in ("de", "zh"):
+        f1s = [s["f1"] for s in read_samples(tmp_path / "samples" / f"cft_xquad_{lang}.jsonl")]
+        assert flat[f"la/xquad/{lang}_stderr"] == pytest.approx(mean_stderr(f1s))
+        assert sorted(scores.items[lang].values()) == pytest.approx(sorted(f1s))  # per-item scores from the samples
+    assert flat["la/xquad_stderr"] == pytest.approx(
+        (flat["la/xquad/de_stderr"] ** 2 + flat["la/xquad/zh_stderr"] ** 2) ** 0.5 / 2
+    )
     assert flat["la/xquad/zh:em"] == pytest.approx(ems["zh"]) and flat["la/xquad:em"] == pytest.approx(
         (ems["de"] + ems["zh"]) / 2
     )
@@ -418,7 +428,9 @@ def test_hub_mode_uses_lm_eval_built_ins_where_they_work(tmp_path):
 
 
 def test_bad_input_is_rejected_at_construction(bench_dir, tmp_path):
-    with pytest.raises(ConfigError, match="Unknown benchmark 'xquadd': cft has global_mmlu_lite, hellaswag, ifeval, mlqa, mmlu,"):
+    with pytest.raises(
+        ConfigError, match="Unknown benchmark 'xquadd': cft has flores, global_mmlu_lite, hellaswag, ifeval, mlqa, mmlu,"
+    ):
         LMEvalTask("xquadd")
     with pytest.raises(ConfigError, match=r"eval task xquad: languages \['xx'\] not available; xquad has ar, de"):
         LMEvalTask("xquad", languages=["de", "xx"])

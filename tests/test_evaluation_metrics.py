@@ -214,3 +214,38 @@ def test_ifeval_sentence_instructions_score_offline(tmp_path):
     out = subprocess.run([sys.executable, "-c", _IFEVAL_OFFLINE], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_ifeval_punkt_real_where_it_can_be_had_else_the_fallback_said(monkeypatch, caplog):
+    import nltk
+
+    from cft.evaluation.benchmarks import hooks
+    from cft.evaluation.summary import PUNKT_NOTE, summary_table
+
+    calls = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online: a download is tried
+    monkeypatch.setattr(hooks, "_DOWNLOAD_TRIED", False)
+    monkeypatch.setattr(hooks, "_FALLBACK_DIR", None)  # as in a fresh process (the warning comes with the first install)
+    monkeypatch.setattr(hooks, "_find_punkt", lambda: None)  # not installed
+    monkeypatch.setattr(nltk, "download", lambda *a, **k: calls.append(a) or False)  # offline
+    with caplog.at_level("WARNING"):
+        assert hooks.ensure_punkt() == hooks.PUNKT_FALLBACK
+    assert calls == [("punkt_tab",)] and "could not be downloaded" in caplog.text
+    assert hooks.ensure_punkt() == hooks.PUNKT_FALLBACK and len(calls) == 1  # one try per process
+    monkeypatch.setattr(hooks, "_DOWNLOAD_TRIED", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # declared offline: no try at all
+    assert hooks.ensure_punkt() == hooks.PUNKT_FALLBACK and len(calls) == 1
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(hooks, "_find_punkt", lambda: "/nltk_data/tokenizers/punkt_tab/english")  # installed
+    assert hooks.ensure_punkt() == hooks.PUNKT_REAL
+    # Online: downloaded, then found.
+    found = iter([None, "/downloaded/punkt_tab/english"])
+    monkeypatch.setattr(hooks, "_DOWNLOAD_TRIED", False)
+    monkeypatch.setattr(hooks, "_find_punkt", lambda: next(found))
+    monkeypatch.setattr(nltk, "download", lambda *a, **k: True)
+    assert hooks.ensure_punkt() == hooks.PUNKT_REAL
+    # The run says which one scored IFEval: metrics.json's key, and a footnote under its table.
+    flat = flatten([TaskScores("ifeval", "ta", 0.5, reports={"eval/punkt": "fallback"})])
+    assert flat["eval/punkt"] == "fallback"
+    metrics = {**{f"{p}/{k}": v for p in ("phase1", "phase2") for k, v in flat.items()}}
+    assert PUNKT_NOTE in summary_table(metrics)

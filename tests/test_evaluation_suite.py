@@ -69,7 +69,11 @@ def test_every_shipped_suite_passes_its_schema():
 @pytest.mark.parametrize(
     "tasks, averages, message",
     [
-        ({"x": {"_target_": LMEVAL, "benchmark": "xquadd"}}, None, "Unknown benchmark 'xquadd': cft has global_mmlu_lite,"),
+        (
+            {"x": {"_target_": LMEVAL, "benchmark": "xquadd"}},
+            None,
+            "Unknown benchmark 'xquadd': cft has flores, global_mmlu_lite,",
+        ),
         (
             {"x": {"_target_": LMEVAL, "benchmark": "xquad", "limitt": 3}},
             None,
@@ -314,3 +318,43 @@ def test_a_bad_benchmark_file_is_named(tmp_path):
     (folder / "benchmark.yaml").write_text(TOY_BENCHMARK.replace("toy_colours_${lang}", "toy_${language}"))
     with pytest.raises(ConfigError, match=r"benchmark.yaml: task: 'toy_\$\{language\}' names an unknown variable 'language'"):
         LMEvalTask(str(folder))
+
+
+class _DtypeProbe:
+    """A task that records the precision the model reached it in."""
+
+    ability = "ta"
+
+    def __init__(self, name: str = "probe"):
+        self.name = name
+
+    def run(self, model, tokenizer, *, out_dir):
+        import math
+
+        from cft.evaluation.scores import TaskScores
+
+        return [
+            TaskScores(
+                self.name,
+                "ta",
+                1.0 if next(model.parameters()).dtype.is_floating_point else math.nan,
+                reports={"probe/dtype": str(next(model.parameters()).dtype)},
+            )
+        ]
+
+
+def test_every_evaluation_runs_at_the_suite_dtype(tmp_path):
+    """Phase 1 loaded in fp32 and Phase 2 held in bf16 are both scored at eval.dtype (default fp32)."""
+    import torch
+
+    from cft.evaluation import Suite
+
+    for held in (torch.float32, torch.bfloat16):
+        model = torch.nn.Linear(2, 2).to(held)
+        flat = Suite({"probe": _DtypeProbe()}, dtype="fp32").evaluate(model, None, out_dir=tmp_path / str(held))
+        assert flat["probe/dtype"] == "torch.float32" and flat["eval/dtype"] == "float32"
+    flat = Suite({"probe": _DtypeProbe()}, dtype="bf16").evaluate(torch.nn.Linear(2, 2), None, out_dir=tmp_path / "bf16")
+    assert flat["eval/dtype"] == "bfloat16"
+    assert build_suite({"tasks": {"p": {"_target_": f"{__name__}._DtypeProbe"}}}).dtype == "fp32"  # the default
+    with pytest.raises(ConfigError, match="eval.dtype"):
+        build_suite({"dtype": "int8", "tasks": {"p": {"_target_": f"{__name__}._DtypeProbe"}}})

@@ -23,13 +23,15 @@ TOLERANCE = 0.025
 def readme_demo_table(text: str) -> dict[str, tuple[float, float, float]]:
     """{row: (phase 1, phase 2, change)} of the score table in the README's Quick start."""
     quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```\n(score +phase 1 +phase 2 +change\n.*?)```", quick, re.S)
+    block = re.search(r"```\n(score +phase 1 +phase 2 +change.*?\n.*?)```", quick, re.S)
     assert block, "the Quick start has no demo score table (a ``` block starting 'score  phase 1  phase 2  change')"
     rows = {}
+    # "<score>  <p1>[ ± <se>]  <p2>[ ± <se>]  <change>  [<interval>]": the standard errors and intervals are read apart.
+    row = re.compile(r"^(\S+) +(\d+\.\d+)(?: ± \d+\.\d+)? +(\d+\.\d+)(?: ± \d+\.\d+)? +([+-]\d+\.\d+)")
     for line in block.group(1).splitlines()[2:]:
-        parts = line.split()
-        if len(parts) == 4 and not line.startswith("Run folder"):
-            rows[parts[0]] = (float(parts[1]), float(parts[2]), float(parts[3]))
+        m = row.match(line)
+        if m:
+            rows[m.group(1)] = (float(m.group(2)), float(m.group(3)), float(m.group(4)))
     return rows
 
 

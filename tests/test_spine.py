@@ -67,6 +67,32 @@ def test_demo_run_records_everything(demo_run):
     assert "phase1_ref" in json.loads((folder / "run_meta.json").read_text())
     # One offline W&B run in the run folder.
     assert len(list((folder / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+    # Every score and average carries its standard error; both phases' per-item scores are in the run
+    # folder, on the same items; the change of each average has its paired interval; one precision.
+    scored = [k for k in metrics if (p := keys.parse(k)) and p.headline]
+    scored += [k for k in metrics if k.startswith(keys.PHASES) and k.rsplit("/", 1)[-1] in keys.HEADLINE_AVERAGES]
+    assert len(scored) >= 16 and all(isinstance(metrics.get(keys.stderr(k)), float) for k in scored)
+    before, after = (json.loads((folder / "eval" / p / "items.json").read_text()) for p in keys.PHASES)
+    assert set(before) == set(after) and all(set(before[k]) == set(after[k]) for k in before)
+    for name in keys.HEADLINE_AVERAGES:
+        low, high = keys.interval(keys.delta(name))
+        assert metrics[low] <= metrics[keys.delta(name)] <= metrics[high]
+    assert metrics["phase1/eval/dtype"] == metrics["phase2/eval/dtype"] == "float32"
+    assert "95% interval (paired)" in proc.stdout and " ± " in proc.stdout
+
+
+def test_analysis_of_the_demo_run_prints_errors_and_intervals(demo_run):
+    root, _ = demo_run
+    run_script("analyze.py", ["sweep_id=t1", "tracking.mode=disabled", "embedder=hashing"], root)
+    out = root / "t1" / "analysis"
+    assert (
+        " ± " in (out / "summary.md").read_text()
+        and "standard error over the evaluated items" in (out / "summary.md").read_text()
+    )
+    rows = (out / "strategies.csv").read_text().splitlines()
+    assert rows[0].endswith(",se,ci_low,ci_high,significant")
+    change = next(r for r in rows if ",full," in r and ",ΔLA," in r).split(",")
+    assert change[-3] != "" and change[-2] != ""  # the paired interval of Phase 2 - Phase 1
 
 
 def test_rerun_of_finished_cell_is_skipped(demo_run):

@@ -1,13 +1,12 @@
 """Standard errors, their propagation, and paired bootstrap intervals of differences on the same
-items: by hand, and on a tiny demo sweep whose metrics.json, run summary and analysis tables show them."""
+items: by hand, and in the analysis tables of hand-made runs (the demo run of tests/test_spine.py
+checks them end to end: metrics.json, items.json, the run's summary and analyze.py's tables)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
-from helpers import SMALL, run_folders, run_script
 
 from cft.evaluation.uncertainty import bootstrap_stderr, mean_stderr, paired_interval, propagated, structure
 from cft.run import keys, layout
@@ -44,53 +43,6 @@ def test_paired_interval_marks_a_real_difference_and_not_noise():
     assert structure("la/x", _flat("x"), items) == ("mean", ["la/x/de", "la/x/fr"])
     assert structure("la/y", _flat("x"), items) is None  # no items: no interval
     assert paired_interval([((_flat(""), before), (_flat(""), {}))], "ta/a") is None
-
-
-@pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory):
-    """Two strategies on one Phase-1 model, then the analysis (about 25 s)."""
-    root = tmp_path_factory.mktemp("uncertainty")
-    small = [o for o in SMALL if not o.startswith("eval.tasks.demo.per_task_language=")]
-    args = [*small, "eval.tasks.demo.per_task_language=6", "sweep_id=unc", "tracking.mode=disabled"]
-    train = run_script("train.py", ["-m", *args, "strategy=full,lora"], root)
-    analysis = run_script("analyze.py", ["sweep_id=unc", "tracking.mode=disabled", "embedder=hashing"], root)
-    return root, train, analysis
-
-
-def test_demo_sweep_records_a_standard_error_beside_every_score(tiny_sweep):
-    root, train, _ = tiny_sweep
-    folders = run_folders(root / "unc")
-    assert len(folders) == 2
-    for folder in folders:
-        metrics = json.loads((folder / layout.METRICS).read_text())
-        scores = [k for k in metrics if (p := keys.parse(k)) and p.headline] + [
-            k for k in metrics if k.startswith(keys.PHASES) and k.rsplit("/", 1)[-1] in keys.HEADLINE_AVERAGES
-        ]
-        assert len(scores) >= 16
-        for key in scores:
-            assert isinstance(metrics[keys.stderr(key)], float), key
-        # Both phases' per-item scores are in the run folder, the same items on each side.
-        before, after = (json.loads(layout.eval_items(folder, p).read_text()) for p in keys.PHASES)
-        assert set(before) == set(after) and all(set(before[k]) == set(after[k]) for k in before)
-        assert len(before["la/repeat/es"]) == 6
-        assert metrics["phase1/eval/dtype"] == metrics["phase2/eval/dtype"] == "float32"
-    # The run's own summary prints ± and the paired interval of each change.
-    assert "95% interval (paired)" in train.stdout and " ± " in train.stdout
-
-
-def test_analysis_tables_print_errors_and_paired_intervals(tiny_sweep):
-    root, _, analysis = tiny_sweep
-    out = root / "unc" / "analysis"
-    summary = (out / "summary.md").read_text()
-    assert " ± " in summary and "standard error over the evaluated items" in summary
-    strategies = (out / "strategies.md").read_text()
-    header = next(line for line in strategies.splitlines() if line.startswith("| Phase 1 data"))
-    assert header.endswith("| ΔTA | ΔLA | TA vs full | LA vs full |")
-    rows = list((out / "strategies.csv").read_text().splitlines())
-    assert rows[0].endswith(",se,ci_low,ci_high,significant")
-    # LoRA against full on the same Phase-1 model and items: an interval, significant or not.
-    versus = [r for r in rows if ",lora," in r and ",LA vs full," in r]
-    assert versus and versus[0].split(",")[-3] != ""
 
 
 def _cell_metrics(ta_items: dict, la_items: dict) -> dict:
@@ -138,3 +90,29 @@ def test_tables_mark_the_significant_differences(tmp_path):
     assert "†" not in full[4] and full[5].endswith("†")  # ΔTA -2.5 (noise), ΔLA +100 (real)
     assert "†" not in lora[6] and lora[7].endswith("†")  # LoRA vs full: TA same, LA -95 (real)
     assert "†" in table and "paired bootstrap 95% interval" in table
+    # The per-benchmark table has each change, tested on the same items.
+    la = (tmp_path / "sig" / "analysis" / "la.md").read_text()
+    assert "| t P1 | t P2 | t Δ | Avg P1 | Avg P2 | Avg Δ |" in la and "100.0 ± 0.0†" in la
+
+
+def test_tables_read_bits_per_byte_as_lower_is_better(tmp_path):
+    """An LA average over FLORES bits per byte: shown as bits per byte, the lowest marked best, a footnote."""
+    from test_analysis import OFF, write_run
+
+    from cft.analysis.sweep import analyze_sweep
+
+    for strategy, (before, after) in {"full": (1.6, 1.2), "lora": (1.6, 1.5)}.items():
+        m = {}
+        for phase, value in (("phase1", before), ("phase2", after)):
+            for key in (keys.score("la", "flores", phase=phase), keys.average("la", phase=phase)):
+                m[key], m[keys.lower_is_better(key)] = value, 1
+            m[keys.average_over("la", phase=phase)] = "flores"
+            m[keys.average_tasks("la", phase=phase)] = 1
+            m[keys.punkt(phase=phase)] = "fallback"  # IFEval scored with the fallback splitter: said under the tables
+        write_run(tmp_path, f"alpaca-multialpaca/tiny/{strategy}", 0, m, sweep_id="bpb")
+    analyze_sweep("bpb", output_root=tmp_path, tracking=OFF)
+    summary = (tmp_path / "bpb" / "analysis" / "summary.md").read_text()
+    assert "| alpaca | multialpaca | tiny | full | 1 | — | — | **1.600** | **1.200** |" in summary  # the lower LA P2 is best
+    assert "| alpaca | multialpaca | tiny | lora | 1 | — | — | **1.600** | 1.500 |" in summary
+    assert "lower is better for la/flores, la_avg" in summary
+    assert "minimal Punkt fallback" in summary

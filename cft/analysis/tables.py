@@ -98,17 +98,20 @@ class Table:
     count_label: str = "Seeds"
     footnotes: list[str] = field(default_factory=list)  # printed under the table (what an average covers, ...)
     reference_rows: set[int] = field(default_factory=set)  # rows shown for comparison, never marked best
+    lower_better: set[int] = field(default_factory=set)  # columns where lower is better (FLORES bits per byte)
 
-    def fmt(self, s: Stat | None) -> str:
+    def fmt(self, s: Stat | None, column: int | None = None) -> str:
         if s is None:
             return MISSING
-        text = f"{s.mean * self.scale:.{self.digits}f}"
+        # Bits per byte (lower-is-better columns) are shown as they are, not as a percentage.
+        scale, digits = (1.0, 3) if column in self.lower_better and self.scale == 100.0 else (self.scale, self.digits)
+        text = f"{s.mean * scale:.{digits}f}"
         if s.se is not None:  # ± the item error; the seed spread apart
-            text += f" ± {s.se * self.scale:.{self.digits}f}"
+            text += f" ± {s.se * scale:.{digits}f}"
             if s.std is not None:
-                text += f" (sd {s.std * self.scale:.{self.digits}f})"
+                text += f" (sd {s.std * scale:.{digits}f})"
         elif s.std is not None:
-            text += f" ± {s.std * self.scale:.{self.digits}f}"
+            text += f" ± {s.std * scale:.{digits}f}"
         if s.interval is not None and s.interval.significant:
             text += SIGNIFICANT
         return text
@@ -120,13 +123,14 @@ class Table:
             return marks
         for j in range(len(self.columns)):
             shown = {
-                i: round(row[j].mean * self.scale, self.digits)
+                i: round(row[j].mean * self.scale, self.digits + (2 if j in self.lower_better else 0))
                 for i, row in enumerate(self.cells)
                 if row[j] is not None and i not in self.reference_rows
             }
             if len(shown) < 2:
                 continue
-            target = max(shown.values()) if self.higher_is_better else min(shown.values())
+            higher = self.higher_is_better and j not in self.lower_better
+            target = max(shown.values()) if higher else min(shown.values())
             for i, v in shown.items():
                 marks[i][j] = v == target
         return marks
@@ -139,7 +143,7 @@ class Table:
         out = []
         for i, idx in enumerate(self.index):
             row = [idx.get(k, "") for k in self.index_cols] + ([str(self.counts[i])] if self.counts else [])
-            row += [bold(self.fmt(s)) if marks[i][j] else self.fmt(s) for j, s in enumerate(self.cells[i])]
+            row += [bold(self.fmt(s, j)) if marks[i][j] else self.fmt(s, j) for j, s in enumerate(self.cells[i])]
             out.append(row)
         return out
 
@@ -275,9 +279,10 @@ def _table(
     groups = group_cells(runs, keys)
     if not columns or not groups:
         return None
-    cells = [[_stat(rs, fn) for _, fn in columns] for _, rs in groups]
+    cells = [[_with_interval(_stat(rs, fn), _change_of(rs, fn)) for _, fn in columns] for _, rs in groups]
     if all(c is None for row in cells for c in row):
         return None
+    kwargs.setdefault("lower_better", _lower_better(runs, columns))
     return Table(
         name=name,
         title=title,
@@ -290,10 +295,55 @@ def _table(
     )
 
 
+def _change_of(runs: Sequence[Run], fn: Callable) -> Interval | None:
+    """The paired interval of a Phase 2 - Phase 1 column (`_change`), else None."""
+    name = getattr(fn, "change_of", None)
+    return phase_change_interval(runs, name) if name is not None else None
+
+
+def _change(name: str) -> Callable[[dict], float | None]:
+    """Phase 2 - Phase 1 of score `name` (no phase), tested on the same items in the tables."""
+    fn = _delta(f"phase2/{name}", f"phase1/{name}")
+    fn.change_of = name
+    return fn
+
+
+def _has_items(runs: Iterable[Run]) -> bool:
+    return any(_phase_flat(r, p) is not None for r in runs for p in keys.PHASES)
+
+
 def _get(key: str) -> Callable[[dict], float | None]:
     fn = lambda m: m.get(key)  # noqa: E731 - a lambda with the key it reads, for its standard error
     fn.key = key
     return fn
+
+
+def _lower_better(runs: Sequence[Run], columns: Sequence[tuple[str, Callable]]) -> set[int]:
+    """Columns reading a score that the runs mark lower-is-better (keys.lower_is_better), deltas of one included."""
+    out = set()
+    for j, (_, fn) in enumerate(columns):
+        key = getattr(fn, "key", None) or getattr(fn, "direction_key", None)
+        if key is not None and any(keys.lower_is_better(key) in r.metrics for r in runs):
+            out.add(j)
+    return out
+
+
+def lower_better_footnotes(runs: Iterable[Run]) -> list[str]:
+    """Which scores are lower-is-better (FLORES bits per byte and an average over it): never read them as the paper's LA."""
+    names = sorted(
+        {
+            k.split(f"{keys.LOWER_IS_BETTER}/", 1)[1]
+            for r in runs
+            for k in r.metrics
+            if f"{keys.LOWER_IS_BETTER}/" in k and k.startswith(keys.PHASES)
+        }
+    )
+    if not names:
+        return []
+    return [
+        f"lower is better for {', '.join(names)} (bits per byte: FLORES-200, conf/eval/small.yaml); "
+        "a negative change there is a gain. This LA is not the paper's (MLQA, XQuAD, XL-Sum)."
+    ]
 
 
 def _stat(runs: Sequence[Run], fn: Callable[[dict], float | None]) -> Stat | None:
@@ -310,6 +360,7 @@ def _delta(after: str, before: str) -> Callable[[dict], float | None]:
         a, b = m.get(after), m.get(before)
         return a - b if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
 
+    fn.direction_key = after  # a change of a lower-is-better score is better when lower
     return fn
 
 
@@ -402,9 +453,14 @@ PHASE_TABLE_TITLES = {
 
 def phase_table(runs: list[Run], ability: str) -> Table | None:
     tasks = task_names(runs, ability)
-    cols = [(f"{t} {paper.PHASE_SHORT[p]}", _get(keys.score(ability, t, phase=p))) for t in tasks for p in keys.PHASES]
+    changes = _has_items(runs)  # with per-item scores: each change, tested on the same items
+    cols = []
+    for t in tasks:
+        cols += [(f"{t} {paper.PHASE_SHORT[p]}", _get(keys.score(ability, t, phase=p))) for p in keys.PHASES]
+        cols += [(f"{t} Δ", _change(keys.score(ability, t)))] if changes else []
     if ability in paper.averages():
         cols += [(f"Avg {paper.PHASE_SHORT[p]}", _get(keys.average(ability, phase=p))) for p in keys.PHASES]
+        cols += [("Avg Δ", _change(keys.average(ability)))] if changes else []
     return _table(
         ability,
         PHASE_TABLE_TITLES[ability],
@@ -497,6 +553,8 @@ def strategy_table(runs: list[Run]) -> Table | None:
         cells=cells,
         counts=counts,
         reference_rows=reference,
+        lower_better=_lower_better(runs, after)
+        | {len(after) + i for i, key in enumerate(versus.values()) if _lower_better(runs, [("", _get(f"phase2/{key}"))])},
         footnotes=average_footnotes(runs, ("ta", "la")) + uncertainty_footnotes(runs),
     )
 
@@ -553,9 +611,10 @@ UNCERTAINTY_NOTE = (
 
 
 def uncertainty_footnotes(runs: Iterable[Run]) -> list[str]:
-    """How to read ± and †, where runs record standard errors; the IFEval Punkt fallback, where used."""
+    """How to read ± and †, where runs record standard errors; lower-is-better scores; the IFEval Punkt
+    fallback, where used."""
     runs = list(runs)
-    notes = []
+    notes = lower_better_footnotes(runs)
     if any(keys.parse_stderr(k) for r in runs for k in r.metrics):
         notes.append(UNCERTAINTY_NOTE)
     if any(r.metrics.get(keys.punkt(phase=p)) == "fallback" for r in runs for p in keys.PHASES):

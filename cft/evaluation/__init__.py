@@ -10,7 +10,8 @@ A suite (conf/eval/<suite>.yaml) lists tasks by `_target_`; an evaluation task i
 
 The modules: `scores` (TaskScores, the flat keys and averages), `suite` and `config` (suites),
 `benchmark` (benchmark files, cft/evaluation/benchmarks/<name>/), `taskfiles` (lm-eval task YAMLs),
-`harness` (running lm-eval), `lmeval` (LMEvalTask), `alpaca_eval`, `demo`, `metrics`, `summary`.
+`harness` (running lm-eval), `lmeval` (LMEvalTask), `alpaca_eval`, `demo`, `metrics`, `summary`,
+`uncertainty` (standard errors, items.json, paired bootstrap intervals).
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from cft.evaluation.suite import Suite, build_suite
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalTask", "Suite", "TaskScores", "build_suite", "evaluate", "flatten"]
+__all__ = ["SCORING_PROTOCOL", "EvalTask", "Suite", "TaskScores", "build_suite", "evaluate", "flatten"]
+
+# Part of every cached evaluation's key: bumped when the same settings score differently, so a cached
+# Phase-1 evaluation made under an older protocol is not reused. 2: standard errors and per-item
+# scores recorded; QA F1/EM as the official scripts; the suite's eval.dtype.
+SCORING_PROTOCOL = 2
 
 
 class EvalTask(Protocol):

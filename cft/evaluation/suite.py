@@ -61,7 +61,7 @@ class Suite(Mapping):
         scores go to `out_dir/items.json` (cft.run.layout.EVAL_ITEMS)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        if self.dtype != "auto":
+        if self.dtype != "auto" and hasattr(model, "to"):
             # One precision for every evaluation of a cell: Phase 1 is loaded in fp32, Phase 2 may be
             # held in bf16 (ZeRO-3); both are scored at the suite's dtype (a cast of a saved model).
             from cft.models import resolve_dtype
@@ -84,7 +84,9 @@ class Suite(Mapping):
             results.append(TaskScores(name, ability, math.nan, not_computed=reason))
         write_items(out_dir / layout.EVAL_ITEMS, items(results))
         flat = flatten(results, self.averages)
-        flat[keys.eval_dtype()] = str(next(model.parameters()).dtype).removeprefix("torch.")
+        first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        if first is not None:
+            flat[keys.eval_dtype()] = str(first.dtype).removeprefix("torch.")
         return flat
 
 

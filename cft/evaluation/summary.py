@@ -128,7 +128,9 @@ def summary_table(metrics: Mapping[str, Any], run_dir: str | Path | None = None)
     for name in _names(metrics, phases):
         p1, p2 = metrics.get(f"phase1/{name}"), metrics.get(f"phase2/{name}")
         delta = f"{p2 - p1:+.3f}" if _is_number(p1) and _is_number(p2) else "-"
-        row = [name, _cell(metrics, "phase1", name), _cell(metrics, "phase2", name), delta]
+        lower = any(keys.lower_is_better(f"{p}/{name}") in metrics for p in phases)
+        label = f"{name} (lower is better)" if lower else name
+        row = [label, _cell(metrics, "phase1", name), _cell(metrics, "phase2", name), delta]
         if intervals:
             i = intervals.get(name)
             row.append(f"[{i.low:+.3f}, {i.high:+.3f}]{' *' if i.significant else ''}" if i else "-")
@@ -148,7 +150,10 @@ def evaluation_table(scores: Mapping[str, Any], suite: str) -> str:
     """One evaluation's headline scores (evaluate.py), the averages first, and the footnotes."""
     from tabulate import tabulate
 
-    rows = [[name, _cell(scores, None, name)] for name in _names(scores, [None])]
+    rows = [
+        [f"{name} (lower is better)" if keys.lower_is_better(name) in scores else name, _cell(scores, None, name)]
+        for name in _names(scores, [None])
+    ]
     table = tabulate(rows, headers=["score", suite], disable_numparse=True, colalign=("left", "right"))
     return table + _footer(scores, [None])
 

@@ -30,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from cft.data.sources import SFTData, load_config
 from cft.errors import CftError, ConfigError
-from cft.evaluation import evaluate
-from cft.evaluation.summary import print_summary
+from cft.evaluation import SCORING_PROTOCOL, evaluate
+from cft.evaluation.summary import phase_intervals, print_summary
 from cft.models import save_built_model
 from cft.models.handle import Checkpoint
 from cft.recipes.common import (
@@ -161,9 +161,9 @@ def finetune_base(
 def evaluate_cached(
     model: Checkpoint, eval_cfg: Mapping[str, Any], tasks: Mapping[str, Any], cache: Cache, items_to: Path | None = None
 ) -> dict[str, Any]:
-    """Evaluate a model artifact once per (model, its exact weights, eval settings); later runs reuse the scores
-    (and get a copy of its per-item scores at `items_to`, for the paired bootstrap of Phase 2 - Phase 1)."""
-    spec = {"model": model.key, "eval": comparable({"eval": dict(eval_cfg)})["eval"]}
+    """Evaluate a model artifact once per (model, its exact weights, eval settings, scoring protocol); later runs
+    reuse the scores (and get a copy of its per-item scores at `items_to`, for the paired bootstrap of Phase 2 - Phase 1)."""
+    spec = {"model": model.key, "eval": comparable({"eval": dict(eval_cfg)})["eval"], "protocol": SCORING_PROTOCOL}
     digest = manifest_digest(model.ref)
     if digest:  # the exact weights scored: a rebuilt model (bytes differ, e.g. on a GPU) gets a new evaluation
         spec["weights"] = digest
@@ -513,6 +513,11 @@ class TrainRecipe:
         for name in keys.HEADLINE_AVERAGES:
             if name in self.scores1 and name in scores2:
                 self.metrics[keys.delta(name)] = scores2[name] - self.scores1[name]
+        # The paired bootstrap interval of each change, over the items both phases scored (eval/<phase>/items.json).
+        for name, found in phase_intervals(self.metrics, self.run_dir.path).items():
+            if name in keys.HEADLINE_AVERAGES:
+                low, high = keys.interval(keys.delta(name))
+                self.metrics[low], self.metrics[high] = found.low, found.high
 
     def record(self) -> None:
         """metrics.json, the W&B summary and tables, then DONE (last)."""

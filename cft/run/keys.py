@@ -18,6 +18,7 @@ metrics.json, the W&B summary, the analysis tables and the dashboard all speak t
     <phase>/eval/dtype                         the precision the evaluation ran at (eval.dtype)
     <phase>/lower_is_better/<score key>        1 where a lower score is better (FLORES bits per byte; its la_avg)
     delta/<ability>_avg                        Phase 2 minus Phase 1
+    delta/<...>_ci_low, delta/<...>_ci_high    its paired bootstrap 95% interval over the same items
     des, mpd, mpd/<...>                        dataset similarity and model distance (the paper's Definitions 1, 2)
     strategy/<...>, data/<...>, train/<phase>/<...>, eval/<phase>/<...>   what the strategy, data and loop did
     <phase>/loss, <phase>/lr, <phase>/epoch, <phase>/step, ...           training curves (W&B history, not metrics.json)
@@ -131,6 +132,14 @@ def delta(name: str) -> str:
     return f"delta/{name}"
 
 
+CI_SUFFIXES = ("_ci_low", "_ci_high")
+
+
+def interval(key: str) -> tuple[str, str]:
+    """The keys of the low and high ends of a difference's 95% interval: interval("delta/ta_avg")."""
+    return key + CI_SUFFIXES[0], key + CI_SUFFIXES[1]
+
+
 def phased(phase: str, flat: Mapping[str, Any]) -> dict[str, Any]:
     """Keys of an evaluation (no phase) as the keys of one phase of a training run."""
     if phase not in PHASES:
@@ -219,7 +228,7 @@ def parse(key: str) -> ScoreKey | None:
 def is_score(key: str) -> bool:
     """Scores compare across cells (phase scores, averages, deltas, DES, MPD); reports and statistics
     (standard errors included) do not."""
-    return key.startswith(SCORE_PREFIXES) and not key.endswith(STDERR_SUFFIX)
+    return key.startswith(SCORE_PREFIXES) and not key.endswith((STDERR_SUFFIX, *CI_SUFFIXES))
 
 
 def tasks(keys: Iterable[str], ability: str) -> list[str]:

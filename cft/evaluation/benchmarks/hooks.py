@@ -10,7 +10,7 @@ IFEval and NLTK's Punkt: lm-eval's IFEval module calls `nltk.download("punkt_tab
 imported and needs the Punkt English model for two instructions (number of sentences; capital-word
 frequency through `nltk.word_tokenize`). `ensure_punkt()` runs before that import and uses NLTK's real
 Punkt wherever it can be had: already installed (e.g. in `$NLTK_DATA`), or downloaded now when the
-machine is online. Only where neither works (no PyPI package ships the model; offline machines) it
+machine is online (not tried under HF_HUB_OFFLINE=1). Only where neither works (no PyPI package ships the model; offline machines) it
 writes a minimal Punkt model (the algorithm unchanged, no trained collocations or sentence starters,
 a short list of common English abbreviations) into a private temporary folder and appends that
 folder to `nltk.data.path`; NLTK then splits sentences at . ! ? followed by a space, except after the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import shutil
 import tempfile
 from functools import partial
@@ -75,7 +76,9 @@ def ensure_punkt() -> str:
 
     if _find_punkt() is not None:
         return PUNKT_REAL
-    if not _DOWNLOAD_TRIED:
+    # HF_HUB_OFFLINE=1 (how cft's tests and offline CI say "no network"): no try, which could wait on a
+    # network that drops connections instead of refusing them.
+    if not _DOWNLOAD_TRIED and os.environ.get("HF_HUB_OFFLINE") != "1":
         _DOWNLOAD_TRIED = True  # once per process: offline, each try costs a failed connection
         try:
             if nltk.download("punkt_tab", quiet=True, raise_on_error=False) and _find_punkt() is not None:
