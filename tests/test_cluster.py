@@ -111,3 +111,70 @@ def test_two_rank_sweep_stays_together_on_an_empty_cache(tmp_path):
     gr = json.loads((next(f for f in folders if f.parts[-3] == "gr5") / "metrics.json").read_text())
     assert any(k.startswith("strategy/") for k in gr), sorted(gr)
     print(f"2-rank 3-cell sweep on an empty cache: {wall:.1f} s")
+
+
+# ---------------------------------------------------------------- launch rule and memory estimate
+
+
+def _check(args: list[str], tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
+    full = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path / "outputs"), **env}
+    full.pop("CFT_SWEEP_ID", None)
+    for key in ("WORLD_SIZE", "CFT_GPUS", "CFT_GPU_MEMORY_GB"):
+        if key not in env:
+            full.pop(key, None)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args, "check=true"],
+        cwd=tmp_path,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_design_card_command_as_one_process_names_the_problem_and_the_command(tmp_path):
+    """One process, no GPU (this machine) and one process on a node of 8 GPUs (injected): both stop at
+    compose time, before any folder, naming the torchrun command to run instead; on 8 ranks of 80 GB it
+    composes, and on 2 ranks of 24 GB the full fine-tune names the settings to change."""
+    design = ["-m", "model=mistral,llama", "strategy=gr5,gr10,lf_h2,lora,er10"]
+    here = _check(design, tmp_path, {"CFT_GPUS": "0"})
+    assert here.returncode == 2, here.stdout + here.stderr
+    assert "as one process needs about" in here.stderr and "this machine has no GPU" in here.stderr
+    command = "torchrun --nproc_per_node 8 train.py -m model=mistral,llama strategy=gr5,gr10,lf_h2,lora,er10"
+    assert command in here.stderr, here.stderr
+    assert "strategy=lora" in here.stderr  # even LoRA's frozen 7B base does not fit this machine's memory
+    assert not (tmp_path / "outputs").exists()
+    node = _check(design, tmp_path, {"CFT_GPUS": "8"})
+    assert node.returncode == 2 and "one process on a machine with 8 GPU(s) of 80 GB" in node.stderr, node.stderr
+    assert command in node.stderr
+    ok = _check(design, tmp_path, {"CFT_GPUS": "8", "WORLD_SIZE": "8"})
+    assert ok.returncode == 0 and "config OK: 10 cell(s)" in ok.stdout, ok.stderr
+    small = _check(["model=mistral", "strategy=full"], tmp_path, {"CFT_GPUS": "2", "WORLD_SIZE": "2", "CFT_GPU_MEMORY_GB": "24"})
+    assert small.returncode == 2, small.stdout
+    assert "more than 24 GB per GPU; set train.gradient_checkpointing=true or train.micro_batch_size=2" in small.stderr
+
+
+def test_memory_estimate_follows_zero_accounting():
+    from cft.training import memory
+
+    mistral = memory.Shape(hidden=4096, layers=32, intermediate=14336, vocab=32000, heads=32, kv_heads=8)
+    llama = memory.Shape(hidden=4096, layers=32, intermediate=14336, vocab=128256, heads=32, kv_heads=8)
+    assert abs(mistral.params - 7.24e9) < 0.01e9 and abs(llama.params - 8.03e9) < 0.01e9  # the hub's counts
+    ddp = memory.estimate(mistral, micro_batch=1, seq_len=1)
+    assert abs((ddp.weights + ddp.gradients + ddp.optimizer) / mistral.params - 16) < 1e-9  # fp32 + AdamW
+    z3 = memory.estimate(mistral, zero_stage=3, world=8, micro_batch=1, seq_len=1)
+    assert abs((z3.weights + z3.gradients + z3.optimizer) * 8 / mistral.params - 16) < 1e-9
+    z2 = memory.estimate(mistral, zero_stage=2, world=8, micro_batch=1, seq_len=1)
+    assert z2.weights == 2 * mistral.params and z2.gradients == z3.gradients
+    full = memory.estimate(mistral, zero_stage=3, world=8, micro_batch=4, seq_len=1024)
+    ckpt = memory.estimate(mistral, zero_stage=3, world=8, micro_batch=4, seq_len=1024, gradient_checkpointing=True)
+    assert ckpt.activations < full.activations / 5
+    # ZeRO-2 where it fits (80 GB at micro-batch 4 x 1024 with checkpointing), ZeRO-3 on 40 GB cards
+    kwargs = dict(micro_batch=4, seq_len=1024, gradient_checkpointing=True)
+    assert memory.stage_that_fits(mistral, world=8, capacity_gb=80, **kwargs) == 2
+    assert memory.stage_that_fits(llama, world=8, capacity_gb=40, **kwargs) == 3
+    deepspeed = {"zero_optimization": {"stage": "auto", "stage3_param_persistence_threshold": "auto"}}
+    assert memory.with_stage(deepspeed, 2) == {"zero_optimization": {"stage": 2}}
+    from cft.strategies.lora import LoRA
+
+    assert 0.001 < LoRA(r=8).trainable_share(mistral) < 0.01

@@ -53,6 +53,10 @@ def problems_of(kind: str, config: DictConfig) -> tuple[list[str], dict[str, Any
     problems = CHECKERS[kind](values)
     if kind == "train" and not problems:
         problems += _cell_problems(config, values)
+    if kind == "train" and not problems:  # the cell must fit where it is launched (cft.config.launch)
+        from cft.config import launch
+
+        problems += launch.problems(values)
     if not problems:
         problems += _write_problems(kind, config, values)
     return problems, values

@@ -97,6 +97,9 @@ class ModelConfig(Schema):
     lf_k: Count | None = Field(None, description="layers that lf_h1/lf_h2 freeze on this model by default")
     pretrain: Pretrain | None = Field(None, description="phase-0 pre-training of a built base (the demo's)")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="dtype of evaluation (training: train.precision)")
+    shape: dict[str, int] | None = Field(
+        None, description="the checkpoint's config numbers (hidden_size, ...): the launch memory check before download"
+    )
 
     @model_validator(mode="after")
     def _source(self):
@@ -188,6 +191,12 @@ class TrainSettings(Schema):
     attn_implementation: str | None = Field(None, description="attention kernel (sdpa, eager, flash_attention_2); null = default")
     checkpoint_every: NonNegative = Field(0, description="optimizer steps between resumable checkpoints (0 = none)")
     keep_checkpoints: Count = Field(1, description="resumable checkpoints kept")
+    checkpoint_every_minutes: Annotated[float, Field(ge=0)] = Field(
+        0, description="minutes of training between resumable checkpoints (0 = none; with checkpoint_every, whichever first)"
+    )
+    gradient_checkpointing: StrictBool = Field(
+        False, description="recompute each layer's activations in the backward pass: far less memory, about 30% slower"
+    )
     log_every: Count = Field(10, description="optimizer steps between logged losses")
 
 

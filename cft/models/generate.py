@@ -1,7 +1,9 @@
 """Batched greedy (or sampled) generation for generative replay and generative evaluations.
 
 Prompts are sorted by length so that each batch pads little, generated with the KV cache, and
-returned in the caller's order. Decoding stops at EOS or after `max_new_tokens`.
+returned in the caller's order. Decoding stops at EOS or after `max_new_tokens`. With `sharded=True`
+and several ranks, the batches are dealt out to the ranks (each batch exactly as one rank would make
+it, so the outputs are those of one rank) and every rank gets all outputs back.
 """
 
 from __future__ import annotations
@@ -25,8 +27,13 @@ def generate(
     top_p: float = 1.0,
     desc: str = "generate",
     progress: bool = True,
+    sharded: bool = False,
 ) -> list[str]:
-    """Generate one completion per prompt (prompt text already formatted for the model)."""
+    """Generate one completion per prompt (prompt text already formatted for the model); `sharded`: every
+    rank calls this with the same prompts and generates its share of the batches (see the module docstring)."""
+    from cft.training import distributed
+
+    rank, world = (distributed.rank(), distributed.world_size()) if sharded else (0, 1)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -35,8 +42,10 @@ def generate(
     outputs: list[str | None] = [None] * len(prompts)
     pad_id = tokenizer.pad_token_id
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
+    for number, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start : start + batch_size]
+        if number % world != rank:
+            continue
         width = max(len(encoded[i]) for i in idx)
         # Left padding keeps every prompt's last token at the same position for decoding.
         input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
@@ -59,4 +68,8 @@ def generate(
         bar.update(len(idx))
     bar.close()
     model.train(was_training)
+    if world > 1:
+        for part in distributed.all_gather({i: o for i, o in enumerate(outputs) if o is not None}):
+            for i, o in part.items():
+                outputs[i] = o
     return outputs  # type: ignore[return-value]

@@ -48,7 +48,7 @@ from cft.run.folder import RunDir, comparable
 from cft.run.tracking import Tracker
 from cft.strategies.base import StrategyContext
 from cft.training import distributed, threads
-from cft.training.loop import fit, zero3_init, zero_stage
+from cft.training.loop import fit, weights_dtype, zero3_init, zero_stage
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def finetune_base(
 
     def build_model(tmp: Path) -> None:  # runs on every rank; rank 0 alone writes
         with zero3_init(settings):
-            model, tokenizer = base.load(fresh=True)
+            model, tokenizer = base.load(fresh=True, dtype=weights_dtype(settings))
         model, stats, tok_stats = fit(
             model,
             tokenizer,
@@ -171,12 +171,15 @@ def finetune_base(
     return Checkpoint(str(path / "model"), key=key, what=f"{kind} model", cache=cache), stats
 
 
-def evaluate_cached(model: Checkpoint, eval_cfg: Mapping[str, Any], tasks: Mapping[str, Any], cache: Cache) -> dict[str, Any]:
-    """Evaluate a model artifact once per (model, eval settings); later runs reuse the scores."""
+def evaluate_cached(
+    model: Checkpoint, eval_cfg: Mapping[str, Any], tasks: Mapping[str, Any], cache: Cache, *, dtype: str = "fp32"
+) -> dict[str, Any]:
+    """Evaluate a model artifact once per (model, eval settings); later runs reuse the scores. `dtype`:
+    model.dtype (auto: bf16 on GPUs that have it)."""
     spec = {"model": model.key, "eval": comparable({"eval": dict(eval_cfg)})["eval"]}
 
     def build_scores(tmp: Path) -> None:
-        loaded, tokenizer = model.load()
+        loaded, tokenizer = model.load(dtype=dtype)
         scores = evaluate(loaded.to(device()), tokenizer, tasks, limit=eval_cfg.get("limit"), out_dir=tmp / "samples")
         (tmp / layout.METRICS).write_text(json.dumps(scores, indent=2, sort_keys=True))
 
@@ -314,7 +317,9 @@ class TrainRecipe:
         self.strategy = build(cfg.strategy)
         self.use_instruct = bool(cfg.phase1_data.get("use_instruct_checkpoint", False))
         # k <= layers and the like, before phase 0 or Phase 1 trains
-        self.strategy.validate(model_shape(self.model_cfg, use_instruct=self.use_instruct))
+        shape = model_shape(self.model_cfg, use_instruct=self.use_instruct)
+        self.strategy.validate(shape)
+        self.shape = shape
         self.data1 = None if self.use_instruct else load_data(cfg.phase1_data, "phase1_data")
         self.data2 = load_data(cfg.phase2_data, "phase2_data")
         counterpart_cfg = plain(cfg.phase2_data.get("counterpart"))
@@ -393,7 +398,7 @@ class TrainRecipe:
                 base_spec=self._base_spec,
                 data_spec=plain(cfg.phase1_data),
                 data=self.data1,
-                train=phase_train_config(cfg.train, "phase1"),
+                train=self._train("phase1"),
                 seed=self.seed,
                 cache=self.cache,
                 log_fn=self.tracker.log,
@@ -409,14 +414,14 @@ class TrainRecipe:
                 base_spec=self._base_spec,
                 data_spec=plain(cfg.phase2_data),
                 data=self.data2,
-                train=phase_train_config(cfg.train, "phase1"),
+                train=self._train("phase1"),
                 seed=self.seed,
                 cache=self.cache,
                 log_fn=self.tracker.log,
             )
             self.metrics.update(mpd(self.p1.folder(), alone.folder()).metrics())
         self.step = "phase1 evaluation"
-        scores1 = evaluate_cached(self.p1, plain(cfg.eval), self.eval_tasks, self.cache)
+        scores1 = evaluate_cached(self.p1, plain(cfg.eval), self.eval_tasks, self.cache, dtype=self._eval_dtype())
         self.scores1 = scores1
         self.metrics.update(keys.phased("phase1", scores1))
 
@@ -424,11 +429,12 @@ class TrainRecipe:
         """The strategy's hooks around the one training loop; rank 0 saves the model."""
         self.step = "phase2"
         cfg = self.cfg
-        train2 = phase_train_config(cfg.train, "phase2")
+        train2 = self._train("phase2")
         settings = train_settings(train2, seed=self.seed)
         rescued = rescue_dir(self.run_dir.path)
         with zero3_init(settings):  # under ZeRO-3 the trained copy is created partitioned, apart from the plain one
-            model, tokenizer = self.p1.load(fresh=zero_stage(settings) == 3)  # else the one Phase-1 model, shared
+            # else the one Phase-1 model, shared (in the training dtype: bf16 under DeepSpeed bf16)
+            model, tokenizer = self.p1.load(fresh=zero_stage(settings) == 3, dtype=weights_dtype(settings))
         ctx = StrategyContext(
             base_ref=self.base.ref if self.base else "",
             phase1_dir=Path(self.p1.folder()) if "base" in self.strategy.needs() else Path(self.p1.ref),
@@ -440,7 +446,7 @@ class TrainRecipe:
             phase1_key=self.p1.key,
             counterpart=(lambda: list(self.counterpart.examples)) if self.counterpart else list,
             counterpart_spec=self.counterpart_spec,
-            load_phase1=lambda: self.p1.load()[0].to(device()),
+            load_phase1=lambda: self.p1.load(dtype=self._eval_dtype())[0].to(device()),
             max_length=int(train2["max_length"]),
             base=self.base,
             phase1=self.p1,
@@ -448,6 +454,9 @@ class TrainRecipe:
         )
         examples2 = self.strategy.phase2_data(list(self.data2.examples), ctx)
         model = self.strategy.prepare(model, ctx)
+        # The copy that evaluated Phase 1 or generated the replay goes before training (about 30 GB at 7B on
+        # GPU 0); the model that trains lives on as `model`. A later load_phase1 reads the folder again.
+        self.p1.release()
         saved = self._trained_before(rescued)
         if saved is not None:  # an earlier attempt trained this cell, then failed to save it or to finish
             from cft.models import load_model
@@ -538,6 +547,36 @@ class TrainRecipe:
             log.warning("could not write %s: %s", self.run_dir.path / layout.FAILED, write_error)
 
     # ------------------------------------------------------------ helpers
+
+    def _train(self, phase: str) -> dict[str, Any]:
+        """One phase's train settings, with a DeepSpeed `stage: auto` made 2 where the model fits on each GPU and
+        3 above (cft.training.memory: the same estimate as the launch check)."""
+        from cft.training import memory
+
+        train = phase_train_config(self.cfg.train, phase)
+        zero = (train.get("deepspeed") or {}).get("zero_optimization") or {}
+        if str(zero.get("stage")) == "auto":
+            shape = memory.Shape.of(self.shape)
+            stage = memory.stage_that_fits(
+                shape,
+                world=distributed.world_size(),
+                capacity_gb=memory.device_memory_gb(),
+                trainable=self.strategy.trainable_share(shape) if phase == "phase2" else 1.0,
+                micro_batch=int(train["micro_batch_size"]),
+                seq_len=int(train["max_length"]),
+                gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
+            )
+            train["deepspeed"] = memory.with_stage(train["deepspeed"], stage)
+            log.info("%s: DeepSpeed ZeRO-%d (train.deepspeed stage auto: cft.training.memory)", phase, stage)
+        return train
+
+    def _eval_dtype(self) -> str:
+        """model.dtype: what evaluation and generation load the weights in (auto: bf16 on GPUs that have it)."""
+        from cft.models.checkpoints import resolve_dtype
+
+        return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
+            str(resolve_dtype(self.model_cfg.get("dtype", "auto"))), "fp32"
+        )
 
     def _base(self, *, required: bool) -> Checkpoint | None:
         gguf = self.model_cfg.get("gguf_file")

@@ -53,7 +53,13 @@ MAX_VARIANT = 96
 # Settings that cannot change a result (written once, here): two invocations of one run may differ in
 # them, they stay out of every cache key (how often a checkpoint is written must not retrain Phase 1),
 # and out of a run folder's name.
-_LOOP_BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "log_every")
+_LOOP_BOOKKEEPING = (
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "checkpoint_every_minutes",
+    "gradient_checkpointing",  # recomputes activations: the same gradients, less memory
+)
 RESULT_NEUTRAL = (
     "tracking",
     "paths",

@@ -85,6 +85,7 @@ class GenerativeReplay(Strategy):
                 [render_prompt(ctx.tokenizer, ex) for ex in prompts_from],
                 batch_size=self.batch_size,
                 desc="generative replay",
+                sharded=True,  # every rank answers its share of the batches
                 **self.generation,
             )
             seconds = time.time() - start
@@ -93,6 +94,10 @@ class GenerativeReplay(Strategy):
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            from cft.training import distributed
+
+            if not distributed.is_main():  # every rank has every output; rank 0 writes them
+                return
             lengths = [len(ctx.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outputs]
             with open(tmp / "replay.jsonl", "w", encoding="utf-8") as f:
                 for ex, out in zip(prompts_from, outputs):
@@ -107,7 +112,7 @@ class GenerativeReplay(Strategy):
             }
             (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
 
-        return ctx.artifact("generative_replay", spec, build)
+        return ctx.artifact("generative_replay", spec, build, collective=True)
 
     def phase2_data(self, examples: list[Example], ctx: StrategyContext) -> list[Example]:
         size = ctx.phase2_size or len(examples)

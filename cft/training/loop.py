@@ -115,6 +115,8 @@ class TrainSettings:
     deepspeed: Mapping[str, Any] | None = None  # a DeepSpeed config dict, or None
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints (0 = never)
     keep_checkpoints: int = 1
+    checkpoint_every_minutes: float = 0.0  # wall-clock minutes between resumable checkpoints (0 = never)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (cft.training.memory)
     log_every: int = 10
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -246,6 +248,15 @@ def zero_stage(settings: TrainSettings) -> int:
     return int((settings.deepspeed or {}).get("zero_optimization", {}).get("stage", 0)) if settings.deepspeed else -1
 
 
+def weights_dtype(settings: TrainSettings) -> str:
+    """The dtype to load a model in for training: bf16 under a DeepSpeed bf16 run (DeepSpeed keeps the fp32
+    master weights in the optimizer), fp32 otherwise (autocast needs fp32 weights to be mixed precision)."""
+    if settings.deepspeed is None:
+        return "fp32"
+    enabled = (settings.deepspeed.get("bf16") or {}).get("enabled", "auto")
+    return "bf16" if enabled is True or (enabled == "auto" and _precision(settings.precision) == "bf16") else "fp32"
+
+
 @contextlib.contextmanager
 def zero3_init(settings: TrainSettings):
     """Load the model inside this context before ZeRO-3 training: transformers then creates it
@@ -353,6 +364,8 @@ def train_phase(
         )
     total = int(settings.max_steps) if settings.max_steps else math.ceil(settings.epochs * steps_per_epoch)
 
+    if settings.gradient_checkpointing:
+        _checkpointing(model, True)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"{phase}: the strategy left no trainable parameter")
@@ -393,6 +406,7 @@ def train_phase(
     model.train()
     loss_sum, loss_count, last_loss = 0.0, 0, float("nan")
     start = time.time()
+    last_save = start  # wall-clock checkpoints (checkpoint_every_minutes) count from here
     bar = tqdm(total=total, initial=step, desc=phase, disable=not distributed.is_main(), dynamic_ncols=True)
     with _StopRequest() as stop:
         while step < total:
@@ -456,6 +470,10 @@ def train_phase(
                 loss_sum, loss_count = 0.0, 0
                 stopping = step < total and stop.any_rank(world)
                 periodic = settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total
+                if settings.checkpoint_every_minutes and step < total:
+                    # Rank 0's clock decides for every rank (a collective: all ranks save together or none does).
+                    due = time.time() - last_save >= settings.checkpoint_every_minutes * 60
+                    periodic = periodic or (distributed.all_sum(float(due and distributed.is_main())) > 0 if world > 1 else due)
                 if ckpt_root and (periodic or stopping):
                     counts = {
                         "step": step,
@@ -465,6 +483,7 @@ def train_phase(
                     _save_checkpoint(
                         ckpt_root, step, settings.keep_checkpoints, counts, accelerator=accelerator, engine=engine, phase=phase
                     )
+                    last_save = time.time()
                 if stopping and stop.terminates():
                     bar.close()
                     saved = (
@@ -492,7 +511,24 @@ def train_phase(
     )
     if accelerator is not None:
         _release(accelerator)
+    if settings.gradient_checkpointing and trained is not None:
+        _checkpointing(trained, False)  # evaluation and generation keep their KV cache
     return trained, stats
+
+
+def _checkpointing(model, on: bool) -> None:
+    """Switch transformers' gradient checkpointing (non-reentrant: frozen inputs and ZeRO-3 are fine)."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model
+    if not hasattr(target, "gradient_checkpointing_enable"):
+        raise ConfigError(f"train.gradient_checkpointing: {type(target).__name__} does not support it")
+    if on:
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()  # frozen embeddings (LoRA, LF): the checkpointed layers still get grads
+        target.config.use_cache = False
+    else:
+        target.gradient_checkpointing_disable()
+        target.config.use_cache = True
 
 
 def _rng_state() -> dict:
