@@ -428,7 +428,6 @@ class TrainRecipe:
     def phase2(self) -> None:
         """The strategy's hooks around the one training loop; rank 0 saves the model."""
         self.step = "phase2"
-        cfg = self.cfg
         train2 = self._train("phase2")
         settings = train_settings(train2, seed=self.seed)
         rescued = rescue_dir(self.run_dir.path)
