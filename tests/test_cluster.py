@@ -178,3 +178,139 @@ def test_memory_estimate_follows_zero_accounting():
     from cft.strategies.lora import LoRA
 
     assert 0.001 < LoRA(r=8).trainable_share(mistral) < 0.01
+
+
+# ---------------------------------------------------------------- memory levers of the loop
+
+
+def _rows(n: int = 16) -> list[dict]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, 200, (12,), generator=g).tolist()
+        out.append({"input_ids": ids, "attention_mask": [1] * 12, "labels": ids})
+    return out
+
+
+def _fit(model_dir, hooks=None, ckpt=None, **kw):
+    from cft.data.format import PadCollator
+    from cft.models import load_model
+    from cft.training.loop import TrainSettings, train_phase
+
+    model, tok = load_model(str(model_dir))
+    settings = TrainSettings(lr=1e-2, max_steps=4, global_batch_size=4, micro_batch_size=2, seed=0, **kw)
+    return train_phase(
+        model, _rows(), collator=PadCollator(tok.pad_token_id), settings=settings, hooks=hooks, checkpoint_dir=ckpt
+    )
+
+
+def test_gradient_checkpointing_trains_the_same_weights_and_is_off_afterwards(tiny_model_dir):
+    """train.gradient_checkpointing recomputes activations during training (on while the loop runs) and
+    reaches the weights of a run without it; the trained model gets its KV cache back for evaluation."""
+    import torch
+
+    class Seen:
+        def __init__(self):
+            self.on = []
+
+        def penalty(self, model, batch):
+            return None
+
+        def on_before_optimizer_step(self, model):
+            self.on.append(model.is_activation_checkpointing)
+
+    seen_plain, seen_ckpt = Seen(), Seen()
+    plain, _ = _fit(tiny_model_dir, hooks=seen_plain)
+    ckpt, _ = _fit(tiny_model_dir, hooks=seen_ckpt, gradient_checkpointing=True)
+    assert seen_plain.on == [False] * 4 and seen_ckpt.on == [True] * 4
+    assert not ckpt.is_activation_checkpointing and ckpt.config.use_cache
+    a, b = plain.state_dict(), ckpt.state_dict()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+def test_checkpoints_by_wall_clock_time_keep_one(tiny_model_dir, tmp_path, monkeypatch):
+    """train.checkpoint_every_minutes: a checkpoint whenever that much time passed since the last one (a
+    tiny interval here: after every step but the last), train.keep_checkpoints=1 of them kept; resumable."""
+    from cft.training import loop
+
+    saved = []
+    real = loop._save_checkpoint
+    monkeypatch.setattr(loop, "_save_checkpoint", lambda root, step, *a, **k: (saved.append(step), real(root, step, *a, **k)))
+    _, stats = _fit(tiny_model_dir, ckpt=tmp_path / "ckpt", checkpoint_every_minutes=1e-6, keep_checkpoints=1)
+    assert saved == [1, 2, 3] and stats.steps == 4
+    assert [p.name for p in (tmp_path / "ckpt").glob("step-*")] == ["step-3"]
+    saved.clear()
+    _, never = _fit(tiny_model_dir, ckpt=tmp_path / "none", checkpoint_every_minutes=60)
+    assert saved == [] and never.steps == 4
+    _, resumed = _fit(tiny_model_dir, ckpt=tmp_path / "ckpt", checkpoint_every_minutes=1e-6)
+    assert resumed.resumed_from == 3
+
+
+def test_the_phase1_handle_releases_its_copy(tiny_model_dir):
+    """Checkpoint.release drops the shared copy (nothing else holds it: it is freed), and a load in another
+    dtype releases the old copy first: the evaluation copy never lives on beside the training one."""
+    import gc
+    import weakref
+
+    import torch
+
+    from cft.models.handle import Checkpoint
+
+    handle = Checkpoint(str(tiny_model_dir), key="k", what="Phase-1 model")
+    model, _ = handle.load(dtype="bf16")
+    assert next(model.parameters()).dtype == torch.bfloat16 and handle.load(dtype="bf16")[0] is model
+    ref = weakref.ref(model)
+    del model
+    trained, _ = handle.load(dtype="fp32")  # the training copy: fp32
+    gc.collect()
+    assert ref() is None and next(trained.parameters()).dtype == torch.float32
+    ref = weakref.ref(trained)
+    handle.release()
+    del trained
+    gc.collect()
+    assert ref() is None
+
+
+# ---------------------------------------------------------------- generation over ranks
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    from cft.models import load_model
+    from cft.models.generate import generate
+    from cft.training import distributed
+
+    distributed.init()
+    model, tok = load_model(sys.argv[1])
+    prompts = [("abc " * (i % 5 + 1)) + str(i) for i in range(11)]
+    out = generate(model, tok, prompts, max_new_tokens=6, batch_size=2, sharded=True, progress=False)
+    json.dump(out, open(f"{sys.argv[2]}/rank{distributed.rank()}.json", "w"))
+""")
+
+
+@pytest.mark.slow
+def test_replay_generation_sharded_over_two_ranks_matches_one_rank(tmp_path, tiny_model_dir):
+    """Two gloo ranks each generate half of the batches (each batch as one rank makes it) and both get every
+    output: the same replay set as one rank's, in the caller's order."""
+    from cft.models import load_model
+    from cft.models.generate import generate
+
+    (tmp_path / "worker.py").write_text(SHARDED)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    proc = subprocess.run(
+        [*cmd, str(tmp_path / "worker.py"), str(tiny_model_dir), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, tok = load_model(str(tiny_model_dir))
+    prompts = [("abc " * (i % 5 + 1)) + str(i) for i in range(11)]
+    one = generate(model, tok, prompts, max_new_tokens=6, batch_size=2, progress=False)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == one
+    assert any(one)

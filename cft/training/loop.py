@@ -519,15 +519,21 @@ def train_phase(
 def _checkpointing(model, on: bool) -> None:
     """Switch transformers' gradient checkpointing (non-reentrant: frozen inputs and ZeRO-3 are fine)."""
     target = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model
-    if not hasattr(target, "gradient_checkpointing_enable"):
+    if hasattr(target, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        enable, disable = target.activation_checkpointing_enable, target.activation_checkpointing_disable
+        kwargs = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
+    elif hasattr(target, "gradient_checkpointing_enable"):
+        enable, disable = target.gradient_checkpointing_enable, target.gradient_checkpointing_disable
+        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    else:
         raise ConfigError(f"train.gradient_checkpointing: {type(target).__name__} does not support it")
     if on:
-        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable(**kwargs)
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()  # frozen embeddings (LoRA, LF): the checkpointed layers still get grads
         target.config.use_cache = False
     else:
-        target.gradient_checkpointing_disable()
+        disable()
         target.config.use_cache = True
 
 
