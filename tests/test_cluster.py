@@ -147,8 +147,6 @@ def test_the_design_card_command_as_one_process_names_the_problem_and_the_comman
     node = _check(design, tmp_path, {"CFT_GPUS": "8"})
     assert node.returncode == 2 and "one process on a machine with 8 GPU(s) of 80 GB" in node.stderr, node.stderr
     assert command in node.stderr
-    ok = _check(design, tmp_path, {"CFT_GPUS": "8", "WORLD_SIZE": "8"})
-    assert ok.returncode == 0 and "config OK: 10 cell(s)" in ok.stdout, ok.stderr
     small = _check(["model=mistral", "strategy=full"], tmp_path, {"CFT_GPUS": "2", "WORLD_SIZE": "2", "CFT_GPU_MEMORY_GB": "24"})
     assert small.returncode == 2, small.stdout
     assert "more than 24 GB per GPU; set train.gradient_checkpointing=true or train.micro_batch_size=2" in small.stderr
@@ -314,3 +312,80 @@ def test_replay_generation_sharded_over_two_ranks_matches_one_rank(tmp_path, tin
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == one
     assert any(one)
+
+
+# ---------------------------------------------------------------- downloading a sweep's checkpoints once
+
+
+def _fake_hub_cache(hf_home: Path, repo: str) -> Path:
+    """A model as the Hugging Face cache holds it after a download (what snapshot_download finds offline)."""
+    folder = hf_home / "hub" / ("models--" + repo.replace("/", "--"))
+    commit = "0" * 40
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    return snapshot
+
+
+def test_download_true_fetches_every_checkpoint_of_the_sweep_once(tmp_path):
+    """`train.py -m model=mistral strategy=lf_h2,gr5 download=true` composes the cells and fetches the
+    Instruct model, the base (lf_h2 reads it) and the DES embedder, each once, then runs nothing; offline
+    here, so the hub cache is laid out beforehand and snapshot_download resolves it without a network."""
+    hf = tmp_path / "hf"
+    repos = ["mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-Instruct-v0.1", "sentence-transformers/LaBSE"]
+    snapshots = {repo: _fake_hub_cache(hf, repo) for repo in repos}
+    env = {"HF_HOME": str(hf), "HF_HUB_OFFLINE": "1", "CFT_GPUS": "0"}
+    full = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path / "outputs"), **env}
+    full.pop("CFT_SWEEP_ID", None)
+    args = [str(REPO / "train.py"), "-m", "model=mistral", "strategy=lf_h2,gr5", "download=true"]
+    proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=full, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for repo, snapshot in snapshots.items():
+        assert proc.stdout.count(f" {repo} -> {snapshot}") == 1, proc.stdout
+    assert "cft: 3 checkpoint(s) on disk for 2 cell(s)" in proc.stdout
+    assert not (tmp_path / "outputs").exists()
+    from cft.models import download
+
+    # Only what a cell reads: a gr5 cell with layer changes off needs the Instruct model (and the embedder) alone.
+    cell = {
+        "model": {"name": "m", "base": "org/base", "instruct": "org/instruct"},
+        "phase1_data": {"use_instruct_checkpoint": True},
+        "similarity": {"des": False, "mpd": False, "layer_changes": False},
+        "strategy": {"_target_": "cft.strategies.gr.GenerativeReplay"},
+    }
+    assert list(download.needed([cell])) == ["org/instruct"]
+    lf = {**cell, "strategy": {"_target_": "cft.strategies.lf_h2.ChangeRankedFreeze"}}
+    assert list(download.needed([cell, lf])) == ["org/instruct", "org/base"]
+
+
+def _readme_cluster_commands() -> list[str]:
+    """The commands of the README's first code block under "Running the paper on a cluster"."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Running the paper on a cluster") :]
+    block = section[section.index("```bash") + len("```bash") : section.index("```", section.index("```bash") + 7)]
+    joined = block.replace("\\\n", " ")
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+@pytest.mark.slow
+def test_the_readme_cluster_commands_compose(tmp_path):
+    """Each command of the README's cluster section, with check=true, composes every cell: torchrun's as
+    its ranks compose them (WORLD_SIZE; CFT_GPUS stands in for the node's GPUs), SLURM's on a login node
+    without GPUs (the jobs' ranks and GPUs come from the launcher's settings)."""
+    import shlex
+
+    commands = _readme_cluster_commands()
+    assert len(commands) == 3, commands
+    for command in commands:
+        words = shlex.split(command)
+        if words[0] == "torchrun":
+            nodes = int(words[words.index("--nnodes") + 1]) if "--nnodes" in words else 1
+            ranks = nodes * int(words[words.index("--nproc_per_node") + 1])
+            args, env = words[words.index("train.py") + 1 :], {"WORLD_SIZE": str(ranks), "CFT_GPUS": "8"}
+        else:
+            assert words[:2] == ["python", "train.py"], command
+            args, env = words[2:], {"CFT_GPUS": "0"}
+        proc = _check(args, tmp_path, env)
+        assert proc.returncode == 0 and "config OK: 10 cell(s)" in proc.stdout, (command, proc.stderr[-2000:])

@@ -54,8 +54,9 @@ def _trainable(strategy: dict[str, Any], shape: memory.Shape) -> tuple[str, floa
         return name, 1.0
 
 
-def problems(values: dict[str, Any]) -> list[str]:
-    """The launch problem of one resolved train config (empty: it fits where it is launched)."""
+def problems(values: dict[str, Any], launcher: tuple[int, int] | None = None) -> list[str]:
+    """The launch problem of one resolved train config (empty: it fits where it is launched). `launcher`:
+    (ranks, GPUs per node) of the jobs a launcher submits (SLURM), which run elsewhere than this process."""
     model = values.get("model") or {}
     if not model.get("base") and not model.get("instruct"):
         return []  # a model built in code (demo, tests): small by construction
@@ -66,16 +67,22 @@ def problems(values: dict[str, Any]) -> list[str]:
 
     gpus = memory.gpus_available()
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launcher is not None:  # the jobs' ranks and GPUs, not this (login) node's
+        world, gpus = launcher
     name, trainable = _trainable(values.get("strategy") or {}, shape)
+    # A launcher's GPUs are not this node's: their size is CFT_GPU_MEMORY_GB, else an 80 GB card.
+    capacity = float(os.environ.get(memory.GPU_MEMORY_ENV) or 80.0) if launcher is not None else memory.device_memory_gb()
     phases = ["phase2"] if (values.get("phase1_data") or {}).get("use_instruct_checkpoint") else ["phase1", "phase2"]
     for phase in phases:
         train = phase_train_config(values["train"], phase)
         precision = train.get("precision", "auto")
         bf16 = precision == "bf16" or (precision == "auto" and gpus > 0)
         kwargs = dict(micro_batch=int(train["micro_batch_size"]), seq_len=int(train["max_length"]), bf16=bf16)
+        # Composed here for ranks launched elsewhere: the config those ranks resolve (train=paper's multi-GPU one).
+        chosen = train.get("deepspeed") or (values["train"].get("multi_gpu_deepspeed") if world > 1 and gpus else None)
         deepspeed = memory.with_stage(
-            train.get("deepspeed"),
-            memory.stage_that_fits(shape, world=world, capacity_gb=memory.device_memory_gb(), trainable=trainable, **kwargs),
+            chosen,
+            memory.stage_that_fits(shape, world=world, capacity_gb=capacity, trainable=trainable, **kwargs),
         )
         problem = memory.launch_problem(
             shape,
@@ -85,6 +92,7 @@ def problems(values: dict[str, Any]) -> list[str]:
             gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
             world=world,
             gpus=gpus,
+            capacity_gb=capacity,
             **kwargs,
         )
         if problem:

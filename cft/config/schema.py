@@ -267,6 +267,7 @@ class TrainRoot(Schema):
     seed: Seed = Field(description="the run's seed (model init, data order, strategy choices)")
     sweep_id: str = Field(description="the sweep's id: its folder and W&B group")
     check: StrictBool = Field(False, description="check the config (every cell of a sweep) and exit, running nothing")
+    download: StrictBool = Field(False, description="download every checkpoint the cells read, then exit (cft.models.download)")
     threads: Threads | None = Field(None, description="torch threads; null = chosen from measurement (OMP_NUM_THREADS wins)")
     similarity: SimilarityConfig = Field(description="DES and MPD recorded by the run (the paper's Definitions 1, 2)")
     model: ModelConfig = Field(description="conf/model: the checkpoints, or a model built in code")

@@ -294,15 +294,16 @@ class TrainRecipe:
         if distributed.is_main():
             try:
                 self._lock = self.run_dir.lock()  # one process per cell; a second one stops here, naming the holder
+                self.run_dir.check_config(resolved)
             except CftError as exc:
                 refused = exc
-        # Rank 0 decides for the job: the other ranks must not train a cell whose rank 0 stopped at the lock.
+        # Rank 0 decides for the job (the lock, the folder's config): the other ranks must not train a cell whose
+        # rank 0 stopped, nor read a config.yaml rank 0 may be writing. After this point every rank sees the same folder.
         message = distributed.share(str(refused) if refused else None)
         if refused is not None:
             raise refused
         if message:
             raise CftError(message)
-        self.run_dir.check_config(resolved)
         if self.run_dir.is_done():
             log.info("%s is already finished (DONE); skipping it. Delete the folder to run it again.", self.run_dir.path)
             return False

@@ -66,6 +66,7 @@ RESULT_NEUTRAL = (
     "eval.batch_size",
     "threads",
     "check",
+    "download",
     *(f"train.{phase}{key}" for phase in ("", "phase1.", "phase2.") for key in _LOOP_BOOKKEEPING),
 )
 # Overrides that do not make a different cell, or that the folder names already (group choices).

@@ -247,3 +247,55 @@ def launch_problem(
             f"set {' or '.join(lighter) or 'more GPUs'}"
         )
     return None
+
+
+# The paper's two models (their config.json numbers; conf/model/<name>.yaml `shape` holds the same).
+PAPER_MODELS = {
+    "mistral": Shape(hidden=4096, layers=32, intermediate=14336, vocab=32000, heads=32, kv_heads=8),
+    "llama": Shape(hidden=4096, layers=32, intermediate=14336, vocab=128256, heads=32, kv_heads=8),
+}
+
+
+def plan(world: int = 8, micro_batch: int = 4, seq_len: int = 1024) -> list[list[str]]:
+    """The README's memory and disk plan: GB per GPU of each paper model's full fine-tune and LoRA, and the
+    sizes on disk of its final model (bf16 safetensors) and one resumable ZeRO checkpoint (bf16 weights, fp32
+    master weights and Adam's two moments: 14 B per parameter)."""
+    from cft.strategies.lora import LoRA
+
+    rows = []
+    for name, shape in PAPER_MODELS.items():
+        lora = LoRA().trainable_share(shape)
+        for what, trainable in (("full", 1.0), ("lora", lora)):
+            cells = []
+            for stage, ckpt in ((2, False), (2, True), (3, False), (3, True)):
+                est = estimate(
+                    shape,
+                    trainable=trainable,
+                    zero_stage=stage,
+                    world=world,
+                    micro_batch=micro_batch,
+                    seq_len=seq_len,
+                    gradient_checkpointing=ckpt,
+                )
+                cells.append(f"{est.total / GB:.0f}")
+            resumable = (2 * shape.params + 12 * shape.params * trainable) / GB
+            rows.append([name, what, f"{shape.params / 1e9:.2f}", *cells, f"{2 * shape.params / GB:.1f}", f"{resumable:.0f}"])
+    return rows
+
+
+if __name__ == "__main__":
+    from tabulate import tabulate
+
+    headers = [
+        "model",
+        "strategy",
+        "params (B)",
+        "ZeRO-2",
+        "ZeRO-2 + ckpt",
+        "ZeRO-3",
+        "ZeRO-3 + ckpt",
+        "final (GB)",
+        "resumable (GB)",
+    ]
+    print("GB per GPU on 8 GPUs, micro-batch 4 x 1024 tokens, bf16 (ckpt: train.gradient_checkpointing=true)")
+    print(tabulate(plan(), headers=headers, tablefmt="github"))
