@@ -178,6 +178,17 @@ def test_memory_estimate_follows_zero_accounting():
     assert 0.001 < LoRA(r=8).trainable_share(mistral) < 0.01
 
 
+def test_packing_is_on_by_default_on_gpus(monkeypatch):
+    from helpers import compose
+    from omegaconf import OmegaConf
+
+    for gpus, packing in (("0", False), ("1", True)):
+        monkeypatch.setenv("CFT_GPUS", gpus)
+        for model in ("demo", "mistral"):
+            train = OmegaConf.to_container(compose([f"model={model}"]).train, resolve=True)
+            assert train["packing"] is packing, (gpus, model)
+
+
 # ---------------------------------------------------------------- memory levers of the loop
 
 
@@ -361,12 +372,17 @@ def test_download_true_fetches_every_checkpoint_of_the_sweep_once(tmp_path):
 
 
 def _readme_cluster_commands() -> list[str]:
-    """The commands of the README's first code block under "Running the paper on a cluster"."""
+    """The train.py commands of the README's "Running the paper on a cluster" (download=true apart: it needs
+    the hub, and test_download_true_fetches_every_checkpoint_of_the_sweep_once runs it offline)."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Running the paper on a cluster") :]
-    block = section[section.index("```bash") + len("```bash") : section.index("```", section.index("```bash") + 7)]
-    joined = block.replace("\\\n", " ")
-    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+    start = text.index("## Running the paper on a cluster")
+    section = text[start : text.index("\n## ", start + 10)]
+    commands = []
+    for block in section.split("```bash")[1:]:
+        joined = block[: block.index("```")].replace("\\\n", " ")
+        lines = [line.strip() for line in joined.splitlines()]
+        commands += [line for line in lines if line and not line.startswith("#") and "download=true" not in line]
+    return commands
 
 
 @pytest.mark.slow
@@ -377,7 +393,7 @@ def test_the_readme_cluster_commands_compose(tmp_path):
     import shlex
 
     commands = _readme_cluster_commands()
-    assert len(commands) == 3, commands
+    assert len(commands) == 5, commands
     for command in commands:
         words = shlex.split(command)
         if words[0] == "torchrun":
@@ -388,4 +404,6 @@ def test_the_readme_cluster_commands_compose(tmp_path):
             assert words[:2] == ["python", "train.py"], command
             args, env = words[2:], {"CFT_GPUS": "0"}
         proc = _check(args, tmp_path, env)
-        assert proc.returncode == 0 and "config OK: 10 cell(s)" in proc.stdout, (command, proc.stderr[-2000:])
+        strategies = next(w for w in words if w.startswith("strategy=")).split("=")[1].split(",")
+        cells = 2 * len(strategies)  # model=mistral,llama x the strategies
+        assert proc.returncode == 0 and f"config OK: {cells} cell(s)" in proc.stdout, (command, proc.stderr[-2000:])
