@@ -177,6 +177,8 @@ def evaluate_cached(
     """Evaluate a model artifact once per (model, eval settings); later runs reuse the scores. `dtype`:
     model.dtype (auto: bf16 on GPUs that have it)."""
     spec = {"model": model.key, "eval": comparable({"eval": dict(eval_cfg)})["eval"]}
+    if dtype != "fp32":  # bf16 scores are other scores (fp32 keys stay as they were)
+        spec["dtype"] = dtype
 
     def build_scores(tmp: Path) -> None:
         loaded, tokenizer = model.load(dtype=dtype)
