@@ -116,20 +116,27 @@ def test_two_rank_sweep_stays_together_on_an_empty_cache(tmp_path):
 # ---------------------------------------------------------------- launch rule and memory estimate
 
 
-def _check(args: list[str], tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
-    full = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path / "outputs"), **env}
-    full.pop("CFT_SWEEP_ID", None)
-    for key in ("WORLD_SIZE", "CFT_GPUS", "CFT_GPU_MEMORY_GB"):
-        if key not in env:
-            full.pop(key, None)
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args, "check=true"],
-        cwd=tmp_path,
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _checks(runs: list[tuple[list[str], dict]], tmp_path: Path) -> list[subprocess.CompletedProcess]:
+    """`train.py <args> check=true` for each (args, env), started together (each mostly waits on imports)."""
+    procs = []
+    for args, env in runs:
+        full = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path / "outputs"), **env}
+        full.pop("CFT_SWEEP_ID", None)
+        for key in ("WORLD_SIZE", "CFT_GPUS", "CFT_GPU_MEMORY_GB"):
+            if key not in env:
+                full.pop(key, None)
+        command = [sys.executable, str(REPO / "train.py"), *args, "check=true"]
+        procs.append(
+            (
+                command,
+                subprocess.Popen(command, cwd=tmp_path, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            )
+        )
+    done = []
+    for command, proc in procs:
+        out, err = proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(command, proc.returncode, out, err))
+    return done
 
 
 def test_the_design_card_command_as_one_process_names_the_problem_and_the_command(tmp_path):
@@ -137,17 +144,22 @@ def test_the_design_card_command_as_one_process_names_the_problem_and_the_comman
     compose time, before any folder, naming the torchrun command to run instead; on 8 ranks of 80 GB it
     composes, and on 2 ranks of 24 GB the full fine-tune names the settings to change."""
     design = ["-m", "model=mistral,llama", "strategy=gr5,gr10,lf_h2,lora,er10"]
-    here = _check(design, tmp_path, {"CFT_GPUS": "0"})
+    here, node, small = _checks(
+        [
+            (design, {"CFT_GPUS": "0"}),
+            (design, {"CFT_GPUS": "8"}),
+            (["model=mistral", "strategy=full"], {"CFT_GPUS": "2", "WORLD_SIZE": "2", "CFT_GPU_MEMORY_GB": "24"}),
+        ],
+        tmp_path,
+    )
     assert here.returncode == 2, here.stdout + here.stderr
     assert "as one process needs about" in here.stderr and "this machine has no GPU" in here.stderr
     command = "torchrun --nproc_per_node 8 train.py -m model=mistral,llama strategy=gr5,gr10,lf_h2,lora,er10"
     assert command in here.stderr, here.stderr
     assert "strategy=lora" in here.stderr  # even LoRA's frozen 7B base does not fit this machine's memory
     assert not (tmp_path / "outputs").exists()
-    node = _check(design, tmp_path, {"CFT_GPUS": "8"})
     assert node.returncode == 2 and "one process on a machine with 8 GPU(s) of 80 GB" in node.stderr, node.stderr
     assert command in node.stderr
-    small = _check(["model=mistral", "strategy=full"], tmp_path, {"CFT_GPUS": "2", "WORLD_SIZE": "2", "CFT_GPU_MEMORY_GB": "24"})
     assert small.returncode == 2, small.stdout
     assert "more than 24 GB per GPU; set train.gradient_checkpointing=true or train.micro_batch_size=2" in small.stderr
 
@@ -394,16 +406,20 @@ def test_the_readme_cluster_commands_compose(tmp_path):
 
     commands = _readme_cluster_commands()
     assert len(commands) == 5, commands
+    runs = []
     for command in commands:
         words = shlex.split(command)
         if words[0] == "torchrun":
             nodes = int(words[words.index("--nnodes") + 1]) if "--nnodes" in words else 1
             ranks = nodes * int(words[words.index("--nproc_per_node") + 1])
-            args, env = words[words.index("train.py") + 1 :], {"WORLD_SIZE": str(ranks), "CFT_GPUS": "8"}
+            runs.append((words[words.index("train.py") + 1 :], {"WORLD_SIZE": str(ranks), "CFT_GPUS": "8"}))
         else:
             assert words[:2] == ["python", "train.py"], command
-            args, env = words[2:], {"CFT_GPUS": "0"}
-        proc = _check(args, tmp_path, env)
-        strategies = next(w for w in words if w.startswith("strategy=")).split("=")[1].split(",")
-        cells = 2 * len(strategies)  # model=mistral,llama x the strategies
-        assert proc.returncode == 0 and f"config OK: {cells} cell(s)" in proc.stdout, (command, proc.stderr[-2000:])
+            runs.append((words[2:], {"CFT_GPUS": "0"}))
+    for (args, _), proc in zip(runs, _checks(runs, tmp_path)):
+        strategies = next(w for w in args if w.startswith("strategy=")).split("=")[1].split(",")
+        assert proc.returncode == 0 and f"config OK: {2 * len(strategies)} cell(s)" in proc.stdout, (args, proc.stderr[-2000:])
+        for model in ("mistral", "llama"):  # the design card's cells, as the README's design-card block lists them
+            for strategy in strategies:
+                assert f"instruct-multialpaca/{model}/{strategy}/seed0" in proc.stdout
+    assert not (tmp_path / "outputs").exists()  # check=true runs nothing

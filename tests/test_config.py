@@ -98,23 +98,6 @@ def test_a_bad_value_in_one_cell_stops_the_sweep_before_its_first_cell(tmp_path)
     assert "Traceback" not in proc.stderr and not (tmp_path / "outputs").exists()
 
 
-def test_check_true_lists_the_cells_and_runs_nothing(tmp_path):
-    """The design-card command composed as torchrun composes it on a node of 8 GPUs (CFT_GPUS stands in for
-    them) lists its cells; as one process on this machine it is refused (tests/test_cluster.py)."""
-    env = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path / "outputs"), "WORLD_SIZE": "8", "CFT_GPUS": "8"}
-    env.pop("CFT_SWEEP_ID", None)
-    args = ["-m", "model=mistral,llama", "strategy=gr5,gr10,lf_h2,lora,er10", "check=true"]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "cft: config OK: 10 cell(s)" in proc.stdout
-    for model in ("mistral", "llama"):
-        for strategy in ("gr5", "gr10", "lf_h2", "lora", "er10"):
-            assert f"instruct-multialpaca/{model}/{strategy}/seed0" in proc.stdout
-    assert not (tmp_path / "outputs").exists()
-
-
 def test_strategy_options_are_checked_against_the_model_shape_before_phase_0(tmp_path):
     """lf_h2 k=3 on the 2-layer demo model stops before the demo base is built (phase 0 takes minutes)."""
     env = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path / "outputs")}
