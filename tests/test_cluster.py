@@ -423,3 +423,27 @@ def test_the_readme_cluster_commands_compose(tmp_path):
             for strategy in strategies:
                 assert f"instruct-multialpaca/{model}/{strategy}/seed0" in proc.stdout
     assert not (tmp_path / "outputs").exists()  # check=true runs nothing
+
+
+def test_zero_stage_auto_is_two_where_the_model_fits_and_three_above(tmp_path, monkeypatch):
+    """train=paper's multi-GPU DeepSpeed config says `stage: auto`; the recipe makes it ZeRO-2 where the
+    estimate fits the GPUs (ZeRO-3's own keys dropped) and ZeRO-3 where it does not."""
+    from helpers import compose
+
+    from cft.recipes.train import TrainRecipe
+    from cft.strategies.base import Strategy
+
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("CFT_GPUS", "8")
+    cfg = compose(["model=tiny", "train=paper", "train.micro_batch_size=2"])
+    recipe = TrainRecipe(cfg, run_dir=tmp_path / "run", choices={})
+    recipe.strategy = Strategy()
+    llama = {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336, "vocab_size": 128256}
+    recipe.shape = {**llama, "num_attention_heads": 32, "num_key_value_heads": 8}
+    stages = {}
+    for gb in ("80", "40"):
+        monkeypatch.setenv("CFT_GPU_MEMORY_GB", gb)
+        zero = recipe._train("phase2")["deepspeed"]["zero_optimization"]
+        stages[gb] = zero["stage"]
+        assert not any(k.startswith("stage3_") for k in zero) or zero["stage"] == 3
+    assert stages == {"80": 2, "40": 3}
