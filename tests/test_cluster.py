@@ -111,3 +111,339 @@ def test_two_rank_sweep_stays_together_on_an_empty_cache(tmp_path):
     gr = json.loads((next(f for f in folders if f.parts[-3] == "gr5") / "metrics.json").read_text())
     assert any(k.startswith("strategy/") for k in gr), sorted(gr)
     print(f"2-rank 3-cell sweep on an empty cache: {wall:.1f} s")
+
+
+# ---------------------------------------------------------------- launch rule and memory estimate
+
+
+def _checks(runs: list[tuple[list[str], dict]], tmp_path: Path) -> list[subprocess.CompletedProcess]:
+    """`train.py <args> check=true` for each (args, env), started together (each mostly waits on imports)."""
+    procs = []
+    for args, env in runs:
+        full = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path / "outputs"), **env}
+        full.pop("CFT_SWEEP_ID", None)
+        for key in ("WORLD_SIZE", "CFT_GPUS", "CFT_GPU_MEMORY_GB"):
+            if key not in env:
+                full.pop(key, None)
+        command = [sys.executable, str(REPO / "train.py"), *args, "check=true"]
+        procs.append(
+            (
+                command,
+                subprocess.Popen(command, cwd=tmp_path, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            )
+        )
+    done = []
+    for command, proc in procs:
+        out, err = proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(command, proc.returncode, out, err))
+    return done
+
+
+def test_the_design_card_command_as_one_process_names_the_problem_and_the_command(tmp_path):
+    """One process, no GPU (this machine) and one process on a node of 8 GPUs (injected): both stop at
+    compose time, before any folder, naming the torchrun command to run instead; on 8 ranks of 80 GB it
+    composes, and on 2 ranks of 24 GB the full fine-tune names the settings to change."""
+    design = ["-m", "model=mistral,llama", "strategy=gr5,gr10,lf_h2,lora,er10"]
+    here, node, small = _checks(
+        [
+            (design, {"CFT_GPUS": "0"}),
+            (design, {"CFT_GPUS": "8"}),
+            (["model=mistral", "strategy=full"], {"CFT_GPUS": "2", "WORLD_SIZE": "2", "CFT_GPU_MEMORY_GB": "24"}),
+        ],
+        tmp_path,
+    )
+    assert here.returncode == 2, here.stdout + here.stderr
+    assert "as one process needs about" in here.stderr and "this machine has no GPU" in here.stderr
+    command = "torchrun --nproc_per_node 8 train.py -m model=mistral,llama strategy=gr5,gr10,lf_h2,lora,er10"
+    assert command in here.stderr, here.stderr
+    assert "strategy=lora" in here.stderr  # even LoRA's frozen 7B base does not fit this machine's memory
+    assert not (tmp_path / "outputs").exists()
+    assert node.returncode == 2 and "one process on a machine with 8 GPU(s) of 80 GB" in node.stderr, node.stderr
+    assert command in node.stderr
+    assert small.returncode == 2, small.stdout
+    assert "more than 24 GB per GPU; set train.gradient_checkpointing=true or train.micro_batch_size=2" in small.stderr
+
+
+def test_memory_estimate_follows_zero_accounting():
+    from cft.training import memory
+
+    mistral = memory.Shape(hidden=4096, layers=32, intermediate=14336, vocab=32000, heads=32, kv_heads=8)
+    llama = memory.Shape(hidden=4096, layers=32, intermediate=14336, vocab=128256, heads=32, kv_heads=8)
+    assert abs(mistral.params - 7.24e9) < 0.01e9 and abs(llama.params - 8.03e9) < 0.01e9  # the hub's counts
+    ddp = memory.estimate(mistral, micro_batch=1, seq_len=1)
+    assert abs((ddp.weights + ddp.gradients + ddp.optimizer) / mistral.params - 16) < 1e-9  # fp32 + AdamW
+    z3 = memory.estimate(mistral, zero_stage=3, world=8, micro_batch=1, seq_len=1)
+    assert abs((z3.weights + z3.gradients + z3.optimizer) * 8 / mistral.params - 16) < 1e-9
+    z2 = memory.estimate(mistral, zero_stage=2, world=8, micro_batch=1, seq_len=1)
+    assert z2.weights == 2 * mistral.params and z2.gradients == z3.gradients
+    full = memory.estimate(mistral, zero_stage=3, world=8, micro_batch=4, seq_len=1024)
+    ckpt = memory.estimate(mistral, zero_stage=3, world=8, micro_batch=4, seq_len=1024, gradient_checkpointing=True)
+    assert ckpt.activations < full.activations / 5
+    # ZeRO-2 where it fits (80 GB at micro-batch 4 x 1024 with checkpointing), ZeRO-3 on 40 GB cards
+    kwargs = dict(micro_batch=4, seq_len=1024, gradient_checkpointing=True)
+    assert memory.stage_that_fits(mistral, world=8, capacity_gb=80, **kwargs) == 2
+    assert memory.stage_that_fits(llama, world=8, capacity_gb=40, **kwargs) == 3
+    deepspeed = {"zero_optimization": {"stage": "auto", "stage3_param_persistence_threshold": "auto"}}
+    assert memory.with_stage(deepspeed, 2) == {"zero_optimization": {"stage": 2}}
+    from cft.strategies.lora import LoRA
+
+    assert 0.001 < LoRA(r=8).trainable_share(mistral) < 0.01
+
+
+def test_packing_is_on_by_default_on_gpus(monkeypatch):
+    from helpers import compose
+    from omegaconf import OmegaConf
+
+    for gpus, packing in (("0", False), ("1", True)):
+        monkeypatch.setenv("CFT_GPUS", gpus)
+        for model in ("demo", "mistral"):
+            train = OmegaConf.to_container(compose([f"model={model}"]).train, resolve=True)
+            assert train["packing"] is packing, (gpus, model)
+
+
+# ---------------------------------------------------------------- memory levers of the loop
+
+
+def _rows(n: int = 16) -> list[dict]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, 200, (12,), generator=g).tolist()
+        out.append({"input_ids": ids, "attention_mask": [1] * 12, "labels": ids})
+    return out
+
+
+def _fit(model_dir, hooks=None, ckpt=None, **kw):
+    from cft.data.format import PadCollator
+    from cft.models import load_model
+    from cft.training.loop import TrainSettings, train_phase
+
+    model, tok = load_model(str(model_dir))
+    settings = TrainSettings(lr=1e-2, max_steps=4, global_batch_size=4, micro_batch_size=2, seed=0, **kw)
+    return train_phase(
+        model, _rows(), collator=PadCollator(tok.pad_token_id), settings=settings, hooks=hooks, checkpoint_dir=ckpt
+    )
+
+
+def test_gradient_checkpointing_trains_the_same_weights_and_is_off_afterwards(tiny_model_dir):
+    """train.gradient_checkpointing recomputes activations during training (on while the loop runs) and
+    reaches the weights of a run without it; the trained model gets its KV cache back for evaluation."""
+    import torch
+
+    class Seen:
+        def __init__(self):
+            self.on = []
+
+        def penalty(self, model, batch):
+            return None
+
+        def on_before_optimizer_step(self, model):
+            self.on.append(model.is_activation_checkpointing)
+
+    seen_plain, seen_ckpt = Seen(), Seen()
+    plain, _ = _fit(tiny_model_dir, hooks=seen_plain)
+    ckpt, _ = _fit(tiny_model_dir, hooks=seen_ckpt, gradient_checkpointing=True)
+    assert seen_plain.on == [False] * 4 and seen_ckpt.on == [True] * 4
+    assert not ckpt.is_activation_checkpointing and ckpt.config.use_cache
+    a, b = plain.state_dict(), ckpt.state_dict()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+def test_checkpoints_by_wall_clock_time_keep_one(tiny_model_dir, tmp_path, monkeypatch):
+    """train.checkpoint_every_minutes: a checkpoint whenever that much time passed since the last one (a
+    tiny interval here: after every step but the last), train.keep_checkpoints=1 of them kept; resumable."""
+    from cft.training import loop
+
+    saved = []
+    real = loop._save_checkpoint
+    monkeypatch.setattr(loop, "_save_checkpoint", lambda root, step, *a, **k: (saved.append(step), real(root, step, *a, **k)))
+    _, stats = _fit(tiny_model_dir, ckpt=tmp_path / "ckpt", checkpoint_every_minutes=1e-6, keep_checkpoints=1)
+    assert saved == [1, 2, 3] and stats.steps == 4
+    assert [p.name for p in (tmp_path / "ckpt").glob("step-*")] == ["step-3"]
+    saved.clear()
+    _, never = _fit(tiny_model_dir, ckpt=tmp_path / "none", checkpoint_every_minutes=60)
+    assert saved == [] and never.steps == 4
+    _, resumed = _fit(tiny_model_dir, ckpt=tmp_path / "ckpt", checkpoint_every_minutes=1e-6)
+    assert resumed.resumed_from == 3
+
+
+def test_the_phase1_handle_releases_its_copy(tiny_model_dir):
+    """Checkpoint.release drops the shared copy (nothing else holds it: it is freed), and a load in another
+    dtype releases the old copy first: the evaluation copy never lives on beside the training one."""
+    import gc
+    import weakref
+
+    import torch
+
+    from cft.models.handle import Checkpoint
+
+    handle = Checkpoint(str(tiny_model_dir), key="k", what="Phase-1 model")
+    model, _ = handle.load(dtype="bf16")
+    assert next(model.parameters()).dtype == torch.bfloat16 and handle.load(dtype="bf16")[0] is model
+    ref = weakref.ref(model)
+    del model
+    trained, _ = handle.load(dtype="fp32")  # the training copy: fp32
+    gc.collect()
+    assert ref() is None and next(trained.parameters()).dtype == torch.float32
+    ref = weakref.ref(trained)
+    handle.release()
+    del trained
+    gc.collect()
+    assert ref() is None
+
+
+# ---------------------------------------------------------------- generation over ranks
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    from cft.models import load_model
+    from cft.models.generate import generate
+    from cft.training import distributed
+
+    distributed.init()
+    model, tok = load_model(sys.argv[1])
+    prompts = [("abc " * (i % 5 + 1)) + str(i) for i in range(11)]
+    out = generate(model, tok, prompts, max_new_tokens=6, batch_size=2, sharded=True, progress=False)
+    json.dump(out, open(f"{sys.argv[2]}/rank{distributed.rank()}.json", "w"))
+""")
+
+
+@pytest.mark.slow
+def test_replay_generation_sharded_over_two_ranks_matches_one_rank(tmp_path, tiny_model_dir):
+    """Two gloo ranks each generate half of the batches (each batch as one rank makes it) and both get every
+    output: the same replay set as one rank's, in the caller's order."""
+    from cft.models import load_model
+    from cft.models.generate import generate
+
+    (tmp_path / "worker.py").write_text(SHARDED)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    proc = subprocess.run(
+        [*cmd, str(tmp_path / "worker.py"), str(tiny_model_dir), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, tok = load_model(str(tiny_model_dir))
+    prompts = [("abc " * (i % 5 + 1)) + str(i) for i in range(11)]
+    one = generate(model, tok, prompts, max_new_tokens=6, batch_size=2, progress=False)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == one
+    assert any(one)
+
+
+# ---------------------------------------------------------------- downloading a sweep's checkpoints once
+
+
+def _fake_hub_cache(hf_home: Path, repo: str) -> Path:
+    """A model as the Hugging Face cache holds it after a download (what snapshot_download finds offline)."""
+    folder = hf_home / "hub" / ("models--" + repo.replace("/", "--"))
+    commit = "0" * 40
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    return snapshot
+
+
+def test_download_true_fetches_every_checkpoint_of_the_sweep_once(tmp_path):
+    """`train.py -m model=mistral strategy=lf_h2,gr5 download=true` composes the cells and fetches the
+    Instruct model, the base (lf_h2 reads it) and the DES embedder, each once, then runs nothing; offline
+    here, so the hub cache is laid out beforehand and snapshot_download resolves it without a network."""
+    hf = tmp_path / "hf"
+    repos = ["mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-Instruct-v0.1", "sentence-transformers/LaBSE"]
+    snapshots = {repo: _fake_hub_cache(hf, repo) for repo in repos}
+    env = {"HF_HOME": str(hf), "HF_HUB_OFFLINE": "1", "CFT_GPUS": "0"}
+    full = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path / "outputs"), **env}
+    full.pop("CFT_SWEEP_ID", None)
+    args = [str(REPO / "train.py"), "-m", "model=mistral", "strategy=lf_h2,gr5", "download=true"]
+    proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=full, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for repo, snapshot in snapshots.items():
+        assert proc.stdout.count(f" {repo} -> {snapshot}") == 1, proc.stdout
+    assert "cft: 3 checkpoint(s) on disk for 2 cell(s)" in proc.stdout
+    assert not (tmp_path / "outputs").exists()
+    from cft.models import download
+
+    # Only what a cell reads: a gr5 cell with layer changes off needs the Instruct model (and the embedder) alone.
+    cell = {
+        "model": {"name": "m", "base": "org/base", "instruct": "org/instruct"},
+        "phase1_data": {"use_instruct_checkpoint": True},
+        "similarity": {"des": False, "mpd": False, "layer_changes": False},
+        "strategy": {"_target_": "cft.strategies.gr.GenerativeReplay"},
+    }
+    assert list(download.needed([cell])) == ["org/instruct"]
+    lf = {**cell, "strategy": {"_target_": "cft.strategies.lf_h2.ChangeRankedFreeze"}}
+    assert list(download.needed([cell, lf])) == ["org/instruct", "org/base"]
+
+
+def _readme_cluster_commands() -> list[str]:
+    """The train.py commands of the README's "Running the paper on a cluster" (download=true apart: it needs
+    the hub, and test_download_true_fetches_every_checkpoint_of_the_sweep_once runs it offline)."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("## Running the paper on a cluster")
+    section = text[start : text.index("\n## ", start + 10)]
+    commands = []
+    for block in section.split("```bash")[1:]:
+        joined = block[: block.index("```")].replace("\\\n", " ")
+        lines = [line.strip() for line in joined.splitlines()]
+        commands += [line for line in lines if line and not line.startswith("#") and "download=true" not in line]
+    return commands
+
+
+@pytest.mark.slow
+def test_the_readme_cluster_commands_compose(tmp_path):
+    """Each command of the README's cluster section, with check=true, composes every cell: torchrun's as
+    its ranks compose them (WORLD_SIZE; CFT_GPUS stands in for the node's GPUs), SLURM's on a login node
+    without GPUs (the jobs' ranks and GPUs come from the launcher's settings)."""
+    import shlex
+
+    commands = _readme_cluster_commands()
+    assert len(commands) == 5, commands
+    runs = []
+    for command in commands:
+        words = shlex.split(command)
+        if words[0] == "torchrun":
+            nodes = int(words[words.index("--nnodes") + 1]) if "--nnodes" in words else 1
+            ranks = nodes * int(words[words.index("--nproc_per_node") + 1])
+            runs.append((words[words.index("train.py") + 1 :], {"WORLD_SIZE": str(ranks), "CFT_GPUS": "8"}))
+        else:
+            assert words[:2] == ["python", "train.py"], command
+            runs.append((words[2:], {"CFT_GPUS": "0"}))
+    for (args, _), proc in zip(runs, _checks(runs, tmp_path)):
+        strategies = next(w for w in args if w.startswith("strategy=")).split("=")[1].split(",")
+        assert proc.returncode == 0 and f"config OK: {2 * len(strategies)} cell(s)" in proc.stdout, (args, proc.stderr[-2000:])
+        for model in ("mistral", "llama"):  # the design card's cells, as the README's design-card block lists them
+            for strategy in strategies:
+                assert f"instruct-multialpaca/{model}/{strategy}/seed0" in proc.stdout
+    assert not (tmp_path / "outputs").exists()  # check=true runs nothing
+
+
+def test_zero_stage_auto_is_two_where_the_model_fits_and_three_above(tmp_path, monkeypatch):
+    """train=paper's multi-GPU DeepSpeed config says `stage: auto`; the recipe makes it ZeRO-2 where the
+    estimate fits the GPUs (ZeRO-3's own keys dropped) and ZeRO-3 where it does not."""
+    from helpers import compose
+
+    from cft.recipes.train import TrainRecipe
+    from cft.strategies.base import Strategy
+
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("CFT_GPUS", "8")
+    cfg = compose(["model=tiny", "train=paper", "train.micro_batch_size=2"])
+    recipe = TrainRecipe(cfg, run_dir=tmp_path / "run", choices={})
+    recipe.strategy = Strategy()
+    llama = {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336, "vocab_size": 128256}
+    recipe.shape = {**llama, "num_attention_heads": 32, "num_key_value_heads": 8}
+    stages = {}
+    for gb in ("80", "40"):
+        monkeypatch.setenv("CFT_GPU_MEMORY_GB", gb)
+        zero = recipe._train("phase2")["deepspeed"]["zero_optimization"]
+        stages[gb] = zero["stage"]
+        assert not any(k.startswith("stage3_") for k in zero) or zero["stage"] == 3
+    assert stages == {"80": 2, "40": 3}

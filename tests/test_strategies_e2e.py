@@ -48,7 +48,8 @@ for layer, head in strategy.parts["heads"].selected["q_proj"]:
         bad.append(f"{name} head {head}")
 print("RESULT " + json.dumps({"bad": bad, "frozen": len(frozen), "total": len(before), "partitioned": partitioned,
                               "trainable_params": strategy.report()["trainable_params"], "total_params": strategy.report()["total_params"],
-                              "heads": strategy.parts["heads"].selected["q_proj"], "lf": strategy.parts["lf"].layers}))
+                              "heads": strategy.parts["heads"].selected["q_proj"], "lf": strategy.parts["lf"].layers,
+                              "late_masks": strategy.parts["heads"].late_masks}))
 """
 
 
@@ -85,6 +86,7 @@ def test_freezing_and_gradient_masks_are_exact_under_deepspeed_zero(tmp_path, ba
     assert proc.returncode == 0 and line, proc.stdout[-3000:] + proc.stderr[-6000:]
     result = json.loads(line[len("RESULT ") :])
     assert result["bad"] == [], result
+    assert result["late_masks"] == 0  # every mask applied by the gradient hook, before ZeRO reduces (no gather)
     assert 0 < result["frozen"] < result["total"]
     assert (result["partitioned"] > 0) == (stage == 3)
     from test_strategies import fresh

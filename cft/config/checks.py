@@ -44,8 +44,9 @@ def resolved(config: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"{key or 'config'}: {str(exc).splitlines()[0]}") from None
 
 
-def problems_of(kind: str, config: DictConfig) -> tuple[list[str], dict[str, Any] | None]:
-    """(problems, resolved config) of one composed config."""
+def problems_of(kind: str, config: DictConfig, launcher: Any = "this") -> tuple[list[str], dict[str, Any] | None]:
+    """(problems, resolved config) of one composed config. `launcher`: the sweep's (ranks, GPUs) per job when a
+    launcher submits them elsewhere (default: read from `config`)."""
     try:
         values = resolved(config)
     except ConfigError as exc:
@@ -53,6 +54,10 @@ def problems_of(kind: str, config: DictConfig) -> tuple[list[str], dict[str, Any
     problems = CHECKERS[kind](values)
     if kind == "train" and not problems:
         problems += _cell_problems(config, values)
+    if kind == "train" and not problems and not values.get("download"):  # it must fit where it runs (cft.config.launch)
+        from cft.config import launch
+
+        problems += launch.problems(values, launcher=_launcher_ranks(config) if launcher == "this" else launcher)
     if not problems:
         problems += _write_problems(kind, config, values)
     return problems, values
@@ -87,6 +92,19 @@ def _read_only_mount(path: Path) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def _launcher_ranks(config: DictConfig) -> tuple[int, int] | None:
+    """(ranks, GPUs per node) of each job a submitit launcher submits (hydra/launcher=slurm); None otherwise:
+    the job is this process (and torchrun's WORLD_SIZE)."""
+    try:
+        launcher = config.hydra.launcher
+        if "submitit" not in str(launcher.get("_target_", "")).lower():
+            return None
+        nodes, tasks = int(launcher.get("nodes") or 1), int(launcher.get("tasks_per_node") or 1)
+        return nodes * tasks, int(launcher.get("gpus_per_node") or 0)
+    except Exception:  # no hydra node (a config composed by a test)
+        return None
 
 
 def _write_problems(kind: str, config: DictConfig, values: dict[str, Any]) -> list[str]:
@@ -187,6 +205,22 @@ def sweep_cells(config: DictConfig) -> list[list[str]] | None:
     return [list(cell) for batch in batches for cell in batch]
 
 
+def _download(cells: list[dict[str, Any]]) -> None:
+    """download=true: fetch every checkpoint the cells read (cft.models.download), print where, exit."""
+    from cft.errors import CftError
+    from cft.models import download
+
+    refs = download.needed(cells)
+    try:
+        where = download.fetch(refs)
+    except CftError as exc:
+        fail([str(exc)])
+    for ref, path in where.items():
+        print(f"cft: {refs[ref]}: {ref} -> {path}", flush=True)
+    print(f"cft: {len(where)} checkpoint(s) on disk for {len(cells)} cell(s)", flush=True)
+    sys.exit(0)
+
+
 class Checks(Callback):
     """Validates the composed config (every cell of a multirun) before Hydra creates any folder."""
 
@@ -199,6 +233,8 @@ class Checks(Callback):
         problems, values = problems_of(self.kind, config)
         if problems:
             fail(problems)
+        if values and values.get("download"):
+            _download([values])
         if values and self.kind == "train":
             from cft.config.preflight import preflight
 
@@ -232,7 +268,7 @@ class Checks(Callback):
             return
         name = config.hydra.job.config_name
         problems: dict[str, list[str]] = {}  # a problem -> the cells that have it (a bad global value: every cell)
-        rows = []
+        rows, cell_values = [], []
         grounded: dict[str, list[str]] = {}  # run folder -> why the preflight says it cannot run
         for overrides in cells:
             label = " ".join(overrides) or "(no overrides)"
@@ -243,9 +279,11 @@ class Checks(Callback):
 
                 problems.setdefault(hydra_error_line(exc) or str(exc).splitlines()[0], []).append(label)
                 continue
-            found, values = problems_of(self.kind, cell_config)
+            found, values = problems_of(self.kind, cell_config, launcher=_launcher_ranks(config))
             for problem in found:
                 problems.setdefault(problem, []).append(label)
+            if not found and values:
+                cell_values.append(values)
             if not found and values and self.kind == "train":
                 cell = layout.cell_of(dict(cell_config.hydra.runtime.choices), values["seed"], overrides)
                 rows.append(str(cell.path()))
@@ -264,6 +302,8 @@ class Checks(Callback):
         failed = bool(problems)
         if failed:
             sys.exit(2)
+        if OmegaConf.select(config, "download", default=False):
+            _download(cell_values)  # before the preflight's verdict: fetching is what makes checkpoints resolve
         check = OmegaConf.select(config, "check", default=False)
         for row, reasons in grounded.items():
             for reason in reasons:

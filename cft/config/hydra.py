@@ -155,9 +155,16 @@ def on_multi_gpu(value):
     train=paper becomes a DeepSpeed ZeRO-3 run exactly when it is launched on several GPUs."""
     if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         return None
-    import torch
+    from cft.training import memory
 
-    return value if torch.cuda.is_available() else None
+    return value if memory.gpus_available() else None  # CFT_GPUS: the rule tested on CPUs
+
+
+def on_gpu(if_gpu, otherwise):
+    """`if_gpu` on a machine with a GPU (CFT_GPUS overrides, for tests), else `otherwise`: e.g. packing on."""
+    from cft.training import memory
+
+    return if_gpu if memory.gpus_available() else otherwise
 
 
 def register_resolvers() -> None:
@@ -168,6 +175,7 @@ def register_resolvers() -> None:
 
     hydra_errors_in_one_line()
 
+    OmegaConf.register_new_resolver("cft_on_gpu", on_gpu, replace=True)
     OmegaConf.register_new_resolver("cft_on_multi_gpu", on_multi_gpu, replace=True)
     OmegaConf.register_new_resolver("cft_eval_dir", evaluation_dir, replace=True)
     OmegaConf.register_new_resolver("cft_cell_dir", cell_dir, replace=True)

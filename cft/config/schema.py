@@ -84,6 +84,9 @@ class ModelConfig(Schema):
     lf_k: Count | None = Field(None, description="layers that lf_h1/lf_h2 freeze on this model by default")
     pretrain: Pretrain | None = Field(None, description="phase-0 pre-training of a built base (the demo's)")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="dtype of evaluation (training: train.precision)")
+    shape: dict[str, int] | None = Field(
+        None, description="the checkpoint's config numbers (hidden_size, ...): the launch memory check before download"
+    )
 
     @model_validator(mode="after")
     def _source(self):
@@ -177,6 +180,12 @@ class TrainSettings(Schema):
     attn_implementation: str | None = Field(None, description="attention kernel (sdpa, eager, flash_attention_2); null = default")
     checkpoint_every: NonNegative = Field(0, description="optimizer steps between resumable checkpoints (0 = none)")
     keep_checkpoints: Count = Field(1, description="resumable checkpoints kept")
+    checkpoint_every_minutes: Annotated[float, Field(ge=0)] = Field(
+        0, description="minutes of training between resumable checkpoints (0 = none; with checkpoint_every, whichever first)"
+    )
+    gradient_checkpointing: StrictBool = Field(
+        False, description="recompute each layer's activations in the backward pass: far less memory, about 30% slower"
+    )
     log_every: Count = Field(10, description="optimizer steps between logged losses")
     # Throughput levers (README "GPU"; bench/gpu_bench.py measures each on its own).
     sdpa_backend: Literal["auto", "efficient", "flash", "math", "cudnn"] = Field(
@@ -262,6 +271,7 @@ class TrainRoot(Schema):
         description="cells that fail the preflight (checkpoints, data, strategy needs, output root): "
         "lenient = list them and run the others, strict = stop before any cell runs",
     )
+    download: StrictBool = Field(False, description="download every checkpoint the cells read, then exit (cft.models.download)")
     threads: Threads | None = Field(None, description="torch threads; null = chosen from measurement (OMP_NUM_THREADS wins)")
     similarity: SimilarityConfig = Field(description="DES and MPD recorded by the run (the paper's Definitions 1, 2)")
     model: ModelConfig = Field(description="conf/model: the checkpoints, or a model built in code")

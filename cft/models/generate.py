@@ -3,7 +3,9 @@
 Prompts are sorted by length so that each batch pads little, generated with the KV cache, and
 returned in the caller's order. Decoding stops at any of `stop_token_ids` (the model's generation
 config EOS ids, the tokenizer's EOS and the chat template's end of turn) or after `max_new_tokens`;
-`return_finished=True` also says which replies reached a stop token (the others hit the cap).
+`return_finished=True` also says which replies reached a stop token (the others hit the cap). With
+`sharded=True` and several ranks, the batches are dealt out to the ranks (each batch exactly as one
+rank would make it, so the outputs are those of one rank) and every rank gets all outputs back.
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ def generate(
     desc: str = "generate",
     progress: bool = True,
     return_finished: bool = False,
+    sharded: bool = False,
 ) -> list[str] | tuple[list[str], list[bool]]:
     """Generate one completion per prompt (prompt text already formatted for the model); with
-    `return_finished`, also whether each one ended at a stop token rather than at the cap."""
+    `return_finished`, also whether each one ended at a stop token rather than at the cap; `sharded`: every
+    rank calls this with the same prompts and generates its share of the batches (see the module docstring)."""
     from cft.data.format import stop_token_ids
+    from cft.training import distributed
 
     stops = stop_token_ids(tokenizer, model)
+    rank, world = (distributed.rank(), distributed.world_size()) if sharded else (0, 1)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -43,8 +49,10 @@ def generate(
     finished = [False] * len(prompts)
     pad_id = tokenizer.pad_token_id
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
+    for number, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start : start + batch_size]
+        if number % world != rank:
+            continue
         width = max(len(encoded[i]) for i in idx)
         # Left padding keeps every prompt's last token at the same position for decoding.
         input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
@@ -68,6 +76,11 @@ def generate(
         bar.update(len(idx))
     bar.close()
     model.train(was_training)
+    if world > 1:
+        mine = {i: (o, finished[i]) for i, o in enumerate(outputs) if o is not None}
+        for part in distributed.all_gather(mine):
+            for i, (o, done) in part.items():
+                outputs[i], finished[i] = o, done
     if return_finished:
         return outputs, finished  # type: ignore[return-value]
     return outputs  # type: ignore[return-value]

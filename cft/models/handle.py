@@ -31,6 +31,7 @@ class Checkpoint:
         self.gguf_file = gguf_file
         self.cache = cache  # cft.run.artifacts.Cache: where a GGUF file's plain copy goes
         self._loaded: tuple[Any, Any] | None = None
+        self._dtype: str | None = None  # the dtype the shared copy was loaded in
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.what}: {self.ref}{f' [{self.gguf_file}]' if self.gguf_file else ''})"
@@ -70,15 +71,28 @@ class Checkpoint:
         return self.cache.artifact("checkpoint", spec, build) / "model"
 
     def load(self, *, fresh: bool = False, dtype: str = "fp32"):
-        """(model, tokenizer); loaded once and then shared, unless `fresh` (a separate copy)."""
+        """(model, tokenizer); loaded once and then shared, unless `fresh` (a separate copy). Asked for another
+        dtype than the shared copy's (bf16 evaluation, fp32 training), the shared copy is released first."""
         if self._loaded is not None and not fresh:
-            return self._loaded
+            if self._dtype == dtype:
+                return self._loaded
+            self.release()
         ref, gguf = (str(self._plain_copy()), None) if self.gguf_file and self.cache is not None else (self.ref, self.gguf_file)
         loaded = load_model(ref, gguf_file=gguf, dtype=dtype, what=self.what, setting=self.setting)
         if not fresh:
-            self._loaded = loaded
+            self._loaded, self._dtype = loaded, dtype
         return loaded
 
     def release(self) -> None:
-        """Forget the loaded weights (the model object lives on where it is still used)."""
-        self._loaded = None
+        """Forget the shared copy (the model object lives on only where it is still used), and give its
+        accelerator memory back: an evaluation copy must not sit on GPU 0 while training runs."""
+        if self._loaded is None:
+            return
+        self._loaded, self._dtype = None, None
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

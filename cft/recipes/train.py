@@ -50,7 +50,7 @@ from cft.run.folder import RunDir, comparable
 from cft.run.tracking import Tracker
 from cft.strategies.base import StrategyContext
 from cft.training import distributed, threads
-from cft.training.loop import fit, zero3_init, zero_stage
+from cft.training.loop import fit, weights_dtype, zero3_init, zero_stage
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def finetune_base(
 
     def build_model(tmp: Path) -> None:  # runs on every rank; rank 0 alone writes
         with zero3_init(settings):
-            model, tokenizer = base.load(fresh=True)
+            model, tokenizer = base.load(fresh=True, dtype=weights_dtype(settings))
         model, stats, tok_stats = fit(
             model,
             tokenizer,
@@ -159,17 +159,26 @@ def finetune_base(
 
 
 def evaluate_cached(
-    model: Checkpoint, eval_cfg: Mapping[str, Any], tasks: Mapping[str, Any], cache: Cache, items_to: Path | None = None
+    model: Checkpoint,
+    eval_cfg: Mapping[str, Any],
+    tasks: Mapping[str, Any],
+    cache: Cache,
+    items_to: Path | None = None,
+    *,
+    dtype: str = "fp32",
 ) -> dict[str, Any]:
     """Evaluate a model artifact once per (model, its exact weights, eval settings, scoring protocol); later runs
-    reuse the scores (and get a copy of its per-item scores at `items_to`, for the paired bootstrap of Phase 2 - Phase 1)."""
+    reuse the scores (and get a copy of its per-item scores at `items_to`, for the paired bootstrap of Phase 2 - Phase 1).
+    `dtype`: what the weights are loaded in (the cell's evaluation precision, `Recipe._eval_dtype`)."""
     spec = {"model": model.key, "eval": comparable({"eval": dict(eval_cfg)})["eval"], "protocol": SCORING_PROTOCOL}
     digest = manifest_digest(model.ref)
     if digest:  # the exact weights scored: a rebuilt model (bytes differ, e.g. on a GPU) gets a new evaluation
         spec["weights"] = digest
+    if dtype != "fp32":  # bf16 scores are other scores (fp32 keys stay as they were)
+        spec["dtype"] = dtype
 
     def build_scores(tmp: Path) -> None:
-        loaded, tokenizer = model.load()
+        loaded, tokenizer = model.load(dtype=dtype)
         scores = evaluate(loaded.to(device()), tokenizer, tasks, limit=eval_cfg.get("limit"), out_dir=tmp / "samples")
         (tmp / layout.METRICS).write_text(json.dumps(scores, indent=2, sort_keys=True))
 
@@ -294,15 +303,16 @@ class TrainRecipe:
         if distributed.is_main():
             try:
                 self._lock = self.run_dir.lock()  # one process per cell; a second one stops here, naming the holder
+                self.run_dir.check_config(resolved)
             except CftError as exc:
                 refused = exc
-        # Rank 0 decides for the job: the other ranks must not train a cell whose rank 0 stopped at the lock.
+        # Rank 0 decides for the job (the lock, the folder's config): the other ranks must not train a cell whose
+        # rank 0 stopped, nor read a config.yaml rank 0 may be writing. After this point every rank sees the same folder.
         message = distributed.share(str(refused) if refused else None)
         if refused is not None:
             raise refused
         if message:
             raise CftError(message)
-        self.run_dir.check_config(resolved)
         if self.run_dir.is_done():
             log.info("%s is already finished (DONE); skipping it. Delete the folder to run it again.", self.run_dir.path)
             return False
@@ -317,7 +327,9 @@ class TrainRecipe:
         self.strategy = build(cfg.strategy)
         self.use_instruct = bool(cfg.phase1_data.get("use_instruct_checkpoint", False))
         # k <= layers and the like, before phase 0 or Phase 1 trains
-        self.strategy.validate(model_shape(self.model_cfg, use_instruct=self.use_instruct))
+        shape = model_shape(self.model_cfg, use_instruct=self.use_instruct)
+        self.strategy.validate(shape)
+        self.shape = shape
         self.data1 = None if self.use_instruct else load_data(cfg.phase1_data, "phase1_data")
         self.data2 = load_data(cfg.phase2_data, "phase2_data")
         counterpart_cfg = plain(cfg.phase2_data.get("counterpart"))
@@ -396,7 +408,7 @@ class TrainRecipe:
                 base_spec=self._base_spec,
                 data_spec=plain(cfg.phase1_data),
                 data=self.data1,
-                train=phase_train_config(cfg.train, "phase1"),
+                train=self._train("phase1"),
                 seed=self.seed,
                 cache=self.cache,
                 log_fn=self.tracker.log,
@@ -412,7 +424,7 @@ class TrainRecipe:
                 base_spec=self._base_spec,
                 data_spec=plain(cfg.phase2_data),
                 data=self.data2,
-                train=phase_train_config(cfg.train, "phase1"),
+                train=self._train("phase1"),
                 seed=self.seed,
                 cache=self.cache,
                 log_fn=self.tracker.log,
@@ -420,7 +432,12 @@ class TrainRecipe:
             self.metrics.update(mpd(self.p1.folder(), alone.folder()).metrics())
         self.step = "phase1 evaluation"
         scores1 = evaluate_cached(
-            self.p1, plain(cfg.eval), self.eval_tasks, self.cache, items_to=layout.eval_items(self.run_dir.path, "phase1")
+            self.p1,
+            plain(cfg.eval),
+            self.eval_tasks,
+            self.cache,
+            items_to=layout.eval_items(self.run_dir.path, "phase1"),
+            dtype=self._eval_dtype(),
         )
         self.scores1 = scores1
         self.metrics.update(keys.phased("phase1", scores1))
@@ -431,11 +448,12 @@ class TrainRecipe:
         """The strategy's hooks around the one training loop; rank 0 saves the model."""
         self.step = "phase2"
         cfg = self.cfg
-        train2 = self.strategy.phase2_train(phase_train_config(cfg.train, "phase2"))  # e.g. strategy.lr
+        train2 = self.strategy.phase2_train(self._train("phase2"))  # e.g. strategy.lr
         settings = train_settings(train2, seed=self.seed)
         rescued = rescue_dirs(self.run_dir.path, cfg.paths.get("rescue_dir"))
         with zero3_init(settings):  # under ZeRO-3 the trained copy is created partitioned, apart from the plain one
-            model, tokenizer = self.p1.load(fresh=zero_stage(settings) == 3)  # else the one Phase-1 model, shared
+            # else the one Phase-1 model, shared (in the training dtype: bf16 under DeepSpeed bf16)
+            model, tokenizer = self.p1.load(fresh=zero_stage(settings) == 3, dtype=weights_dtype(settings))
         ctx = StrategyContext(
             base_ref=self.base.ref if self.base else "",
             phase1_dir=Path(self.p1.folder()) if "base" in self.strategy.needs() else Path(self.p1.ref),
@@ -447,7 +465,7 @@ class TrainRecipe:
             phase1_key=self.p1.key,
             counterpart=(lambda: list(self.counterpart.examples)) if self.counterpart else list,
             counterpart_spec=self.counterpart_spec,
-            load_phase1=lambda: self.p1.load()[0].to(device()),
+            load_phase1=lambda: self.p1.load(dtype=self._eval_dtype())[0].to(device()),
             max_length=int(train2["max_length"]),
             base=self.base,
             phase1=self.p1,
@@ -455,6 +473,9 @@ class TrainRecipe:
         )
         examples2 = self.strategy.phase2_data(list(self.data2.examples), ctx)
         model = self.strategy.prepare(model, ctx)
+        # The copy that evaluated Phase 1 or generated the replay goes before training (about 30 GB at 7B on
+        # GPU 0); the model that trains lives on as `model`. A later load_phase1 reads the folder again.
+        self.p1.release()
         saved = self._trained_before(rescued)
         if saved is not None:  # an earlier attempt trained this cell, then failed to save it or to finish
             from cft.models import load_model
@@ -605,6 +626,40 @@ class TrainRecipe:
             return
         if cell in failed:
             raise ConfigError(f"preflight: {failed[cell]}")
+
+    def _train(self, phase: str) -> dict[str, Any]:
+        """One phase's train settings, with a DeepSpeed `stage: auto` made 2 where the model fits on each GPU and
+        3 above (cft.training.memory: the same estimate as the launch check)."""
+        from cft.training import memory
+
+        train = phase_train_config(self.cfg.train, phase)
+        zero = (train.get("deepspeed") or {}).get("zero_optimization") or {}
+        if str(zero.get("stage")) == "auto":
+            shape = memory.Shape.of(self.shape)
+            stage = memory.stage_that_fits(
+                shape,
+                world=distributed.world_size(),
+                capacity_gb=memory.device_memory_gb(),
+                trainable=self.strategy.trainable_share(shape) if phase == "phase2" else 1.0,
+                micro_batch=int(train["micro_batch_size"]),
+                seq_len=int(train["max_length"]),
+                gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
+            )
+            train["deepspeed"] = memory.with_stage(train["deepspeed"], stage)
+            log.info("%s: DeepSpeed ZeRO-%d (train.deepspeed stage auto: cft.training.memory)", phase, stage)
+        return train
+
+    def _eval_dtype(self) -> str:
+        """What evaluation and generation load the weights in: eval.dtype, the one precision every evaluation of
+        the cell runs at (the suite casts to it too); with eval.dtype=auto, model.dtype (auto: bf16 on GPUs that have it)."""
+        from cft.models.checkpoints import resolve_dtype
+
+        chosen = str((self.cfg.get("eval") or {}).get("dtype") or "auto")
+        if chosen != "auto":
+            return chosen
+        return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
+            str(resolve_dtype(self.model_cfg.get("dtype", "auto"))), "fp32"
+        )
 
     def _base(self, *, required: bool) -> Checkpoint | None:
         gguf = self.model_cfg.get("gguf_file")

@@ -107,7 +107,8 @@ class RunDir:
         return (self.path / layout.DONE).exists()
 
     def check_config(self, resolved: Mapping[str, Any]) -> None:
-        """Refuse to reuse a folder that holds a finished run of another config."""
+        """Refuse to reuse a folder that holds a finished run of another config. With several ranks rank 0
+        alone calls it (under the run lock) and tells the others: they could read config.yaml half-written."""
         old_file = self.path / layout.CONFIG
         if not old_file.exists():
             return
@@ -130,14 +131,10 @@ class RunDir:
             # An unfinished run of another config: its checkpoints, its saved or rescued final model must not be reused.
             import shutil
 
-            from cft.training import distributed
-
-            if distributed.is_main():
-                shutil.rmtree(self.path / layout.CHECKPOINTS, ignore_errors=True)
-                shutil.rmtree(self.checkpoint, ignore_errors=True)
-                for place in rescue_dirs(self.path, (resolved.get("paths") or {}).get("rescue_dir")):
-                    shutil.rmtree(place, ignore_errors=True)
-            distributed.barrier()
+            shutil.rmtree(self.path / layout.CHECKPOINTS, ignore_errors=True)
+            shutil.rmtree(self.checkpoint, ignore_errors=True)
+            for place in rescue_dirs(self.path, (resolved.get("paths") or {}).get("rescue_dir")):
+                shutil.rmtree(place, ignore_errors=True)
 
     # Writers are no-ops on ranks other than 0: every rank of a multi-process run holds a RunDir.
 

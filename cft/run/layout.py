@@ -57,7 +57,14 @@ MAX_VARIANT = 96
 # Settings that cannot change a result (written once, here): two invocations of one run may differ in
 # them, they stay out of every cache key (how often a checkpoint is written must not retrain Phase 1),
 # and out of a run folder's name.
-_LOOP_BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "log_every", "sync_every_step")
+_LOOP_BOOKKEEPING = (
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "sync_every_step",
+    "checkpoint_every_minutes",
+    "gradient_checkpointing",  # recomputes activations: the same gradients, less memory
+)
 RESULT_NEUTRAL = (
     "tracking",
     "paths",
@@ -66,6 +73,7 @@ RESULT_NEUTRAL = (
     "check",
     "preflight",
     "search",  # a search's level and choice pick cells; a candidate met at two levels is one folder
+    "download",
     *(f"train.{phase}{key}" for phase in ("", "phase1.", "phase2.") for key in _LOOP_BOOKKEEPING),
 )
 # Overrides that do not make a different cell, or that the folder names already (group choices).

@@ -51,11 +51,12 @@ class StrategyContext:
     phase1: Any = None  # cft.models.handle.Checkpoint of the Phase-1 model
     cache: Any = None  # cft.run.artifacts.Cache (None: one is made on cache_dir)
 
-    def artifact(self, kind: str, spec: Any, build: Callable[[Path], None]) -> Path:
-        """The one way a strategy makes a cached thing (cft.run.artifacts): folder of `kind` for `spec`."""
+    def artifact(self, kind: str, spec: Any, build: Callable[[Path], None], *, collective: bool = False) -> Path:
+        """The one way a strategy makes a cached thing (cft.run.artifacts): folder of `kind` for `spec`.
+        `collective`: with several ranks every rank runs `build` (sharded work); rank 0 alone writes."""
         from cft.run.artifacts import Cache
 
-        return (self.cache or Cache(self.cache_dir)).artifact(kind, spec, build)
+        return (self.cache or Cache(self.cache_dir)).artifact(kind, spec, build, collective=collective)
 
 
 # Every strategy takes `lr`: its own Phase-2 learning rate (a method may want another rate than full
@@ -83,6 +84,11 @@ class Strategy:
     def phase2_train(self, train: dict[str, Any]) -> dict[str, Any]:
         """The Phase-2 train settings (train.<key> updated by train.phase2.<key>), with the strategy's `lr`."""
         return train if self.lr is None else {**train, "lr": float(self.lr)}
+
+    def trainable_share(self, shape) -> float:
+        """The share of the model's parameters that train (a cft.training.memory.Shape): the memory estimate
+        of the launch check. Strategies that freeze little keep the default, which errs on the safe side."""
+        return 1.0
 
     def phase2_data(self, examples: list[Example], ctx: StrategyContext) -> list[Example]:
         return examples

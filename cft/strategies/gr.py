@@ -96,6 +96,7 @@ class GenerativeReplay(CountsReplay):
                 batch_size=self.batch_size,
                 desc="generative replay",
                 return_finished=True,
+                sharded=True,  # every rank answers its share of the batches
                 **self.generation,
             )
             seconds = time.time() - start
@@ -104,6 +105,10 @@ class GenerativeReplay(CountsReplay):
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            from cft.training import distributed
+
+            if not distributed.is_main():  # every rank has every output; rank 0 writes them
+                return
             lengths = [len(ctx.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outputs]
             with open(tmp / "replay.jsonl", "w", encoding="utf-8") as f:
                 for ex, out in zip(prompts_from, outputs):
@@ -120,7 +125,7 @@ class GenerativeReplay(CountsReplay):
             }
             (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
 
-        return ctx.artifact("generative_replay", spec, build)
+        return ctx.artifact("generative_replay", spec, build, collective=True)
 
     def phase2_data(self, examples: list[Example], ctx: StrategyContext) -> list[Example]:
         size = ctx.phase2_size or len(examples)

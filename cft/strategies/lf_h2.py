@@ -8,8 +8,10 @@ v_proj, it ranks the layers by how much that head's slice (its rows of the proje
 entries where there are any) changed from the base to the Phase-1 model, and freezes that head's
 slice in its k top layers (k = 10 in the paper). With grouped-query attention the heads of k_proj
 and v_proj are the key/value heads. A frozen slice keeps its Phase-1 values because its gradient
-rows are zeroed before every optimizer step: with AdamW and weight decay 0 (the paper's setting) its
-moments stay 0 and its update is exactly 0. The change is the norm of the weight difference,
+rows are zeroed: with AdamW and weight decay 0 (the paper's setting) its moments stay 0 and its
+update is exactly 0. The rows are zeroed by a hook on the parameter's gradient as backward computes
+it, before DDP or DeepSpeed reduce it, so ZeRO-3 never gathers a gradient for the mask (a gradient the
+hook did not see is masked before the optimizer step instead, through DeepSpeed's full-gradient API). The change is the norm of the weight difference,
 ||W_p1 - W_base||_F (the paper's word); `change: relative` divides it by ||W_base||_F.
 
 Other selections, under their own names:
@@ -123,6 +125,9 @@ class ChangeRankedFreeze(Strategy):
         self.selected: dict[str, list] = {}
         self.table: pd.DataFrame | None = None
         self._masks: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self._hooks: list[Any] = []  # handles of the gradient hooks (removed by finalize)
+        self._hooked: set[int] = set()  # ids of the parameters whose gradient a hook masked since the last step
+        self.late_masks = 0  # gradients masked at the optimizer step instead (a hook did not see them)
         self._report: dict[str, Any] = {}
 
     # -------------------------------------------------------------- options
@@ -270,6 +275,7 @@ class ChangeRankedFreeze(Strategy):
                 for head in by_param[(layer, module)]:
                     keep[head * head_dim : (head + 1) * head_dim] = 0.0
                 self._masks.append((param, keep))
+                self._hooks.append(param.register_hook(self._masker(param, keep)))
                 slices += len(by_param[(layer, module)]) if name.endswith(".weight") else 0
         self._report = {f"frozen/{m}/slices": len(v) for m, v in self.selected.items()}
         if self.selection == "top_heads":
@@ -279,11 +285,37 @@ class ChangeRankedFreeze(Strategy):
         frozen = sum(len(v) for v in by_param.values()) * head_dim * int(model.config.hidden_size)
         self._report["frozen_weights"] = frozen
 
+    def _masker(self, param, keep: torch.Tensor):
+        """A gradient hook zeroing the frozen rows of `param`'s gradient as backward computes it (full shape,
+        before any reduction); a gradient of another shape (a partition) is left to on_before_optimizer_step."""
+        ready: dict[tuple, torch.Tensor] = {}
+        key = id(param)
+
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            if grad.dim() == 0 or grad.shape[0] != keep.numel():
+                return grad
+            mask = ready.get((grad.device, grad.dtype))
+            if mask is None:
+                mask = ready[(grad.device, grad.dtype)] = keep.to(grad.device, grad.dtype).view(-1, *[1] * (grad.dim() - 1))
+            self._hooked.add(key)
+            return grad * mask
+
+        return hook
+
     def on_before_optimizer_step(self, model) -> None:
         # Zero gradients keep the frozen head rows at their Phase-1 values under AdamW with weight_decay 0
-        # (the paper's setting): both moments stay 0, so the update is 0.
+        # (the paper's setting): both moments stay 0, so the update is 0. The hooks did it during backward;
+        # only a gradient they did not see is masked here.
         for param, keep in self._masks:
-            scale_grad(param, keep, dim=0)
+            if id(param) not in self._hooked:
+                self.late_masks += scale_grad(param, keep, dim=0)
+        self._hooked.clear()
+
+    def finalize(self, model, ctx: StrategyContext):
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        return model
 
     def report(self) -> dict[str, Any]:
         return dict(self._report)

@@ -47,6 +47,14 @@ class LoRA(Strategy):
             raise ConfigError(f"strategy.dropout={self.dropout!r} must be in [0, 1)")
         check_modules("strategy.target_modules", self.target_modules, model_config, layers_only=False)
 
+    def trainable_share(self, shape) -> float:
+        """r x (inputs + outputs) per adapted matrix and layer, over the model's parameters."""
+        h, i, kv = shape.hidden, shape.intermediate, shape.kv_heads * (shape.hidden // shape.heads)
+        sides = {"q_proj": h + h, "o_proj": h + h, "k_proj": h + kv, "v_proj": h + kv, "gate_proj": h + i, "up_proj": h + i}
+        sides["down_proj"] = i + h
+        per_layer = sum(sides.get(m, 2 * h) for m in self.target_modules) * self.r
+        return min(1.0, per_layer * shape.layers / shape.params)
+
     def prepare(self, model, ctx: StrategyContext):
         from peft import LoraConfig, get_peft_model
 

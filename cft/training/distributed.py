@@ -163,6 +163,17 @@ def meet(ok: bool = True) -> bool:
     return all(flags)
 
 
+def all_gather(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank (over the long-timeout group, like `meet`)."""
+    if not _initialized() or _WAIT_GROUP is None:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj, group=_WAIT_GROUP)
+    return out
+
+
 def share(obj: Any) -> Any:
     """Rank 0's `obj` on every rank, waiting for rank 0 as long as `meet` does (rank 0 decides)."""
     if not _initialized() or _WAIT_GROUP is None:

@@ -121,6 +121,8 @@ class TrainSettings:
     deepspeed: Mapping[str, Any] | None = None  # a DeepSpeed config dict, or None
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints (0 = never)
     keep_checkpoints: int = 1
+    checkpoint_every_minutes: float = 0.0  # wall-clock minutes between resumable checkpoints (0 = never)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (cft.training.memory)
     log_every: int = 10
     seed: int = 0
     # Throughput levers (conf/train: each one's help; bench/gpu_bench.py measures each on its own).
@@ -358,6 +360,15 @@ def zero_stage(settings: TrainSettings) -> int:
     return int((settings.deepspeed or {}).get("zero_optimization", {}).get("stage", 0)) if settings.deepspeed else -1
 
 
+def weights_dtype(settings: TrainSettings) -> str:
+    """The dtype to load a model in for training: bf16 under a DeepSpeed bf16 run (DeepSpeed keeps the fp32
+    master weights in the optimizer), fp32 otherwise (autocast needs fp32 weights to be mixed precision)."""
+    if settings.deepspeed is None:
+        return "fp32"
+    enabled = (settings.deepspeed.get("bf16") or {}).get("enabled", "auto")
+    return "bf16" if enabled is True or (enabled == "auto" and _precision(settings.precision) == "bf16") else "fp32"
+
+
 @contextlib.contextmanager
 def zero3_init(settings: TrainSettings):
     """Load the model inside this context before ZeRO-3 training: transformers then creates it
@@ -475,6 +486,8 @@ def train_phase(
         )
     total = int(settings.max_steps) if settings.max_steps else math.ceil(settings.epochs * steps_per_epoch)
 
+    if settings.gradient_checkpointing:
+        _checkpointing(model, True)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"{phase}: the strategy left no trainable parameter")
@@ -527,6 +540,7 @@ def train_phase(
     finite.checked = step
     lengths = [len(ex["input_ids"]) for ex in dataset] if budget else []
     start = time.time()
+    last_save = start  # wall-clock checkpoints (checkpoint_every_minutes) count from here
     bar = tqdm(total=total, initial=step, desc=phase, disable=not distributed.is_main(), dynamic_ncols=True)
     with _StopRequest() as stop, sdpa:
         while step < total:
@@ -586,6 +600,10 @@ def train_phase(
                 log_step = step % settings.log_every == 0 or step == total
                 stopping = step < total and stop.any_rank(world)
                 periodic = settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < total
+                if settings.checkpoint_every_minutes and step < total:
+                    # Rank 0's clock decides for every rank (a collective: all ranks save together or none does).
+                    due = time.time() - last_save >= settings.checkpoint_every_minutes * 60
+                    periodic = periodic or (distributed.all_sum(float(due and distributed.is_main())) > 0 if world > 1 else due)
                 if log_step or settings.sync_every_step or (ckpt_root and (periodic or stopping)):
                     finite.check(step)  # before any checkpoint: a saved one never holds a non-finite step
                     if log_step and world > 1:  # the mean over every rank's micro-batches (a collective: all ranks log together)
@@ -622,6 +640,7 @@ def train_phase(
                             engine=engine,
                             phase=phase,
                         )
+                        last_save = time.time()
                     except CheckpointNotWritten as exc:
                         if stopping:
                             raise
@@ -655,7 +674,30 @@ def train_phase(
     )
     if accelerator is not None:
         _release(accelerator)
+    if settings.gradient_checkpointing and trained is not None:
+        _checkpointing(trained, False)  # evaluation and generation keep their KV cache
     return trained, stats
+
+
+def _checkpointing(model, on: bool) -> None:
+    """Switch transformers' gradient checkpointing (non-reentrant: frozen inputs and ZeRO-3 are fine)."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model
+    if hasattr(target, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        enable, disable = target.activation_checkpointing_enable, target.activation_checkpointing_disable
+        kwargs = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
+    elif hasattr(target, "gradient_checkpointing_enable"):
+        enable, disable = target.gradient_checkpointing_enable, target.gradient_checkpointing_disable
+        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    else:
+        raise ConfigError(f"train.gradient_checkpointing: {type(target).__name__} does not support it")
+    if on:
+        enable(**kwargs)
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()  # frozen embeddings (LoRA, LF): the checkpointed layers still get grads
+        target.config.use_cache = False
+    else:
+        disable()
+        target.config.use_cache = True
 
 
 def _rng_state() -> dict:
