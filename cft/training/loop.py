@@ -541,11 +541,11 @@ def _save_checkpoint(
     a full disk mid-save leaves the previous checkpoint the latest usable one."""
     target = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp"
-    if distributed.is_main():
-        shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
-    distributed.barrier()
     try:
+        if distributed.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
         if engine is not None:
             engine.save_checkpoint(str(tmp), tag="state")  # every rank writes its own shards
             torch.save(_rng_state(), tmp / f"rng-{distributed.rank()}.pt")
