@@ -102,11 +102,14 @@ def test_check_true_lists_the_cells_and_runs_nothing(tmp_path):
     env = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path / "outputs")}
     env.pop("CFT_SWEEP_ID", None)
     args = ["-m", "model=mistral,llama", "strategy=gr5,gr10,lf_h2,lora,er10", "check=true"]
+    env["HF_HUB_OFFLINE"] = "1"  # the preflight then names each cell's Instruct model as not on disk
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr[-2000:]
     assert "cft: config OK: 10 cell(s)" in proc.stdout
+    assert "cft: 10 of 10 cell(s) cannot run (above); nothing was run" in proc.stderr
+    assert "model.instruct=mistralai/Mistral-7B-Instruct-v0.1: not on disk and the hub is offline" in proc.stderr
     for model in ("mistral", "llama"):
         for strategy in ("gr5", "gr10", "lf_h2", "lora", "er10"):
             assert f"instruct-multialpaca/{model}/{strategy}/seed0" in proc.stdout

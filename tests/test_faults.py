@@ -952,7 +952,7 @@ def test_preflight_names_the_cell_whose_strategy_needs_a_base_that_cannot_resolv
     errors = [line for line in proc.stderr.splitlines() if line.startswith("cft: error: preflight:")]
     assert len(errors) == 1 and "/lf_h2/" in errors[0], proc.stderr
     assert "strategy lf_h2 needs the base model: model.base=cft-test/missing-base" in errors[0]
-    assert "the hub is offline (HF_HUB_OFFLINE=1)" in errors[0]
+    assert "not on disk and the hub is offline (HF_HUB_OFFLINE=1)" in errors[0]
 
 
 # ---------------------------------------------------------------- an evaluation is of the exact weights it scored

@@ -265,9 +265,19 @@ class Checks(Callback):
         if failed:
             sys.exit(2)
         check = OmegaConf.select(config, "check", default=False)
+        if check:  # the config itself is sound: its cells first, then what the preflight found
+            print(f"cft: config OK: {len(cells)} cell(s)" + "".join(f"\n  {row}" for row in rows), flush=True)
+        by_reason: dict[str, list[str]] = {}  # a shared cause (a checkpoint offline) once, with its cells
         for row, reasons in grounded.items():
             for reason in reasons:
-                print(f"cft: error: preflight: {row}: {reason}", file=sys.stderr, flush=True)
+                by_reason.setdefault(reason, []).append(row)
+        for reason, where in by_reason.items():
+            scope = (
+                "every cell"
+                if len(where) == len(cells)
+                else "; ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+            )
+            print(f"cft: error: preflight: {reason} [{scope}]", file=sys.stderr, flush=True)
         if grounded:
             strict = OmegaConf.select(config, "preflight", default="lenient") == "strict"
             print(
@@ -284,7 +294,7 @@ class Checks(Callback):
             if check or strict:
                 sys.exit(2)
         if check:
-            print(f"cft: config OK: {len(cells)} cell(s)" + "".join(f"\n  {row}" for row in rows), flush=True)
+            print(f"cft: preflight OK: {len(cells)} cell(s) can run", flush=True)
             sys.exit(0)
         if self.kind == "train":  # the end of the sweep reports every cell without DONE, not only those with FAILED
             import json
