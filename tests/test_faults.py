@@ -296,6 +296,7 @@ def test_read_only_output_root_is_a_config_error(tmp_path, how):
             subprocess.run(["umount", str(out)], capture_output=True, timeout=10)
 
 
+@pytest.mark.slow  # as root, test_full_tmpfs_saving_the_final_model_rescues_it; elsewhere the safetensors case below
 def test_full_disk_saving_the_final_model_keeps_the_weights_and_the_rerun_does_not_retrain(root):
     """OSError(ENOSPC) from save_pretrained during Phase 2: the weights go to the rescue folder the message
     names, FAILED records it, and the same command then saves them without training Phase 2 again."""
@@ -732,7 +733,7 @@ def test_run_folder_turning_read_only_in_phase2(root, prepared, tmp_path):
     assert metrics["train/phase2/steps"] == 120 and "train/phase2/final_loss" in metrics
 
 
-@pytest.mark.parametrize("raised", ["safetensors", "oserror"])
+@pytest.mark.parametrize("raised", ["safetensors", pytest.param("oserror", marks=pytest.mark.slow)])
 def test_rescue_falls_back_to_paths_rescue_dir(root, tmp_path, raised):
     """The run folder and the temporary folder's rescue place both refuse (SafetensorError, OSError 28): the
     weights go to paths.rescue_dir; the rerun finds them there."""
@@ -747,6 +748,7 @@ def test_rescue_falls_back_to_paths_rescue_dir(root, tmp_path, raised):
     assert_rescued_then_resumed(root, run, proc, "No space left on device", "sweep_id=s", f"paths.rescue_dir={second}")
 
 
+@pytest.mark.slow
 def test_rescue_refused_everywhere_says_so(root, tmp_path):
     """With no place that takes the weights (the second one has too little free space), the line says nothing
     was kept and how to give a place; FAILED is in the run folder."""
@@ -765,6 +767,7 @@ def test_rescue_refused_everywhere_says_so(root, tmp_path):
     assert layout.read_failure(run)["error"] == "DiskError"
 
 
+@pytest.mark.slow  # as root, the tmpfs test above gets the same error from a real full disk
 def test_checkpoint_write_error_of_torch_is_a_warning(root):
     """torch.save's RuntimeError (inline_container.cc) on a resumable checkpoint, planted: training goes on."""
     env = {**fault_env("*/checkpoints/*/optimizer.bin"), "CFT_FAULT_RAISE": "torch"}
@@ -883,7 +886,7 @@ def test_filter_leaving_a_language_without_records(tmp_path):
         load_sft(name="x", path=str(folder), languages=["es", "de"], skip_empty_output=True, config_key="phase2_data")
 
 
-@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "-inf"])
+@pytest.mark.parametrize("value", ["inf", "1e400", pytest.param("nan", marks=pytest.mark.slow)])
 def test_learning_rate_must_be_finite(tmp_path, value):
     line = one_error(run_script("train.py", [*ARGS, f"train.lr={value}", "check=true"], tmp_path, check=False))
     assert line.startswith("cft: error: train.lr=") and "finite number" in line

@@ -411,7 +411,8 @@ def train_phase(
                     loss = loss + extra
                 if not torch.isfinite(loss):
                     raise TrainingError(
-                        f"{phase}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, rank {rank}); stopping. "
+                        f"{phase}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, rank {rank}, "
+                        f"learning rate {scheduler.get_last_lr()[0]:.3g}); stopping. "
                         "Lower train.lr or check the data; a rerun resumes from the last checkpoint"
                     )
                 loss_sum += loss.item()
