@@ -999,3 +999,30 @@ def test_evaluation_key_follows_the_checkpoints_manifest(tmp_path, monkeypatch):
     shutil.rmtree(cache.root / "phase1")  # rebuilt: other bytes under the same spec
     rebuilt = recipe.evaluate_cached(phase1(b"B" * 64), {"limit": 1}, {}, cache)
     assert scored == [b"A" * 64, b"B" * 64] and rebuilt != first
+
+
+def test_log_file_on_a_full_disk_is_one_warning_not_a_traceback_per_record(tmp_path, capsys):
+    import errno
+
+    from cft.run import disk
+
+    handler = logging.FileHandler(tmp_path / "train.log")
+    logger = logging.getLogger()
+    logger.addHandler(handler)
+
+    def emit(record):  # what a full disk does to a log file's write
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            handler.handleError(record)
+
+    handler.emit = emit
+    try:
+        disk.quiet_log_files()
+        logger.warning("one")
+        logger.warning("two")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    err = capsys.readouterr().err
+    assert err == f"cft: warning: the log file {tmp_path / 'train.log'} cannot be written: No space left on device\n"

@@ -4,7 +4,8 @@
 A bad value stops the command with one line per problem (the key, the value, what is allowed) and
 exit status 2: nothing is written to the output root or the cache. In a multirun every cell of the
 sweep is composed and checked first, so a bad value in the last cell stops the sweep before the
-first cell trains. `check=true` checks and lists the cells, then exits without running anything:
+first cell trains; then every cell's preflight (cft.config.preflight: checkpoints, data, the strategy's
+needs) names the cells that cannot run. `check=true` checks and lists the cells, then exits without running anything:
 
     python train.py -m model=mistral,llama strategy=gr5,gr10,lf_h2,lora,er10 check=true
 """

@@ -271,6 +271,7 @@ class TrainRecipe:
         """Check every input, then prepare the run folder, the base and the tracker. False: already finished."""
         cfg = self.cfg
         self._preflight_verdict()
+        disk.quiet_log_files()  # train.log on a disk that fills up or turns read-only: no traceback per record
         threads.configure(cfg.get("threads"))
         distributed.init()  # several ranks (torchrun, SLURM tasks) train one cell; rank 0 alone writes
         resolved = OmegaConf.to_container(cfg, resolve=True)
