@@ -12,6 +12,10 @@
         record()     metrics.json, W&B, DONE
         cleanup()    W&B finished, the run folder unlocked (also after a failure, which leaves FAILED)
 
+A full or read-only disk (whatever type its writer raises: cft.run.disk) or a GPU out of memory ends the
+cell with one line and exit 1; trained Phase-2 weights the run folder refuses are kept in a rescue place
+(the temporary folder's, then paths.rescue_dir), from which the same command continues without training.
+
 Only this module sees the whole config; everything it calls takes explicit arguments. The base and
 the Phase-1 model are `Checkpoint` handles: loaded lazily, at most once.
 """
