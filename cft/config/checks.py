@@ -205,7 +205,7 @@ class Checks(Callback):
 
             found = preflight(values, _choices(config))  # one cell: it cannot run, so nothing runs
             if found:
-                fail(found, "preflight: ")
+                fail(found)  # the same line the cell would stop with, before Hydra makes its folder
         if values and values.get("check"):
             where = _run_folder(config, values) if self.kind == "train" else None
             print(f"cft: config OK{f': {where}' if where else ''}", flush=True)

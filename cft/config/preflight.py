@@ -126,8 +126,8 @@ def _checkpoint_problem(ref: str, gguf_file: str | None, what: str, setting: str
             if not hub_reachable():
                 why = "HF_HUB_OFFLINE=1" if _offline_env() else f"{HUB_HOST[0]} cannot be reached"
                 return (
-                    f"{setting}={ref}: not on disk and the hub is offline ({why}); "
-                    f"download it once and set {setting}=/path/to/{Path(ref).name}"
+                    f"{setting}={ref}: not on disk and the hub is offline ({why}). "
+                    f"Offline? Download the checkpoint and pass its local path ({setting}=/path/to/{Path(ref).name})"
                 )
     try:
         read_config(ref, gguf_file=gguf_file, what=what, setting=setting)

@@ -573,7 +573,7 @@ class TrainRecipe:
         except ValueError:
             return
         if cell in failed:
-            raise ConfigError(f"preflight: {failed[cell]}")
+            raise ConfigError(failed[cell])  # the line the sweep printed before any cell ran
 
     def _base(self, *, required: bool) -> Checkpoint | None:
         gguf = self.model_cfg.get("gguf_file")
