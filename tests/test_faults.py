@@ -933,7 +933,12 @@ def test_check_prints_the_sweep_id_the_sweep_uses_and_the_preflight_runs_the_oth
     runs = {p.parent.parent.name: p for p in (root / sweep).glob("demo-demo/tiny/*/*/seed0")}
     assert (runs["full"] / "DONE").exists() and not (runs["lf_h2"] / "DONE").exists()
     assert log_lines(proc, "2 of 3 cell(s) cannot run (above); running the other 1")
-    assert sorted(p.name for p in runs["gr5"].iterdir() if not p.name.startswith(".")) == ["FAILED", "train.log"]
+    assert sorted(p.name for p in runs["gr5"].iterdir() if not p.name.startswith(".")) == [
+        "FAILED",
+        "config.yaml",
+        "run_meta.json",
+        "train.log",
+    ]  # stopped at its start: nothing trained, nothing cached for it
     assert layout.read_failure(runs["gr5"])["message"].startswith("phase2_data.counterpart: X: data file not found")
     strict = train(root, *args, "preflight=strict", "sweep_id=strict")
     assert strict.returncode == 2 and not (root / "strict").exists()

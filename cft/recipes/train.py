@@ -274,7 +274,6 @@ class TrainRecipe:
     def setup(self) -> bool:
         """Check every input, then prepare the run folder, the base and the tracker. False: already finished."""
         cfg = self.cfg
-        self._preflight_verdict()
         disk.quiet_log_files()  # train.log on a disk that fills up or turns read-only: no traceback per record
         threads.configure(cfg.get("threads"))
         distributed.init()  # several ranks (torchrun, SLURM tasks) train one cell; rank 0 alone writes
@@ -287,6 +286,7 @@ class TrainRecipe:
             return False
         if distributed.is_main():
             self.run_dir.start(resolved, {"sweep_id": cfg.sweep_id, "seed": self.seed, "choices": self.choices})
+        self._preflight_verdict()  # after start: the folder says what was asked (config.yaml) and why it stopped
         from transformers import set_seed
 
         set_seed(self.seed)
