@@ -101,13 +101,19 @@ def _strategy(node_json: str):
 
 
 def _shape_problems(strategy, model_cfg: Mapping[str, Any], use_instruct: bool) -> list[str]:
-    from cft.recipes.train import model_shape
-
     try:
-        strategy.validate(model_shape(model_cfg, use_instruct=use_instruct))
+        strategy.validate(_model_shape(json.dumps(dict(model_cfg), sort_keys=True, default=str), use_instruct))
     except CftError as exc:
         return [_line(exc)]
     return []
+
+
+@cache
+def _model_shape(model_json: str, use_instruct: bool):
+    """The model's config, read once for every cell of the sweep that trains it (a GGUF file's takes seconds)."""
+    from cft.recipes.train import model_shape
+
+    return model_shape(json.loads(model_json), use_instruct=use_instruct)
 
 
 def checkpoint_problem(ref: str, gguf_file: str | None, what: str, setting: str) -> str | None:
