@@ -134,10 +134,11 @@ def _train(tiny_model_dir, ckpt_dir, hooks=None, **kw):
     )
 
 
-def test_full_disk_while_saving_keeps_previous_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+def test_full_disk_while_saving_a_checkpoint_is_a_warning_and_keeps_the_previous_one(
+    tmp_path, tiny_model_dir, monkeypatch, caplog
+):
+    """A periodic checkpoint is insurance: a full disk while writing one does not end the training it insures."""
     from accelerate import Accelerator
-
-    from cft.training.loop import TrainingError
 
     real_save = Accelerator.save_state
     calls = []
@@ -148,18 +149,20 @@ def test_full_disk_while_saving_keeps_previous_checkpoint(tmp_path, tiny_model_d
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             (Path(output_dir) / "model.safetensors").write_bytes(b"half")
             raise OSError(errno.ENOSPC, "No space left on device")
+        if len(calls) > 2:  # the disk stays full: step-1 is the checkpoint left
+            raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(self, output_dir, **kwargs)
 
     monkeypatch.setattr(Accelerator, "save_state", save_then_fill_disk)
     ckpt = tmp_path / "ckpt"
-    with pytest.raises(TrainingError) as err:
-        _train(tiny_model_dir, ckpt)
-    msg = str(err.value)
-    assert "step 2" in msg and "No space left" in msg and "step-1 is intact" in msg
+    with caplog.at_level("WARNING", logger="cft.training.loop"):
+        _, stats = _train(tiny_model_dir, ckpt)
+    assert stats.steps == 4
+    assert (
+        f"the checkpoint of step 2 was not written (No space left on device); training goes on (a rerun would resume from {ckpt / 'step-1'})"
+        in caplog.text
+    )
     assert sorted(p.name for p in ckpt.iterdir()) == ["step-1"]  # no half checkpoint left, the previous one kept
-    monkeypatch.setattr(Accelerator, "save_state", real_save)
-    _, stats = _train(tiny_model_dir, ckpt)
-    assert stats.resumed_from == 1 and stats.steps == 4
 
 
 def test_resume_restores_optimizer_scheduler_and_data_order(tmp_path, tiny_model_dir):
@@ -266,7 +269,7 @@ def test_nan_loss_stops_with_phase_and_step(tmp_path, tiny_model_dir):
         def on_before_optimizer_step(self, model):
             pass
 
-    with pytest.raises(TrainingError, match=r"phase2: loss is nan at step 3 \(epoch 0"):
+    with pytest.raises(TrainingError, match=r"phase2: loss is nan at step 3 \(epoch 0, rank 0, learning rate [0-9.e-]+\)"):
         _train(tiny_model_dir, tmp_path / "c", hooks=NanAtThird())
 
 

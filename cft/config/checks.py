@@ -4,7 +4,8 @@
 A bad value stops the command with one line per problem (the key, the value, what is allowed) and
 exit status 2: nothing is written to the output root or the cache. In a multirun every cell of the
 sweep is composed and checked first, so a bad value in the last cell stops the sweep before the
-first cell trains. `check=true` checks and lists the cells, then exits without running anything:
+first cell trains; then every cell's preflight (cft.config.preflight: checkpoints, data, the strategy's
+needs) names the cells that cannot run. `check=true` checks and lists the cells, then exits without running anything:
 
     python train.py -m model=mistral,llama strategy=gr5,gr10,lf_h2,lora,er10 check=true
 """
@@ -240,7 +241,7 @@ class Checks(Callback):
 
             found = preflight(values, _choices(config))  # one cell: it cannot run, so nothing runs
             if found:
-                fail(found, "preflight: ")
+                fail(found)  # the same line the cell would stop with, before Hydra makes its folder
         if values and values.get("check"):
             where = _run_folder(config, values) if self.kind == "train" else None
             print(f"cft: config OK{f': {where}' if where else ''}", flush=True)
@@ -305,9 +306,19 @@ class Checks(Callback):
         if OmegaConf.select(config, "download", default=False):
             _download(cell_values)  # before the preflight's verdict: fetching is what makes checkpoints resolve
         check = OmegaConf.select(config, "check", default=False)
+        if check:  # the config itself is sound: its cells first, then what the preflight found
+            print(f"cft: config OK: {len(cells)} cell(s)" + "".join(f"\n  {row}" for row in rows), flush=True)
+        by_reason: dict[str, list[str]] = {}  # a shared cause (a checkpoint offline) once, with its cells
         for row, reasons in grounded.items():
             for reason in reasons:
-                print(f"cft: error: preflight: {row}: {reason}", file=sys.stderr, flush=True)
+                by_reason.setdefault(reason, []).append(row)
+        for reason, where in by_reason.items():
+            scope = (
+                "every cell"
+                if len(where) == len(cells)
+                else "; ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+            )
+            print(f"cft: error: preflight: {reason} [{scope}]", file=sys.stderr, flush=True)
         if grounded:
             strict = OmegaConf.select(config, "preflight", default="lenient") == "strict"
             print(
@@ -324,7 +335,7 @@ class Checks(Callback):
             if check or strict:
                 sys.exit(2)
         if check:
-            print(f"cft: config OK: {len(cells)} cell(s)" + "".join(f"\n  {row}" for row in rows), flush=True)
+            print(f"cft: preflight OK: {len(cells)} cell(s) can run", flush=True)
             sys.exit(0)
         if self.kind == "train":  # the end of the sweep reports every cell without DONE, not only those with FAILED
             import json

@@ -101,13 +101,19 @@ def _strategy(node_json: str):
 
 
 def _shape_problems(strategy, model_cfg: Mapping[str, Any], use_instruct: bool) -> list[str]:
-    from cft.recipes.common import model_shape
-
     try:
-        strategy.validate(model_shape(model_cfg, use_instruct=use_instruct))
+        strategy.validate(_model_shape(json.dumps(dict(model_cfg), sort_keys=True, default=str), use_instruct))
     except CftError as exc:
         return [_line(exc)]
     return []
+
+
+@cache
+def _model_shape(model_json: str, use_instruct: bool):
+    """The model's config, read once for every cell of the sweep that trains it (a GGUF file's takes seconds)."""
+    from cft.recipes.common import model_shape
+
+    return model_shape(json.loads(model_json), use_instruct=use_instruct)
 
 
 def checkpoint_problem(ref: str, gguf_file: str | None, what: str, setting: str) -> str | None:
@@ -126,8 +132,8 @@ def _checkpoint_problem(ref: str, gguf_file: str | None, what: str, setting: str
             if not hub_reachable():
                 why = "HF_HUB_OFFLINE=1" if _offline_env() else f"{HUB_HOST[0]} cannot be reached"
                 return (
-                    f"{setting}={ref}: a hub id not in the local cache, and the hub is offline ({why}). "
-                    f"Download it once and set {setting}=/path/to/{Path(ref).name}"
+                    f"{setting}={ref}: not on disk and the hub is offline ({why}). "
+                    f"Offline? Download the checkpoint and pass its local path ({setting}=/path/to/{Path(ref).name})"
                 )
     try:
         read_config(ref, gguf_file=gguf_file, what=what, setting=setting)

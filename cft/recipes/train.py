@@ -12,6 +12,10 @@
         record()     metrics.json, W&B, DONE
         cleanup()    W&B finished, the run folder unlocked (also after a failure, which leaves FAILED)
 
+A full or read-only disk (whatever type its writer raises: cft.run.disk) or a GPU out of memory ends the
+cell with one line and exit 1; trained Phase-2 weights the run folder refuses are kept in a rescue place
+(the temporary folder's, then paths.rescue_dir), from which the same command continues without training.
+
 Only this module sees the whole config; everything it calls takes explicit arguments. The base and
 the Phase-1 model are `Checkpoint` handles: loaded lazily, at most once.
 """
@@ -295,7 +299,7 @@ class TrainRecipe:
     def setup(self) -> bool:
         """Check every input, then prepare the run folder, the base and the tracker. False: already finished."""
         cfg = self.cfg
-        self._preflight_verdict()
+        disk.quiet_log_files()  # train.log on a disk that fills up or turns read-only: no traceback per record
         threads.configure(cfg.get("threads"))
         distributed.init()  # several ranks (torchrun, SLURM tasks) train one cell; rank 0 alone writes
         resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -318,6 +322,7 @@ class TrainRecipe:
             return False
         if distributed.is_main():
             self.run_dir.start(resolved, {"sweep_id": cfg.sweep_id, "seed": self.seed, "choices": self.choices})
+        self._preflight_verdict()  # after start: the folder says what was asked (config.yaml) and why it stopped
         from transformers import set_seed
 
         set_seed(self.seed)
@@ -625,7 +630,7 @@ class TrainRecipe:
         except ValueError:
             return
         if cell in failed:
-            raise ConfigError(f"preflight: {failed[cell]}")
+            raise ConfigError(failed[cell])  # the line the sweep printed before any cell ran
 
     def _train(self, phase: str) -> dict[str, Any]:
         """One phase's train settings, with a DeepSpeed `stage: auto` made 2 where the model fits on each GPU and

@@ -84,3 +84,31 @@ def model_bytes(model) -> int:
     except Exception:  # a wrapper without a state dict: no estimate, no refusal
         return 0
     return int(tensors * 1.05) + 16 * 2**20
+
+
+def quiet_log_files() -> None:
+    """A log file on a full or read-only disk: one warning line on stderr instead of logging's traceback
+    for every record (the run's own one-line message must stay the last word)."""
+    import logging
+    import sys
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and not getattr(handler, "_cft_quiet", False):
+            handler._cft_quiet = True
+            handler.handleError = _quiet_error(handler, sys.stderr)
+
+
+def _quiet_error(handler, stream):
+    told = []
+
+    def handle_error(record) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if exc is None or reason(exc) is None:
+            return type(handler).handleError(handler, record)  # not a disk fault: logging's own report
+        if not told:
+            told.append(True)
+            print(f"cft: warning: the log file {handler.baseFilename} cannot be written: {reason(exc)}", file=stream, flush=True)
+
+    return handle_error

@@ -564,8 +564,8 @@ def train_phase(
                     loss = loss + extra
                 if settings.sync_every_step and not torch.isfinite(loss):
                     raise TrainingError(
-                        f"{phase}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, rank {rank}; "
-                        f"lr {scheduler.get_last_lr()[0]:.3g}); stopping. "
+                        f"{phase}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, rank {rank}, "
+                        f"learning rate {scheduler.get_last_lr()[0]:.3g}); stopping. "
                         "Lower train.lr or check the data; a rerun resumes from the last checkpoint"
                     )
                 finite.update(loss, step + 1, scheduler.get_last_lr()[0])
@@ -730,11 +730,11 @@ def _save_checkpoint(
     a full disk mid-save leaves the previous checkpoint the latest usable one."""
     target = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp"
-    if distributed.is_main():
-        shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
-    distributed.barrier()
     try:
+        if distributed.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
         if engine is not None:
             engine.save_checkpoint(str(tmp), tag="state")  # every rank writes its own shards
             torch.save(_rng_state(), tmp / f"rng-{distributed.rank()}.pt")
