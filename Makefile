@@ -10,9 +10,10 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.3,torch==2.13.0)
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
-# One pytest-xdist worker per core; loadgroup keeps the tests of a module-scoped fixture on one worker (tests/conftest.py).
+# One pytest-xdist worker per core, a whole test module per worker (its module fixtures built once), in
+# the order tests/conftest.py gives (modules with slow tests first).
 TEST_WORKERS ?= auto
-XDIST := -n $(TEST_WORKERS) --dist loadgroup
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install demo test test-fast lint bench clean
 

@@ -1,6 +1,6 @@
 """Shared test set-up: offline hub, temporary W&B/HF folders, tiny models built in code, and what
-pytest-xdist needs (`make test` runs one worker per core): one torch thread per worker, tests that share
-a module-scoped fixture kept on one worker, and `build_once` for set-ups shared by every worker."""
+pytest-xdist needs (`make test` runs one worker per core, each module on one worker): one torch thread
+per worker, slow modules handed out first, and `build_once` for set-ups shared by every worker."""
 
 from __future__ import annotations
 
@@ -52,14 +52,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        # A module-scoped fixture is built once per worker that runs one of its tests: keep such tests on one
-        # worker (`--dist loadgroup`), so a module's shared run or sweep is built once per test run.
-        fixtures = getattr(item, "_fixtureinfo", None)
-        if fixtures and any(d[-1].scope == "module" for d in fixtures.name2fixturedefs.values() if d):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    # Modules with slow tests first (whole modules: a module fixture is torn down when the module changes),
-    # so xdist hands out the long tests while there is still other work to balance them.
+    # Modules with slow tests first (whole modules: a module fixture is torn down when the module changes), so
+    # that xdist (`make test`: --dist loadfile, one module per worker at a time, in this order) hands out the
+    # long ones while there is still other work to balance them.
     slow = {item.module.__name__ for item in items if "slow" in item.keywords}
     items.sort(key=lambda item: item.module.__name__ not in slow)
     if SHARED_DATA.exists():
