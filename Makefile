@@ -10,6 +10,10 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.3,torch==2.13.0)
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# One pytest-xdist worker per core, a whole test module per worker (its module fixtures built once), in
+# the order tests/conftest.py gives (modules with slow tests first).
+TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install demo test test-fast lint bench clean
 
@@ -25,7 +29,7 @@ demo: $(STAMP)
 	$(PY) train.py
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -36,7 +40,7 @@ bench: $(STAMP)
 	PY=$(PY) bash bench/run_all.sh
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not integration" $(PYTEST_ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

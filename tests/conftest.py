@@ -1,12 +1,17 @@
-"""Shared test set-up: offline hub, temporary W&B/HF folders, tiny models built in code."""
+"""Shared test set-up: offline hub, temporary W&B/HF folders, tiny models built in code, and what
+pytest-xdist needs (`make test` runs one worker per core, each module on one worker): one torch thread
+per worker, slow modules handed out first, and `build_once` for set-ups shared by every worker."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 # Before any import of transformers/wandb: nothing may reach a hub, and nothing is written to ~.
 _TMP = Path(tempfile.mkdtemp(prefix="cft-tests-"))
@@ -23,6 +28,10 @@ os.environ.setdefault("WANDB_DIR", str(_TMP / "wandb"))
 os.environ.setdefault("NLTK_DATA", str(_TMP / "nltk"))
 # DeepSpeed compiles C++ ops on first use; keep them between tests (and CI runs) in one place.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parent.parent / ".cache" / "torch_extensions"))
+# Under xdist there is one worker process per core: torch in each (and every run it starts) uses one
+# thread, as two threads per process on two busy cores spin-wait for each other (cft.training.threads).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -43,6 +52,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    # Modules with slow tests first (whole modules: a module fixture is torn down when the module changes), so
+    # that xdist (`make test`: --dist loadfile, one module per worker at a time, in this order) hands out the
+    # long ones while there is still other work to balance them.
+    slow = {item.module.__name__ for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
     if SHARED_DATA.exists():
         return
     skip = pytest.mark.skip(reason=f"real data not found at {SHARED_DATA}")
@@ -74,3 +88,41 @@ def tiny_model(tiny_model_dir):
     from cft.models import load_model
 
     return load_model(str(tiny_model_dir))
+
+
+def run_root(tmp_path_factory) -> Path:
+    """The folder every worker of this test run shares: under xdist the parent of the workers' own
+    temporary roots, else this process's temporary root (a new one per run, cleaned like tmp_path)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def build_once(tmp_path_factory) -> Callable[[str, Callable[[Path], object]], Path]:
+    """`build_once(name, build)`: the folder `build(folder)` filled once per test run, in whichever worker
+    asks first; the others wait on a file lock and get the same folder (read-only: copy before changing).
+    A build that raised leaves no mark, so the next test that asks tries again (and fails the same way)."""
+    root = run_root(tmp_path_factory) / "built-once"
+    root.mkdir(exist_ok=True)
+
+    def get(name: str, build: Callable[[Path], object]) -> Path:
+        folder, done = root / name, root / f"{name}.done"
+        with FileLock(root / f"{name}.lock"):
+            if not done.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                build(folder)
+                done.touch()
+        return folder
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    """The artifact cache (`paths.cache_dir`) of this test run's runs of the demo model at its defaults
+    (the README's fresh run, the reduced demo study): its phase-0 base and the Phase-1 model they share
+    are built once, by whichever run asks first, under the cache's own lock (cft.run.artifacts)."""
+    folder = run_root(tmp_path_factory) / "demo-cache"
+    folder.mkdir(exist_ok=True)
+    return folder

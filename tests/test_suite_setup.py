@@ -1,0 +1,33 @@
+"""The suite's own shared set-ups (tests/conftest.py): `build_once` builds a folder once per test run,
+whichever xdist worker asks first, and a failed build leaves nothing that a later request would reuse."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+
+def test_build_once_builds_once_and_hands_out_the_same_folder(build_once):
+    name = f"t-{uuid.uuid4().hex}"
+    builds = []
+
+    def build(folder):
+        builds.append(folder)
+        (folder / "x").write_text("1")
+
+    first = build_once(name, build)
+    assert build_once(name, build) == first and len(builds) == 1 and (first / "x").read_text() == "1"
+
+
+def test_a_failed_build_is_tried_again_from_an_empty_folder(build_once):
+    name = f"t-{uuid.uuid4().hex}"
+
+    def broken(folder):
+        (folder / "half").write_text("")
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):
+        build_once(name, broken)
+    folder = build_once(name, lambda folder: (folder / "whole").write_text(""))
+    assert sorted(p.name for p in folder.iterdir()) == ["whole"]
