@@ -51,7 +51,10 @@ def analysed(tmp_path_factory) -> Path:
 def test_tradeoff_shows_means_with_seed_spread_around_the_phase1_origin(analysed):
     read_png(analysed / "ta_la_tradeoff.png")
     rows = read_csv(analysed / "ta_la_tradeoff.csv")
-    assert list(rows[0]) == ["panel", "strategy", "seeds", "delta_ta_mean", "delta_ta_std", "delta_la_mean", "delta_la_std"]
+    assert list(rows[0]) == [
+        "panel", "strategy", "seeds", "delta_ta_mean", "delta_ta_std", "delta_la_mean", "delta_la_std",
+        "delta_ta_item_se", "delta_la_item_se",
+    ]  # fmt: skip
     panels = {r["panel"] for r in rows}
     assert panels == {"instruct → multialpaca", "instruct → mopenorca"}
     multialpaca = {r["strategy"]: r for r in rows if r["panel"] == "instruct → multialpaca"}
@@ -65,6 +68,76 @@ def test_tradeoff_shows_means_with_seed_spread_around_the_phase1_origin(analysed
         assert float(r["delta_la_std"]) == pytest.approx(100 * 0.01 / np.sqrt(2), rel=1e-6)
     one_seed = [r for r in rows if r["panel"] == "instruct → mopenorca"]
     assert [(r["strategy"], r["seeds"], r["delta_ta_std"]) for r in one_seed] == [("full", "1", "0.0"), ("lora", "1", "0.0")]
+
+
+def test_tradeoff_draws_item_errors_apart_from_the_seed_spread(tmp_path):
+    """Runs that record standard errors (`<key>_stderr`): each point gets the item error of its mean
+    change, sqrt(se1^2 + se2^2) per run propagated over seeds, beside the seed spread, as a second
+    (thick, pale, capless) error bar; a lower-is-better LA (FLORES bits per byte) says so on its axis."""
+    from cft.analysis import figures
+    from cft.analysis.runs import Run
+
+    def run(strategy, seed, ta2, la2, ta_se, la_se):
+        metrics = {
+            "phase1/ta_avg": 0.40, "phase1/ta_avg_stderr": ta_se[0], "phase2/ta_avg": ta2, "phase2/ta_avg_stderr": ta_se[1],
+            "phase1/la_avg": 1.50, "phase1/la_avg_stderr": la_se[0], "phase2/la_avg": la2, "phase2/la_avg_stderr": la_se[1],
+            "phase1/lower_is_better/la_avg": 1, "phase2/lower_is_better/la_avg": 1,
+        }  # fmt: skip
+        choices = {"phase1_data": "alpaca5k", "phase2_data": "multialpaca", "model": "smollm2", "strategy": strategy}
+        return Run(f"{strategy}/{seed}", choices, seed, metrics, True)
+
+    runs = [
+        run("full", 0, 0.37, 1.40, (0.03, 0.04), (0.006, 0.008)),
+        run("full", 1, 0.39, 1.42, (0.03, 0.04), (0.006, 0.008)),
+        run("gr5", 0, 0.40, 1.45, (0.02, 0.02), (0.01, 0.01)),
+    ]
+    captured, labels = [], []
+    real_errorbar, real_save = figures.plt.Axes.errorbar, figures.save_figure
+
+    def errorbar(ax, x, y, **kw):
+        captured.append((x, y, kw))
+        return real_errorbar(ax, x, y, **kw)
+
+    def save_figure(fig, *args):
+        labels.extend([fig.axes[0].get_ylabel(), fig.get_suptitle()])
+        return real_save(fig, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(figures.plt.Axes, "errorbar", errorbar)
+        mp.setattr(figures, "save_figure", save_figure)
+        path = figures.tradeoff(runs, tmp_path)
+    read_png(path)
+    rows = {r["strategy"]: r for r in read_csv(tmp_path / "ta_la_tradeoff.csv")}
+    full, gr5 = rows["full"], rows["gr5"]
+    # Two seeds: the mean change, the seed std, and the item error sqrt(2 x (3^2 + 4^2)) / 2 = 3.54 points.
+    assert float(full["delta_ta_mean"]) == pytest.approx(-2.0) and float(full["delta_ta_std"]) == pytest.approx(
+        100 * 0.02 / np.sqrt(2)
+    )
+    assert float(full["delta_ta_item_se"]) == pytest.approx(np.sqrt(2 * 25) / 2)
+    assert float(full["delta_la_item_se"]) == pytest.approx(np.sqrt(2 * 1.0) / 2)
+    assert float(gr5["delta_ta_item_se"]) == pytest.approx(100 * np.hypot(0.02, 0.02)) and float(gr5["delta_la_std"]) == 0.0
+    # Per point: the item bar (thick, no caps) and the seed bar (thin, capped), each at the mean, told apart.
+    items = [(x, y, kw) for x, y, kw in captured if kw.get("elinewidth", 0) > 3]
+    seeds = [(x, y, kw) for x, y, kw in captured if kw.get("elinewidth", 0) <= 3]
+    assert len(items) == len(seeds) == 2
+    assert all(kw["capsize"] == 0 for *_, kw in items) and all(kw["capsize"] > 0 for *_, kw in seeds)
+    assert sorted(kw["xerr"] for *_, kw in items) == pytest.approx(
+        sorted([float(full["delta_ta_item_se"]), float(gr5["delta_ta_item_se"])])
+    )
+    assert sorted(kw["yerr"] for *_, kw in seeds) == pytest.approx(sorted([float(full["delta_la_std"]), 0.0]))
+    ylabel, title = labels
+    assert "lower = language gain" in ylabel and "std over seeds" in title and "standard error over items" in title
+
+
+def test_tradeoff_without_standard_errors_draws_the_seed_spread_only(tmp_path):
+    from cft.analysis import figures
+    from cft.analysis.runs import Run
+
+    choices = {"phase1_data": "a", "phase2_data": "b", "model": "m", "strategy": "full"}
+    metrics = {"phase1/ta_avg": 0.4, "phase2/ta_avg": 0.38, "phase1/la_avg": 0.2, "phase2/la_avg": 0.25}
+    figures.tradeoff([Run("full/0", choices, 0, metrics, True)], tmp_path)
+    [row] = read_csv(tmp_path / "ta_la_tradeoff.csv")
+    assert row["delta_ta_item_se"] == row["delta_la_item_se"] == ""  # nan: not recorded, no item bar
 
 
 def test_la_gain_heatmap_per_language_and_strategy(analysed):

@@ -58,7 +58,8 @@ def test_every_shipped_suite_passes_its_schema():
     from cft.analysis import paper
 
     validated = {
-        s: SuiteConfig.model_validate(dict(compose_eval(s).eval)) for s in ("demo", "ta", "la", "paper", "quick", "local")
+        s: SuiteConfig.model_validate(dict(compose_eval(s).eval))
+        for s in ("demo", "ta", "la", "paper", "quick", "local", "small", "small_ta")
     }
     assert all(v.tasks for v in validated.values())
     # The paper suite's averages are the ones the analysis sets every table against (one owner: conf/eval).

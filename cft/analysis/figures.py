@@ -97,7 +97,10 @@ def phase_bars(summary: Table, out_dir: str | Path, stem: str = "ta_la_phases") 
 
 def tradeoff(runs: Sequence, out_dir: str | Path, stem: str = "ta_la_tradeoff") -> Path | None:
     """Change in TA (x) against change in LA (y) from Phase 1 to Phase 2, one point per strategy:
-    its mean over seeds with the seed spread (std) as error bars in both directions. The Phase-1
+    its mean over seeds with two error bars in both directions, kept apart: the seed spread (std, thin
+    with caps) and, where the runs record standard errors (`<key>_stderr`), the item error (thick and
+    pale, no caps): the standard error over items of the mean change, sqrt(se1^2 + se2^2) per run (an
+    unpaired bound: the tables' paired intervals are the test), propagated over seeds. The Phase-1
     model is the origin. One panel per data pair, model and overrides; a legend names the strategies."""
     d_ta = (keys.average("ta", phase="phase2"), keys.average("ta", phase="phase1"))
     d_la = (keys.average("la", phase="phase2"), keys.average("la", phase="phase1"))
@@ -106,6 +109,13 @@ def tradeoff(runs: Sequence, out_dir: str | Path, stem: str = "ta_la_tradeoff") 
         a, b = m.get(pair[0]), m.get(pair[1])
         return (a - b) * 100 if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
 
+    def delta_se(m, pair):
+        # The two phases' errors, taken as independent (the same items make the paired error smaller).
+        a, b = m.get(keys.stderr(pair[0])), m.get(keys.stderr(pair[1]))
+        return float(np.hypot(a, b)) * 100 if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+
+    lower_la = any(keys.lower_is_better(d_la[0]) in r.metrics for r in runs)  # FLORES bits per byte
+
     row_keys = cell_keys(runs)
     panel_keys = [k for k in row_keys if k != "strategy"]
     panels = group_cells(runs, panel_keys)
@@ -113,8 +123,8 @@ def tradeoff(runs: Sequence, out_dir: str | Path, stem: str = "ta_la_tradeoff") 
     rows = []
     for panel, panel_runs in panels:
         for idx, rs in group_cells(panel_runs, row_keys):
-            dta = stat([delta(r.metrics, d_ta) for r in rs])
-            dla = stat([delta(r.metrics, d_la) for r in rs])
+            dta = stat([delta(r.metrics, d_ta) for r in rs], [delta_se(r.metrics, d_ta) for r in rs])
+            dla = stat([delta(r.metrics, d_la) for r in rs], [delta_se(r.metrics, d_la) for r in rs])
             if dta is None or dla is None:
                 continue
             rows.append(
@@ -126,6 +136,9 @@ def tradeoff(runs: Sequence, out_dir: str | Path, stem: str = "ta_la_tradeoff") 
                     "delta_ta_std": dta.std or 0.0,
                     "delta_la_mean": dla.mean,
                     "delta_la_std": dla.std or 0.0,
+                    # nan where the runs record no standard errors (then no item bar is drawn)
+                    "delta_ta_item_se": np.nan if dta.se is None else dta.se,
+                    "delta_la_item_se": np.nan if dla.se is None else dla.se,
                 }
             )
     if not rows:
@@ -143,6 +156,19 @@ def tradeoff(runs: Sequence, out_dir: str | Path, stem: str = "ta_la_tradeoff") 
         ax.scatter([0], [0], marker="*", s=220, color="black", zorder=3)
         for _, row in part.iterrows():
             color, marker = styles[row["strategy"]]
+            if np.isfinite(row["delta_ta_item_se"]) or np.isfinite(row["delta_la_item_se"]):
+                ax.errorbar(  # the item error: thick, pale, no caps, under the seed bars
+                    row["delta_ta_mean"],
+                    row["delta_la_mean"],
+                    xerr=np.nan_to_num(row["delta_ta_item_se"]),
+                    yerr=np.nan_to_num(row["delta_la_item_se"]),
+                    fmt="none",
+                    ecolor=color,
+                    alpha=0.35,
+                    elinewidth=6,
+                    capsize=0,
+                    zorder=2,
+                )
             ax.errorbar(
                 row["delta_ta_mean"],
                 row["delta_la_mean"],
@@ -157,11 +183,13 @@ def tradeoff(runs: Sequence, out_dir: str | Path, stem: str = "ta_la_tradeoff") 
             )
         ax.set_title(name or "Phase 2 minus Phase 1", fontsize=10)
         ax.set_xlabel("ΔTA (points): forgetting ←   → gain")
-        ax.set_ylabel("ΔLA (points): language gain")
+        ax.set_ylabel("ΔLA (bits per byte x 100): lower = language gain" if lower_la else "ΔLA (points): language gain")
         ax.grid(alpha=0.3)
         # Some room around the points and the origin, so markers and error bars are never cut.
-        xs = np.r_[0, part["delta_ta_mean"] - part["delta_ta_std"], part["delta_ta_mean"] + part["delta_ta_std"]]
-        ys = np.r_[0, part["delta_la_mean"] - part["delta_la_std"], part["delta_la_mean"] + part["delta_la_std"]]
+        ex = np.fmax(part["delta_ta_std"], np.nan_to_num(part["delta_ta_item_se"]))
+        ey = np.fmax(part["delta_la_std"], np.nan_to_num(part["delta_la_item_se"]))
+        xs = np.r_[0, part["delta_ta_mean"] - ex, part["delta_ta_mean"] + ex]
+        ys = np.r_[0, part["delta_la_mean"] - ey, part["delta_la_mean"] + ey]
         pad_x, pad_y = max(np.ptp(xs) * 0.12, 1.0), max(np.ptp(ys) * 0.12, 1.0)
         ax.set_xlim(xs.min() - pad_x, xs.max() + pad_x)
         ax.set_ylim(ys.min() - pad_y, ys.max() + pad_y)
@@ -174,8 +202,15 @@ def tradeoff(runs: Sequence, out_dir: str | Path, stem: str = "ta_la_tradeoff") 
             for s, (c, m) in styles.items()
         ],
     ]
+    items = bool(np.isfinite(data[["delta_ta_item_se", "delta_la_item_se"]].to_numpy(dtype=float)).any())
+    if items:
+        handles += [
+            plt.Line2D([], [], color="grey", lw=1.2, marker="|", ms=8, label="std over seeds"),
+            plt.Line2D([], [], color="grey", lw=6, alpha=0.35, label="standard error over items"),
+        ]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), title="strategy (seeds)", frameon=False)
-    fig.suptitle("TA-LA trade-off of Phase 2: mean over seeds, bars = std over seeds", y=1.0)
+    bars = "thin bars = std over seeds, thick pale bars = standard error over items" if items else "bars = std over seeds"
+    fig.suptitle(f"TA-LA trade-off of Phase 2: mean over seeds, {bars}", y=1.0)
     fig.tight_layout()
     return save_figure(fig, out_dir, stem, data)
 
