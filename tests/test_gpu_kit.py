@@ -162,13 +162,15 @@ def test_pack_width_multiple_reaches_fit(tiny_model_dir, monkeypatch):
 # --- (b) fused AdamW ----------------------------------------------------------------------------
 
 
-def test_adamw_auto_is_fused_except_under_deepspeed():
+def test_adamw_auto_is_fused_on_cuda_foreach_under_deepspeed_and_the_loop_on_cpus():
     from cft.training.loop import TrainSettings, adamw
 
     params = [torch.nn.Parameter(torch.zeros(2, 2))]
     s = TrainSettings(lr=1e-3)
     assert adamw(params, s, on_cuda=True).defaults["fused"] is True
-    assert adamw(params, s, on_cuda=False).defaults["fused"] is True  # CPU parameters: torch's fused CPU kernel
+    assert not adamw(params, s, on_cuda=False).defaults["fused"]  # CPUs: torch's plain loop (the README's CPU figures)
+    assert adamw(params, s, on_cuda=False).defaults["foreach"] is False
+    assert adamw(params, TrainSettings(lr=1e-3, adamw="fused"), on_cuda=False).defaults["fused"] is True
     assert adamw(params, s, on_cuda=True, deepspeed=True).defaults["foreach"] is True
     assert adamw(params, TrainSettings(lr=1e-3, adamw="for_loop"), on_cuda=True).defaults["foreach"] is False
 
@@ -242,7 +244,9 @@ def test_nan_loss_found_at_the_log_step_names_its_step_and_lr(tiny_model_dir):
         def on_before_optimizer_step(self, model):
             pass
 
-    with pytest.raises(TrainingError, match=r"phase2: loss is nan at step 3 \(epoch 1, rank 0; lr 0\.001; .*steps 1-6\)"):
+    with pytest.raises(
+        TrainingError, match=r"phase2: loss is nan at step 3 \(epoch 1, rank 0, learning rate 0\.001; .*steps 1-6\)"
+    ):
         _train(tiny_model_dir, hooks=NanAtThird(), max_steps=6, log_every=10, scheduler="constant")
 
 

@@ -195,7 +195,7 @@ class TrainSettings(Schema):
         1, description="packed rows padded to a multiple of this many tokens, so shapes repeat (1 = none)"
     )
     adamw: Literal["auto", "fused", "foreach", "for_loop"] = Field(
-        "auto", description="AdamW kernel: auto = fused (CUDA and CPU), foreach under DeepSpeed"
+        "auto", description="AdamW kernel: auto = fused on CUDA, foreach under DeepSpeed, the plain loop on CPUs"
     )
     sync_every_step: StrictBool = Field(
         False, description="read the loss and check it is finite every step (a host sync) instead of at log/checkpoint steps"
