@@ -61,3 +61,31 @@ def write_jsonl(path: Path, records: list) -> Path:
 
 def run_folders(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("run_meta.json"))
+
+
+def token_rows(n: int = 16, width: int = 12) -> list[dict]:
+    """`n` tokenized training examples of `width` random ids (seeded): data for the loop without a tokenizer."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, 200, (width,), generator=g).tolist()
+        out.append({"input_ids": ids, "attention_mask": [1] * width, "labels": ids})
+    return out
+
+
+class NanAtThirdStep:
+    """Strategy hooks whose penalty turns the loss NaN at micro-batch 5, i.e. optimizer step 3 at 2 micro-batches a step."""
+
+    def __init__(self):
+        self.n = 0
+
+    def penalty(self, model, batch):
+        import torch
+
+        self.n += 1
+        return torch.tensor(float("nan")) if self.n == 5 else None
+
+    def on_before_optimizer_step(self, model):
+        pass

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import SMALL, run_folders
+from helpers import SMALL, run_folders, token_rows
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -204,17 +204,6 @@ def test_packing_is_on_by_default_on_gpus(monkeypatch):
 # ---------------------------------------------------------------- memory levers of the loop
 
 
-def _rows(n: int = 16) -> list[dict]:
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(5, 200, (12,), generator=g).tolist()
-        out.append({"input_ids": ids, "attention_mask": [1] * 12, "labels": ids})
-    return out
-
-
 def _fit(model_dir, hooks=None, ckpt=None, **kw):
     from cft.data.format import PadCollator
     from cft.models import load_model
@@ -223,7 +212,7 @@ def _fit(model_dir, hooks=None, ckpt=None, **kw):
     model, tok = load_model(str(model_dir))
     settings = TrainSettings(lr=1e-2, max_steps=4, global_batch_size=4, micro_batch_size=2, seed=0, **kw)
     return train_phase(
-        model, _rows(), collator=PadCollator(tok.pad_token_id), settings=settings, hooks=hooks, checkpoint_dir=ckpt
+        model, token_rows(), collator=PadCollator(tok.pad_token_id), settings=settings, hooks=hooks, checkpoint_dir=ckpt
     )
 
 

@@ -6,19 +6,10 @@ from __future__ import annotations
 
 import json
 
-import torch
+from helpers import token_rows
 
 from cft.run import keys
 from cft.run.tracking import RUN_META, SCORES_TABLE, Tracker, logged, read_records, run_files
-
-
-def _data(n: int = 8) -> list[dict]:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(5, 200, (12,), generator=g).tolist()
-        out.append({"input_ids": ids, "attention_mask": [1] * 12, "labels": ids})
-    return out
 
 
 def test_both_phases_log_curves_on_their_own_step_axis(tmp_path, tiny_model_dir, monkeypatch):
@@ -34,7 +25,7 @@ def test_both_phases_log_curves_on_their_own_step_axis(tmp_path, tiny_model_dir,
     settings = TrainSettings(lr=1e-3, max_steps=3, global_batch_size=2, micro_batch_size=2, seed=0, log_every=1)
     for phase in keys.PHASES:  # the real loop, Phase 1 then Phase 2, into one W&B run
         model, _ = train_phase(
-            model, _data(), collator=PadCollator(tok.pad_token_id), settings=settings, phase=phase, log_fn=tracker.log
+            model, token_rows(8), collator=PadCollator(tok.pad_token_id), settings=settings, phase=phase, log_fn=tracker.log
         )
     metrics = {
         keys.score("la", "xquad", "de", phase="phase2"): 0.4,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import NanAtThirdStep
 
 from cft.errors import ConfigError
 
@@ -234,20 +235,10 @@ def test_when_the_loss_is_read_stays_out_of_cache_keys():
 def test_nan_loss_found_at_the_log_step_names_its_step_and_lr(tiny_model_dir):
     from cft.training.loop import TrainingError
 
-    class NanAtThird:
-        n = 0
-
-        def penalty(self, model, batch):
-            self.n += 1
-            return torch.tensor(float("nan")) if self.n == 5 else None  # micro-batch 5 = step 3
-
-        def on_before_optimizer_step(self, model):
-            pass
-
     with pytest.raises(
         TrainingError, match=r"phase2: loss is nan at step 3 \(epoch 1, rank 0, learning rate 0\.001; .*steps 1-6\)"
     ):
-        _train(tiny_model_dir, hooks=NanAtThird(), max_steps=6, log_every=10, scheduler="constant")
+        _train(tiny_model_dir, hooks=NanAtThirdStep(), max_steps=6, log_every=10, scheduler="constant")
 
 
 def test_no_checkpoint_holds_a_nan_step(tiny_model_dir, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SMALL, run_folders, run_script
+from helpers import SMALL, NanAtThirdStep, run_folders, run_script, token_rows
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,15 +96,6 @@ def test_sigkill_mid_phase2_then_resume_matches_uninterrupted(tmp_path):
 # ---------------------------------------------------------------- in-process faults
 
 
-def _data(n=16):
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(5, 200, (12,), generator=g).tolist()
-        out.append({"input_ids": ids, "attention_mask": [1] * 12, "labels": ids})
-    return out
-
-
 def _train(tiny_model_dir, ckpt_dir, hooks=None, **kw):
     from cft.data.format import PadCollator
     from cft.models import load_model
@@ -125,7 +116,7 @@ def _train(tiny_model_dir, ckpt_dir, hooks=None, **kw):
     )
     return train_phase(
         model,
-        _data(),
+        token_rows(),
         collator=PadCollator(tok.pad_token_id),
         settings=settings,
         hooks=hooks,
@@ -259,18 +250,8 @@ def test_sigterm_to_train_py_exits_143_with_a_checkpoint_then_resumes(tmp_path):
 def test_nan_loss_stops_with_phase_and_step(tmp_path, tiny_model_dir):
     from cft.training.loop import TrainingError
 
-    class NanAtThird:
-        n = 0
-
-        def penalty(self, model, batch):
-            self.n += 1
-            return torch.tensor(float("nan")) if self.n == 5 else None  # micro-batch 5 = step 3
-
-        def on_before_optimizer_step(self, model):
-            pass
-
     with pytest.raises(TrainingError, match=r"phase2: loss is nan at step 3 \(epoch 0, rank 0, learning rate [0-9.e-]+[;)]"):
-        _train(tiny_model_dir, tmp_path / "c", hooks=NanAtThird())
+        _train(tiny_model_dir, tmp_path / "c", hooks=NanAtThirdStep())
 
 
 def test_wandb_online_unreachable_falls_back_to_offline(tmp_path, monkeypatch, caplog):

@@ -210,7 +210,7 @@ ADAMW_IMPLS = ("auto", "fused", "foreach", "for_loop")
 def sdpa_context(backend: str, on_cuda: bool):
     """torch's SDPA restricted to one backend for the whole phase (train.sdpa_backend). On an H200,
     cuDNN's backend (torch's default for bf16 with a mask) builds a plan for every new packed width,
-    about 600 ms of CPU per step (../shared/gpu/README.md); the memory-efficient one plans nothing.
+    about 600 ms of CPU per step (README, "GPU figures"); the memory-efficient one plans nothing.
     The math kernel stays allowed as a fallback for inputs the chosen one cannot take."""
     if backend not in SDPA_BACKENDS:
         raise ConfigError(f"train.sdpa_backend={backend!r} is not one of {', '.join(SDPA_BACKENDS)}")
@@ -234,7 +234,7 @@ def sdpa_context(backend: str, on_cuda: bool):
 def adamw(groups, settings: TrainSettings, *, on_cuda: bool, deepspeed: bool = False):
     """torch's AdamW in the implementation train.adamw names. `auto` is the fused kernel on CUDA: one kernel for
     all parameters instead of foreach's several per tensor list (foreach took 19 ms of a 157 ms H200 step,
-    ../shared/gpu/README.md); foreach under DeepSpeed, the path measured there; and on the CPU torch's own
+    README, "GPU figures"); foreach under DeepSpeed, the path measured there; and on the CPU torch's own
     default, the plain loop. `fused` also runs on the CPU, 3.5x faster per optimizer step on the demo model
     (2.1 against 7.3 ms), but its rounding differs, so `auto` keeps the loop there: the demo's and the
     README's CPU figures stay what they were."""
