@@ -359,3 +359,26 @@ def test_every_evaluation_runs_at_the_suite_dtype(tmp_path):
     assert build_suite({"tasks": {"p": {"_target_": f"{__name__}._DtypeProbe"}}}).dtype == "fp32"  # the default
     with pytest.raises(ConfigError, match="eval.dtype"):
         build_suite({"dtype": "int8", "tasks": {"p": {"_target_": f"{__name__}._DtypeProbe"}}})
+
+
+def test_lower_is_better_scores_carry_the_not_the_papers_la_footnote():
+    """FLORES bits per byte (and an LA average over it) are marked in evaluate.py's and train.py's tables:
+    the row says lower is better, and a footnote says that this LA is not the paper's."""
+    from cft.analysis.tables import lower_better_footnotes
+
+    results = [TaskScores("flores", "la", 1.25, higher_is_better=False), TaskScores("mmlu", "ta", 0.25)]
+    flat = flatten(results, {"la": ["flores"]})
+    assert flat["lower_is_better/la/flores"] == 1 and flat["lower_is_better/la_avg"] == 1
+    note = (
+        "* lower is better for la/flores, la_avg (bits per byte: FLORES-200, conf/eval/small.yaml); "
+        "a negative change there is a gain. This LA is not the paper's (MLQA, XQuAD, XL-Sum)."
+    )
+    table = evaluation_table(flat, "small")
+    assert "la/flores (lower is better)" in table and table.splitlines()[-1] == note
+    both = summary_table({**keys.phased("phase1", flat), **keys.phased("phase2", flat)})
+    assert both.splitlines()[-1] == note and both.count(note) == 1
+    # Without a lower-is-better score, no such footnote.
+    assert "lower is better" not in evaluation_table(flatten(results[1:], {}), "ta")
+    # The analysis tables word it the same (one owner).
+    run = type("R", (), {"metrics": keys.phased("phase2", flat)})()
+    assert lower_better_footnotes([run]) == [note.removeprefix("* ")]

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from cft.analysis import paper
 from cft.analysis.runs import Run
-from cft.evaluation.summary import PUNKT_NOTE
+from cft.evaluation.summary import PUNKT_NOTE, lower_better_note
 from cft.evaluation.uncertainty import Interval, paired_interval, propagated, read_items
 from cft.run import keys, layout
 from cft.run.layout import CELL_KEYS
@@ -340,10 +340,7 @@ def lower_better_footnotes(runs: Iterable[Run]) -> list[str]:
     )
     if not names:
         return []
-    return [
-        f"lower is better for {', '.join(names)} (bits per byte: FLORES-200, conf/eval/small.yaml); "
-        "a negative change there is a gain. This LA is not the paper's (MLQA, XQuAD, XL-Sum)."
-    ]
+    return [lower_better_note(names)]
 
 
 def _stat(runs: Sequence[Run], fn: Callable[[dict], float | None]) -> Stat | None:

@@ -36,6 +36,21 @@ def _names(metrics: Mapping[str, Any], phases: Sequence[str | None]) -> list[str
     return sorted(averages) + sorted(tasks)
 
 
+def lower_better_note(names: Sequence[str]) -> str:
+    """The footnote of lower-is-better scores (FLORES bits per byte and an average over it): a negative
+    change is a gain, and this LA is never the paper's. The one wording of train.py's, evaluate.py's and
+    the analysis tables."""
+    return (
+        f"lower is better for {', '.join(names)} (bits per byte: FLORES-200, conf/eval/small.yaml); "
+        "a negative change there is a gain. This LA is not the paper's (MLQA, XQuAD, XL-Sum)."
+    )
+
+
+def _lower_better_names(metrics: Mapping[str, Any], phase: str | None) -> list[str]:
+    marker = f"{phase}/{keys.LOWER_IS_BETTER}/" if phase else f"{keys.LOWER_IS_BETTER}/"
+    return sorted(k[len(marker) :] for k in metrics if k.startswith(marker))
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -85,6 +100,8 @@ def footnotes(metrics: Mapping[str, Any], phase: str | None = None) -> list[str]
         notes.append(note)
     if metrics.get(keys.punkt(phase=phase)) == "fallback":
         notes.append(PUNKT_NOTE)
+    if lower := _lower_better_names(metrics, phase):
+        notes.append(lower_better_note(lower))
     return notes
 
 
