@@ -766,6 +766,207 @@ def test_rescue_refused_everywhere_says_so(root, tmp_path):
     assert layout.read_failure(run)["error"] == "DiskError"
 
 
+# ---------------------------------------------------------------- trained artifacts the cache refuses
+
+
+def _disk_fault(kind: str) -> BaseException:
+    """An exception of the type a full or read-only disk really raises, by writer."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    return {
+        "safetensors": SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+        "torch": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 106624 vs 106516"),
+        "enospc": OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+        "erofs": OSError(errno.EROFS, os.strerror(errno.EROFS)),
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    "raised, cause",
+    [
+        ("safetensors", "No space left on device"),
+        ("torch", "file write failed (a full disk?)"),
+        ("enospc", "No space left on device"),
+        ("erofs", "Read-only file system"),
+    ],
+)
+def test_trained_artifact_the_cache_refuses_is_rescued_and_taken_back(tmp_path, monkeypatch, caplog, raised, cause):
+    """A build that trains returns a Trained: when the cache refuses its files (each writer's real exception
+    type), they go, sealed with their manifest, to the rescue place the one-line DiskError names; the next
+    build of that artifact verifies the copy and moves it into the cache without building (training) again."""
+    import tempfile
+
+    from cft.errors import CftError
+    from cft.run.disk import DiskError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    weights = _safetensors_bytes()
+    trainings = []
+
+    def build(tmp: Path) -> artifacts.Trained:
+        trainings.append(tmp)
+
+        def write(folder: Path) -> None:
+            (folder / "model").mkdir(parents=True, exist_ok=True)
+            (folder / "model" / "config.json").write_text("{}")
+            if folder.name.startswith("."):  # the cache's own build folder: its disk refuses the weights
+                raise _disk_fault(raised)
+            (folder / "model" / "model.safetensors").write_bytes(weights)
+            (folder / "train_stats.json").write_text('{"steps": 3}')
+
+        return artifacts.Trained(write, len(weights))
+
+    cache = artifacts.Cache(tmp_path / "cache")
+    with pytest.raises(DiskError) as failed:
+        cache.artifact("phase1", {"k": 1}, build)
+    message = str(failed.value)
+    assert failed.value.exit_code == 1 and "\n" not in message
+    key = cache.key({"k": 1})
+    rescued = tmp_path / "tmp" / "cft-rescue" / f"phase1-{key}"
+    assert message.startswith(f"could not write the phase1 artifact {tmp_path / 'cache' / 'phase1' / key}: {cause}.")
+    assert f"kept in {rescued}; " in message and "without training again" in message
+    assert (rescued / "model" / "model.safetensors").read_bytes() == weights
+    assert json.loads((rescued / "train_stats.json").read_text()) == {"steps": 3}
+    assert artifacts.verify(rescued).ok and set(json.loads((rescued / "DONE").read_text())["files"]) >= {"spec.json"}
+    assert not list((tmp_path / "cache" / "phase1").glob(".*.tmp-*"))  # no half artifact in the cache
+
+    caplog.set_level(logging.WARNING, logger="cft.run.artifacts")
+    path = cache.artifact("phase1", {"k": 1}, build)
+    assert len(trainings) == 1  # taken from the rescue place, not trained again
+    assert (path / "model" / "model.safetensors").read_bytes() == weights and artifacts.verify(path).ok
+    assert not rescued.exists()
+    assert f"taking it from {rescued} (verified) instead of building it again" in caplog.text
+
+    def not_a_disk_fault(tmp: Path) -> artifacts.Trained:  # a bug in a writer stays a bug: not rescued
+        return artifacts.Trained(lambda folder: (_ for _ in ()).throw(ValueError("a bug")))
+
+    with pytest.raises(ValueError, match="a bug"):
+        cache.artifact("phase1", {"k": 2}, not_a_disk_fault)
+    assert not (tmp_path / "tmp" / "cft-rescue" / f"phase1-{cache.key({'k': 2})}").exists()
+    assert isinstance(failed.value, CftError)  # what train.py prints as one line (exit 1)
+
+
+def test_damaged_rescued_artifact_is_not_taken(tmp_path, monkeypatch, caplog):
+    """A rescued copy that no longer matches its manifest is named, removed and the artifact built again."""
+    import tempfile
+
+    from cft.run.disk import DiskError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    full = [True]
+
+    def build(tmp: Path) -> artifacts.Trained:
+        def write(folder: Path) -> None:
+            if folder.name.startswith(".") and full[0]:
+                raise _disk_fault("enospc")
+            (folder / "weights.safetensors").write_bytes(_safetensors_bytes())
+
+        return artifacts.Trained(write)
+
+    cache = artifacts.Cache(tmp_path / "cache")
+    with pytest.raises(DiskError):
+        cache.artifact("phase1", {"k": 1}, build)
+    (rescued,) = (tmp_path / "tmp" / "cft-rescue").iterdir()
+    damage(rescued / "weights.safetensors", "bitflip")
+    full[0] = False
+    caplog.set_level(logging.WARNING, logger="cft.run.artifacts")
+    path = cache.artifact("phase1", {"k": 1}, build)
+    assert f"The rescued phase1 artifact {rescued} is damaged (weights.safetensors: checksum" in caplog.text
+    assert not rescued.exists() and (path / "weights.safetensors").read_bytes() == _safetensors_bytes()
+
+
+def test_phase0_base_the_cache_refuses_is_rescued_and_not_pretrained_again(tmp_path, monkeypatch, tiny_arch):
+    """Phase 0 (the demo's pre-trained base) goes through the same artifact code: safetensors' own error on
+    the cache's disk keeps the base in the rescue place; the next call takes it without pre-training again."""
+    import tempfile
+
+    import transformers.modeling_utils
+
+    from cft.models import pretrain as phase0
+    from cft.recipes.train import base_reference
+    from cft.run.disk import DiskError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    save_file = transformers.modeling_utils.safe_save_file
+
+    def full_cache(tensors, filename, *args, **kwargs):  # what safetensors raises past the end of a full disk
+        if "/cache/base/." in str(filename):
+            raise _disk_fault("safetensors")
+        return save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_cache)
+    runs = []
+    real_pretrain = phase0.pretrain
+    monkeypatch.setattr(phase0, "pretrain", lambda *a, **k: runs.append(1) or real_pretrain(*a, **k))
+    pretrain = {"source": "demo", "tasks": ["repeat"], "languages": ["en"], "per_task_language": 8, "data_seed": 0}
+    pretrain.update(seq_len=32, batch_size=4, steps=2, lr=1e-3, warmup_steps=0)
+    model_cfg = {"name": "t", "base": None, "build": {**tiny_arch, "seed": 0}, "pretrain": pretrain}
+    with pytest.raises(
+        DiskError, match=r"could not write the base artifact .*: No space left on device\. What it trained is kept in "
+    ) as failed:
+        base_reference(model_cfg, tmp_path / "cache")
+    rescued = Path(str(failed.value).split("kept in ")[1].split(";")[0])
+    assert rescued.parent == tmp_path / "tmp" / "cft-rescue" and (rescued / "model" / "model.safetensors").is_file()
+    assert json.loads((rescued / "model" / "pretrain_stats.json").read_text())["steps"] == 2
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_file)  # space again
+    ref = base_reference(model_cfg, tmp_path / "cache")
+    assert runs == [1] and not rescued.exists()  # pre-trained once
+    assert Path(ref).parent.parent == tmp_path / "cache" / "base" and artifacts.verify(Path(ref).parent).ok
+
+
+def assert_phase1_rescued_then_reused(root: Path, proc, cause: str) -> None:
+    """One line, exit 1, the Phase-1 model in the rescue place the line names; the rerun takes it (verified)
+    instead of training Phase 1 again, and its metrics.json has the train/phase1/* figures."""
+    line = one_error(proc, 1)
+    assert f"could not write the phase1 artifact {root / 'cache' / 'phase1'}/" in line and f": {cause}." in line
+    rescued = Path(line.split("What it trained is kept in ")[1].split(";")[0].split(" (")[0])
+    assert rescued.is_relative_to(root / "tmp" / "cft-rescue")
+    for rel in ("DONE", "spec.json", "train_stats.json", "model/model.safetensors", "model/config.json"):
+        assert (rescued / rel).is_file(), rel
+    assert log_lines(proc, "phase1: 3 steps")
+    (run,) = run_folders(root / "s")
+    assert layout.read_failure(run)["phase"] == "phase1" and not (run / "DONE").exists()
+    again = train(root, "sweep_id=s")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert log_lines(again, f"taking it from {rescued} (verified) instead of building it again")
+    assert not log_lines(again, "phase1: 3 steps") and not log_lines(again, "Building phase1 artifact")
+    assert not rescued.exists() and artifact(root, "phase1").joinpath("model", "model.safetensors").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train/phase1/steps"] == 3 and "train/phase1/final_loss" in metrics
+    assert (run / "DONE").exists() and "phase2/ta_avg" in metrics
+
+
+def _without_phase1(root: Path) -> None:
+    shutil.rmtree(root / "cache" / "phase1")  # Phase 1 trains in this run (the base is reused)
+
+
+@pytest.mark.parametrize("raised", ["safetensors", pytest.param("oserror", marks=pytest.mark.slow)])
+def test_full_cache_saving_the_phase1_model_rescues_it(root, raised):
+    """SafetensorError (OSError 28: slow) saving the Phase-1 model into the cache, planted: kept in the rescue
+    place, one line, exit 1; the rerun does not train Phase 1 again."""
+    _without_phase1(root)
+    env = fault_env(str(root / "cache" / "phase1" / ".*.tmp-*" / "model" / "*"))
+    if raised == "safetensors":
+        env["CFT_FAULT_RAISE"] = "safetensors"
+    proc = train(root, "sweep_id=s", env=env)
+    assert_phase1_rescued_then_reused(root, proc, "No space left on device")
+
+
+def test_full_tmpfs_cache_saving_the_phase1_model_rescues_it(root):
+    """A real full disk (a 64 KiB tmpfs on the cache's phase1 folder): the lock and the build folder fit, the
+    weights do not."""
+    _without_phase1(root)
+    folder = root / "cache" / "phase1"
+    _tmpfs(folder, "64k")
+    try:
+        proc = train(root, "sweep_id=s")
+    finally:
+        _umount(folder)
+    assert_phase1_rescued_then_reused(root, proc, "No space left on device")
+
+
 @pytest.mark.slow  # as root, the tmpfs test above gets the same error from a real full disk
 def test_checkpoint_write_error_of_torch_is_a_warning(root):
     """torch.save's RuntimeError (inline_container.cc) on a resumable checkpoint, planted: training goes on."""
