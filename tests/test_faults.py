@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import SMALL, run_folders, run_script
+from helpers import SMALL, compose, run_folders, run_script
 
 from cft.run import artifacts, layout
 
@@ -1163,6 +1163,203 @@ def test_preflight_names_the_cell_whose_strategy_needs_a_base_that_cannot_resolv
     assert len(errors) == 1 and "/lf_h2/" in errors[0], proc.stderr
     assert "strategy lf_h2 needs the base model: model.base=cft-test/missing-base" in errors[0]
     assert "not on disk and the hub is offline (HF_HUB_OFFLINE=1)" in errors[0]
+
+
+# ---------------------------------------------------------------- the preflight of hub datasets
+
+SNAPSHOT = "0" * 40  # the commit a hub-cache snapshot is filed under (refs/main names it)
+
+
+def _data_node(group: str, **overrides) -> dict:
+    """The dataset node the cell reads (the real conf/, resolved), without its counterpart."""
+    from omegaconf import OmegaConf
+
+    key = group.split("=")[0]
+    node = OmegaConf.to_container(compose(["model=tiny", group])[key], resolve=True)
+    node.pop("counterpart", None)
+    return {**node, **overrides}
+
+
+@pytest.fixture
+def hub_caches(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """(the hub cache, the datasets cache) of this test, empty; the preflight's memory of earlier checks cleared."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    from cft.config import preflight
+
+    hub, data = tmp_path / "hub", tmp_path / "datasets"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", data)
+    reachable = preflight.hub_reachable  # a test may replace it
+    preflight._hub_dataset_problem.cache_clear()
+    reachable.cache_clear()
+    yield hub, data
+    preflight._hub_dataset_problem.cache_clear()
+    reachable.cache_clear()
+
+
+def _hub_snapshot(hub: Path, repo: str, files: dict[str, str]) -> Path:
+    """A dataset's files as hf_hub_download leaves them in the hub cache (refs/main -> snapshots/<commit>/)."""
+    folder = hub / f"datasets--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(SNAPSHOT)
+    snapshot = folder / "snapshots" / SNAPSHOT
+    for name, text in files.items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).write_text(text, encoding="utf-8")
+    return snapshot
+
+
+def _records(n: int, lang: str = "en") -> str:
+    return "".join(json.dumps({"instruction": f"{lang} q{i}", "input": None, "output": f"a{i}"}) + "\n" for i in range(n))
+
+
+def _datasets_cache_copy(data: Path, repo: str, records: str, tmp_path: Path) -> Path:
+    """What datasets.load_dataset(repo) leaves in the datasets cache (prepared by datasets' own JSON builder,
+    filed under the hub id: <namespace>___<name>/default/0.0.0/<commit>/<name>-train.arrow)."""
+    from datasets.packaged_modules.json.json import Json
+
+    source = tmp_path / "download" / "train.jsonl"
+    source.parent.mkdir(parents=True)
+    source.write_text(records, encoding="utf-8")
+    builder = Json(cache_dir=str(tmp_path / "build"), dataset_name=repo.split("/")[-1], data_files={"train": str(source)})
+    builder.download_and_prepare()
+    dest = data / repo.replace("/", "___") / "default" / "0.0.0" / SNAPSHOT
+    dest.parent.mkdir(parents=True)
+    shutil.move(builder.cache_dir, dest)
+    return dest
+
+
+def test_preflight_names_a_hub_dataset_not_on_disk_offline(hub_caches):
+    """A hub dataset neither cached nor reachable (HF_HUB_OFFLINE=1): one line naming the key, the offline
+    cause and the local-copy key, as for a checkpoint; in well under a second (no hub client retries)."""
+    import time
+
+    from cft.config import preflight
+
+    start = time.perf_counter()
+    alpaca = preflight.data_problems(_data_node("phase1_data=alpaca"), "phase1_data")
+    multialpaca = preflight.data_problems(_data_node("phase2_data=multialpaca", languages=["es"]), "phase2_data")
+    seconds = time.perf_counter() - start
+    assert alpaca == [
+        "phase1_data.source=tatsu-lab/alpaca: not on disk and the hub is offline (HF_HUB_OFFLINE=1). "
+        "Offline? Download it and pass a local copy (phase1_data.path=/path/to/file_or_folder)"
+    ]
+    assert multialpaca == [
+        "phase2_data.source=DAMO-NLP-MT/multialpaca (es.jsonl): not on disk and the hub is offline (HF_HUB_OFFLINE=1). "
+        "Offline? Download it and pass a local copy (phase2_data.path=/path/to/file_or_folder)"
+    ]
+    assert seconds < 5, seconds  # composing the config is most of it
+
+
+@pytest.mark.parametrize("fields", ["good", "bad"])
+def test_preflight_parses_a_hub_dataset_in_the_hub_cache(hub_caches, fields):
+    """Per-language files (MultiAlpaca's hub_files) in the hub cache: the first records of each go through the
+    cell's record parser, so a wrong field name is named with its file and line; the real loader reads the
+    same files offline; a language whose file is not cached is named as offline."""
+    from cft.config import preflight
+    from cft.data.sources import load_config
+
+    hub, _ = hub_caches
+    snapshot = _hub_snapshot(hub, "DAMO-NLP-MT/multialpaca", {"es.jsonl": _records(30, "es"), "de.jsonl": _records(30, "de")})
+    node = _data_node("phase2_data=multialpaca", languages=["es", "de"])
+    if fields == "bad":
+        node["fields"] = {**node["fields"], "output": "response"}
+        (problem,) = preflight.data_problems(node, "phase2_data")
+        assert problem.startswith(f"{snapshot / 'es.jsonl'}:1: missing field 'response' (output)"), problem
+        assert "phase2_data.on_bad_record=skip" in problem and "\n" not in problem
+        return
+    assert preflight.data_problems(node, "phase2_data") == []
+    assert load_config(node, "phase2_data").sizes == {"de": 30, "es": 30}  # what the cell reads, offline
+    (problem,) = preflight.data_problems({**node, "languages": ["es", "fr"]}, "phase2_data")
+    assert problem.startswith("phase2_data.source=DAMO-NLP-MT/multialpaca (fr.jsonl): not on disk and the hub is offline")
+
+
+@pytest.mark.parametrize("fields", ["good", "bad", "split"])
+def test_preflight_parses_a_hub_dataset_in_the_datasets_cache(hub_caches, tmp_path, fields):
+    """A dataset read whole by datasets.load_dataset (Alpaca) and prepared in the datasets cache: its first rows
+    go through the cell's record parser (a wrong field name is named with the row, as the cell names it); a
+    split the cached copy lacks is named; the real loader reads the same copy offline."""
+    from cft.config import preflight
+    from cft.data.sources import load_config
+
+    _, data = hub_caches
+    cached = _datasets_cache_copy(data, "tatsu-lab/alpaca", _records(40), tmp_path)
+    node = _data_node("phase1_data=alpaca")
+    if fields == "good":
+        assert preflight.data_problems(node, "phase1_data") == []
+        assert len(load_config(node, "phase1_data")) == 40  # what the cell reads, offline
+    elif fields == "bad":
+        node["fields"] = {**node["fields"], "instruction": "question"}
+        (problem,) = preflight.data_problems(node, "phase1_data")
+        assert problem.startswith("tatsu-lab/alpaca[train] row 0: missing field 'question' (instruction)"), problem
+        assert "phase1_data.on_bad_record=skip" in problem
+    else:
+        (problem,) = preflight.data_problems({**node, "split": "validation"}, "phase1_data")
+        assert problem == (
+            f"phase1_data.split=validation: the cached copy of dataset 'tatsu-lab/alpaca' ({cached}) has no split "
+            "'validation' (it has: train)"
+        )
+
+
+def test_preflight_resolves_a_hub_dataset_on_a_hub_that_answers(hub_caches, monkeypatch):
+    """Not cached, the hub answering: the dataset and the files the cell reads are resolved (dataset_info within
+    the preflight's short timeout); a file the hub's dataset lacks, or a dataset it does not give, is named."""
+    from types import SimpleNamespace
+
+    import httpx
+    import huggingface_hub
+
+    from cft.config import preflight
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(preflight, "hub_reachable", lambda: True)
+    asked = []
+
+    def dataset_info(self, repo_id, *, timeout=None, **kwargs):
+        asked.append((repo_id, timeout))
+        if repo_id == "cft-test/gone":
+            url = f"https://huggingface.co/api/datasets/{repo_id}"
+            response = httpx.Response(404, request=httpx.Request("GET", url))
+            raise huggingface_hub.errors.RepositoryNotFoundError("404 Client Error: Repository Not Found", response=response)
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in ("README.md", "es.jsonl")])
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    node = _data_node("phase2_data=multialpaca", languages=["es"])
+    assert preflight.data_problems(node, "phase2_data") == []
+    (problem,) = preflight.data_problems({**node, "languages": ["es", "de"]}, "phase2_data")
+    assert problem == (
+        "phase2_data.source=DAMO-NLP-MT/multialpaca: the hub's dataset has no de.jsonl "
+        "(phase2_data.languages, phase2_data.hub_files)"
+    )
+    (problem,) = preflight.data_problems(_data_node("phase1_data=alpaca", source="cft-test/gone"), "phase1_data")
+    assert problem.startswith("phase1_data.source=cft-test/gone: the hub does not give this dataset (RepositoryNotFoundError")
+    assert {timeout for _, timeout in asked} == {preflight.HUB_TIMEOUT} == {3.0}
+
+
+def test_preflight_of_a_cached_hub_dataset_reads_only_its_head(hub_caches):
+    """The cost stays small whatever the file's size: the preflight parses the first records of a 40,000-record
+    file (a bad record past them passes it, where the cell's full read stops), in a small share of the full read."""
+    import time
+
+    from cft.config import preflight
+    from cft.data.sources import load_config
+    from cft.errors import DataError
+
+    hub, _ = hub_caches
+    text = _records(40_000, "es") + "not json\n"
+    _hub_snapshot(hub, "DAMO-NLP-MT/multialpaca", {"es.jsonl": text})
+    node = _data_node("phase2_data=multialpaca", languages=["es"])
+    start = time.perf_counter()
+    assert preflight.data_problems(node, "phase2_data") == []
+    checked = time.perf_counter() - start
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"es.jsonl:40001: invalid JSON"):
+        load_config(node, "phase2_data")
+    read = time.perf_counter() - start
+    assert checked < 0.5 and checked < read / 5, (checked, read)
 
 
 # ---------------------------------------------------------------- an evaluation is of the exact weights it scored
