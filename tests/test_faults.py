@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import SMALL, compose, run_folders, run_script
+from helpers import SMALL, compose, run_folders, run_script, write_jsonl
 
 from cft.run import artifacts, layout
 
@@ -516,7 +516,12 @@ def test_unreadable_checkpoint_given_to_evaluate_names_the_file(prepared, tmp_pa
 )
 def test_a_checkpoint_not_on_disk_names_the_key_to_set(tmp_path, overrides, setting):
     """Offline, a hub id that is not on disk stops the cell in setup with the override that fixes it."""
-    proc = run_script("train.py", ["model=smollm2", *overrides, "tracking=none"], tmp_path, check=False)
+    # The data on disk (the preflight names a hub dataset offline too): the checkpoint is the one cause.
+    records = [{"instruction": "q", "input": "", "output": "a"}]
+    data = [f"phase2_data.path={write_jsonl(tmp_path / 'data' / 'es.jsonl', records).parent}", "phase2_data.languages=[es]"]
+    if "phase1_data=alpaca" in overrides:
+        data.append(f"phase1_data.path={write_jsonl(tmp_path / 'alpaca.jsonl', records)}")
+    proc = run_script("train.py", ["model=smollm2", *overrides, *data, "tracking=none"], tmp_path, check=False)
     line = one_error(proc)
     assert "Offline? Download the checkpoint" in proc.stderr and setting in proc.stderr, line
     assert not list(tmp_path.rglob("DONE"))
