@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import SMALL, run_folders, run_script
+from helpers import SMALL, compose, run_folders, run_script, write_jsonl
 
 from cft.run import artifacts, layout
 
@@ -516,7 +516,12 @@ def test_unreadable_checkpoint_given_to_evaluate_names_the_file(prepared, tmp_pa
 )
 def test_a_checkpoint_not_on_disk_names_the_key_to_set(tmp_path, overrides, setting):
     """Offline, a hub id that is not on disk stops the cell in setup with the override that fixes it."""
-    proc = run_script("train.py", ["model=smollm2", *overrides, "tracking=none"], tmp_path, check=False)
+    # The data on disk (the preflight names a hub dataset offline too): the checkpoint is the one cause.
+    records = [{"instruction": "q", "input": "", "output": "a"}]
+    data = [f"phase2_data.path={write_jsonl(tmp_path / 'data' / 'es.jsonl', records).parent}", "phase2_data.languages=[es]"]
+    if "phase1_data=alpaca" in overrides:
+        data.append(f"phase1_data.path={write_jsonl(tmp_path / 'alpaca.jsonl', records)}")
+    proc = run_script("train.py", ["model=smollm2", *overrides, *data, "tracking=none"], tmp_path, check=False)
     line = one_error(proc)
     assert "Offline? Download the checkpoint" in proc.stderr and setting in proc.stderr, line
     assert not list(tmp_path.rglob("DONE"))
@@ -766,6 +771,207 @@ def test_rescue_refused_everywhere_says_so(root, tmp_path):
     assert layout.read_failure(run)["error"] == "DiskError"
 
 
+# ---------------------------------------------------------------- trained artifacts the cache refuses
+
+
+def _disk_fault(kind: str) -> BaseException:
+    """An exception of the type a full or read-only disk really raises, by writer."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    return {
+        "safetensors": SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+        "torch": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 106624 vs 106516"),
+        "enospc": OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+        "erofs": OSError(errno.EROFS, os.strerror(errno.EROFS)),
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    "raised, cause",
+    [
+        ("safetensors", "No space left on device"),
+        ("torch", "file write failed (a full disk?)"),
+        ("enospc", "No space left on device"),
+        ("erofs", "Read-only file system"),
+    ],
+)
+def test_trained_artifact_the_cache_refuses_is_rescued_and_taken_back(tmp_path, monkeypatch, caplog, raised, cause):
+    """A build that trains returns a Trained: when the cache refuses its files (each writer's real exception
+    type), they go, sealed with their manifest, to the rescue place the one-line DiskError names; the next
+    build of that artifact verifies the copy and moves it into the cache without building (training) again."""
+    import tempfile
+
+    from cft.errors import CftError
+    from cft.run.disk import DiskError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    weights = _safetensors_bytes()
+    trainings = []
+
+    def build(tmp: Path) -> artifacts.Trained:
+        trainings.append(tmp)
+
+        def write(folder: Path) -> None:
+            (folder / "model").mkdir(parents=True, exist_ok=True)
+            (folder / "model" / "config.json").write_text("{}")
+            if folder.name.startswith("."):  # the cache's own build folder: its disk refuses the weights
+                raise _disk_fault(raised)
+            (folder / "model" / "model.safetensors").write_bytes(weights)
+            (folder / "train_stats.json").write_text('{"steps": 3}')
+
+        return artifacts.Trained(write, len(weights))
+
+    cache = artifacts.Cache(tmp_path / "cache")
+    with pytest.raises(DiskError) as failed:
+        cache.artifact("phase1", {"k": 1}, build)
+    message = str(failed.value)
+    assert failed.value.exit_code == 1 and "\n" not in message
+    key = cache.key({"k": 1})
+    rescued = tmp_path / "tmp" / "cft-rescue" / f"phase1-{key}"
+    assert message.startswith(f"could not write the phase1 artifact {tmp_path / 'cache' / 'phase1' / key}: {cause}.")
+    assert f"kept in {rescued}; " in message and "without training again" in message
+    assert (rescued / "model" / "model.safetensors").read_bytes() == weights
+    assert json.loads((rescued / "train_stats.json").read_text()) == {"steps": 3}
+    assert artifacts.verify(rescued).ok and set(json.loads((rescued / "DONE").read_text())["files"]) >= {"spec.json"}
+    assert not list((tmp_path / "cache" / "phase1").glob(".*.tmp-*"))  # no half artifact in the cache
+
+    caplog.set_level(logging.WARNING, logger="cft.run.artifacts")
+    path = cache.artifact("phase1", {"k": 1}, build)
+    assert len(trainings) == 1  # taken from the rescue place, not trained again
+    assert (path / "model" / "model.safetensors").read_bytes() == weights and artifacts.verify(path).ok
+    assert not rescued.exists()
+    assert f"taking it from {rescued} (verified) instead of building it again" in caplog.text
+
+    def not_a_disk_fault(tmp: Path) -> artifacts.Trained:  # a bug in a writer stays a bug: not rescued
+        return artifacts.Trained(lambda folder: (_ for _ in ()).throw(ValueError("a bug")))
+
+    with pytest.raises(ValueError, match="a bug"):
+        cache.artifact("phase1", {"k": 2}, not_a_disk_fault)
+    assert not (tmp_path / "tmp" / "cft-rescue" / f"phase1-{cache.key({'k': 2})}").exists()
+    assert isinstance(failed.value, CftError)  # what train.py prints as one line (exit 1)
+
+
+def test_damaged_rescued_artifact_is_not_taken(tmp_path, monkeypatch, caplog):
+    """A rescued copy that no longer matches its manifest is named, removed and the artifact built again."""
+    import tempfile
+
+    from cft.run.disk import DiskError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    full = [True]
+
+    def build(tmp: Path) -> artifacts.Trained:
+        def write(folder: Path) -> None:
+            if folder.name.startswith(".") and full[0]:
+                raise _disk_fault("enospc")
+            (folder / "weights.safetensors").write_bytes(_safetensors_bytes())
+
+        return artifacts.Trained(write)
+
+    cache = artifacts.Cache(tmp_path / "cache")
+    with pytest.raises(DiskError):
+        cache.artifact("phase1", {"k": 1}, build)
+    (rescued,) = (tmp_path / "tmp" / "cft-rescue").iterdir()
+    damage(rescued / "weights.safetensors", "bitflip")
+    full[0] = False
+    caplog.set_level(logging.WARNING, logger="cft.run.artifacts")
+    path = cache.artifact("phase1", {"k": 1}, build)
+    assert f"The rescued phase1 artifact {rescued} is damaged (weights.safetensors: checksum" in caplog.text
+    assert not rescued.exists() and (path / "weights.safetensors").read_bytes() == _safetensors_bytes()
+
+
+def test_phase0_base_the_cache_refuses_is_rescued_and_not_pretrained_again(tmp_path, monkeypatch, tiny_arch):
+    """Phase 0 (the demo's pre-trained base) goes through the same artifact code: safetensors' own error on
+    the cache's disk keeps the base in the rescue place; the next call takes it without pre-training again."""
+    import tempfile
+
+    import transformers.modeling_utils
+
+    from cft.models import pretrain as phase0
+    from cft.recipes.train import base_reference
+    from cft.run.disk import DiskError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    save_file = transformers.modeling_utils.safe_save_file
+
+    def full_cache(tensors, filename, *args, **kwargs):  # what safetensors raises past the end of a full disk
+        if "/cache/base/." in str(filename):
+            raise _disk_fault("safetensors")
+        return save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_cache)
+    runs = []
+    real_pretrain = phase0.pretrain
+    monkeypatch.setattr(phase0, "pretrain", lambda *a, **k: runs.append(1) or real_pretrain(*a, **k))
+    pretrain = {"source": "demo", "tasks": ["repeat"], "languages": ["en"], "per_task_language": 8, "data_seed": 0}
+    pretrain.update(seq_len=32, batch_size=4, steps=2, lr=1e-3, warmup_steps=0)
+    model_cfg = {"name": "t", "base": None, "build": {**tiny_arch, "seed": 0}, "pretrain": pretrain}
+    with pytest.raises(
+        DiskError, match=r"could not write the base artifact .*: No space left on device\. What it trained is kept in "
+    ) as failed:
+        base_reference(model_cfg, tmp_path / "cache")
+    rescued = Path(str(failed.value).split("kept in ")[1].split(";")[0])
+    assert rescued.parent == tmp_path / "tmp" / "cft-rescue" and (rescued / "model" / "model.safetensors").is_file()
+    assert json.loads((rescued / "model" / "pretrain_stats.json").read_text())["steps"] == 2
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_file)  # space again
+    ref = base_reference(model_cfg, tmp_path / "cache")
+    assert runs == [1] and not rescued.exists()  # pre-trained once
+    assert Path(ref).parent.parent == tmp_path / "cache" / "base" and artifacts.verify(Path(ref).parent).ok
+
+
+def assert_phase1_rescued_then_reused(root: Path, proc, cause: str) -> None:
+    """One line, exit 1, the Phase-1 model in the rescue place the line names; the rerun takes it (verified)
+    instead of training Phase 1 again, and its metrics.json has the train/phase1/* figures."""
+    line = one_error(proc, 1)
+    assert f"could not write the phase1 artifact {root / 'cache' / 'phase1'}/" in line and f": {cause}." in line
+    rescued = Path(line.split("What it trained is kept in ")[1].split(";")[0].split(" (")[0])
+    assert rescued.is_relative_to(root / "tmp" / "cft-rescue")
+    for rel in ("DONE", "spec.json", "train_stats.json", "model/model.safetensors", "model/config.json"):
+        assert (rescued / rel).is_file(), rel
+    assert log_lines(proc, "phase1: 3 steps")
+    (run,) = run_folders(root / "s")
+    assert layout.read_failure(run)["phase"] == "phase1" and not (run / "DONE").exists()
+    again = train(root, "sweep_id=s")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert log_lines(again, f"taking it from {rescued} (verified) instead of building it again")
+    assert not log_lines(again, "phase1: 3 steps") and not log_lines(again, "Building phase1 artifact")
+    assert not rescued.exists() and artifact(root, "phase1").joinpath("model", "model.safetensors").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train/phase1/steps"] == 3 and "train/phase1/final_loss" in metrics
+    assert (run / "DONE").exists() and "phase2/ta_avg" in metrics
+
+
+def _without_phase1(root: Path) -> None:
+    shutil.rmtree(root / "cache" / "phase1")  # Phase 1 trains in this run (the base is reused)
+
+
+@pytest.mark.parametrize("raised", ["safetensors", pytest.param("oserror", marks=pytest.mark.slow)])
+def test_full_cache_saving_the_phase1_model_rescues_it(root, raised):
+    """SafetensorError (OSError 28: slow) saving the Phase-1 model into the cache, planted: kept in the rescue
+    place, one line, exit 1; the rerun does not train Phase 1 again."""
+    _without_phase1(root)
+    env = fault_env(str(root / "cache" / "phase1" / ".*.tmp-*" / "model" / "*"))
+    if raised == "safetensors":
+        env["CFT_FAULT_RAISE"] = "safetensors"
+    proc = train(root, "sweep_id=s", env=env)
+    assert_phase1_rescued_then_reused(root, proc, "No space left on device")
+
+
+def test_full_tmpfs_cache_saving_the_phase1_model_rescues_it(root):
+    """A real full disk (a 64 KiB tmpfs on the cache's phase1 folder): the lock and the build folder fit, the
+    weights do not."""
+    _without_phase1(root)
+    folder = root / "cache" / "phase1"
+    _tmpfs(folder, "64k")
+    try:
+        proc = train(root, "sweep_id=s")
+    finally:
+        _umount(folder)
+    assert_phase1_rescued_then_reused(root, proc, "No space left on device")
+
+
 @pytest.mark.slow  # as root, the tmpfs test above gets the same error from a real full disk
 def test_checkpoint_write_error_of_torch_is_a_warning(root):
     """torch.save's RuntimeError (inline_container.cc) on a resumable checkpoint, planted: training goes on."""
@@ -962,6 +1168,203 @@ def test_preflight_names_the_cell_whose_strategy_needs_a_base_that_cannot_resolv
     assert len(errors) == 1 and "/lf_h2/" in errors[0], proc.stderr
     assert "strategy lf_h2 needs the base model: model.base=cft-test/missing-base" in errors[0]
     assert "not on disk and the hub is offline (HF_HUB_OFFLINE=1)" in errors[0]
+
+
+# ---------------------------------------------------------------- the preflight of hub datasets
+
+SNAPSHOT = "0" * 40  # the commit a hub-cache snapshot is filed under (refs/main names it)
+
+
+def _data_node(group: str, **overrides) -> dict:
+    """The dataset node the cell reads (the real conf/, resolved), without its counterpart."""
+    from omegaconf import OmegaConf
+
+    key = group.split("=")[0]
+    node = OmegaConf.to_container(compose(["model=tiny", group])[key], resolve=True)
+    node.pop("counterpart", None)
+    return {**node, **overrides}
+
+
+@pytest.fixture
+def hub_caches(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """(the hub cache, the datasets cache) of this test, empty; the preflight's memory of earlier checks cleared."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    from cft.config import preflight
+
+    hub, data = tmp_path / "hub", tmp_path / "datasets"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", data)
+    reachable = preflight.hub_reachable  # a test may replace it
+    preflight._hub_dataset_problem.cache_clear()
+    reachable.cache_clear()
+    yield hub, data
+    preflight._hub_dataset_problem.cache_clear()
+    reachable.cache_clear()
+
+
+def _hub_snapshot(hub: Path, repo: str, files: dict[str, str]) -> Path:
+    """A dataset's files as hf_hub_download leaves them in the hub cache (refs/main -> snapshots/<commit>/)."""
+    folder = hub / f"datasets--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(SNAPSHOT)
+    snapshot = folder / "snapshots" / SNAPSHOT
+    for name, text in files.items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).write_text(text, encoding="utf-8")
+    return snapshot
+
+
+def _records(n: int, lang: str = "en") -> str:
+    return "".join(json.dumps({"instruction": f"{lang} q{i}", "input": None, "output": f"a{i}"}) + "\n" for i in range(n))
+
+
+def _datasets_cache_copy(data: Path, repo: str, records: str, tmp_path: Path) -> Path:
+    """What datasets.load_dataset(repo) leaves in the datasets cache (prepared by datasets' own JSON builder,
+    filed under the hub id: <namespace>___<name>/default/0.0.0/<commit>/<name>-train.arrow)."""
+    from datasets.packaged_modules.json.json import Json
+
+    source = tmp_path / "download" / "train.jsonl"
+    source.parent.mkdir(parents=True)
+    source.write_text(records, encoding="utf-8")
+    builder = Json(cache_dir=str(tmp_path / "build"), dataset_name=repo.split("/")[-1], data_files={"train": str(source)})
+    builder.download_and_prepare()
+    dest = data / repo.replace("/", "___") / "default" / "0.0.0" / SNAPSHOT
+    dest.parent.mkdir(parents=True)
+    shutil.move(builder.cache_dir, dest)
+    return dest
+
+
+def test_preflight_names_a_hub_dataset_not_on_disk_offline(hub_caches):
+    """A hub dataset neither cached nor reachable (HF_HUB_OFFLINE=1): one line naming the key, the offline
+    cause and the local-copy key, as for a checkpoint; in well under a second (no hub client retries)."""
+    import time
+
+    from cft.config import preflight
+
+    start = time.perf_counter()
+    alpaca = preflight.data_problems(_data_node("phase1_data=alpaca"), "phase1_data")
+    multialpaca = preflight.data_problems(_data_node("phase2_data=multialpaca", languages=["es"]), "phase2_data")
+    seconds = time.perf_counter() - start
+    assert alpaca == [
+        "phase1_data.source=tatsu-lab/alpaca: not on disk and the hub is offline (HF_HUB_OFFLINE=1). "
+        "Offline? Download it and pass a local copy (phase1_data.path=/path/to/file_or_folder)"
+    ]
+    assert multialpaca == [
+        "phase2_data.source=DAMO-NLP-MT/multialpaca (es.jsonl): not on disk and the hub is offline (HF_HUB_OFFLINE=1). "
+        "Offline? Download it and pass a local copy (phase2_data.path=/path/to/file_or_folder)"
+    ]
+    assert seconds < 5, seconds  # composing the config is most of it
+
+
+@pytest.mark.parametrize("fields", ["good", "bad"])
+def test_preflight_parses_a_hub_dataset_in_the_hub_cache(hub_caches, fields):
+    """Per-language files (MultiAlpaca's hub_files) in the hub cache: the first records of each go through the
+    cell's record parser, so a wrong field name is named with its file and line; the real loader reads the
+    same files offline; a language whose file is not cached is named as offline."""
+    from cft.config import preflight
+    from cft.data.sources import load_config
+
+    hub, _ = hub_caches
+    snapshot = _hub_snapshot(hub, "DAMO-NLP-MT/multialpaca", {"es.jsonl": _records(30, "es"), "de.jsonl": _records(30, "de")})
+    node = _data_node("phase2_data=multialpaca", languages=["es", "de"])
+    if fields == "bad":
+        node["fields"] = {**node["fields"], "output": "response"}
+        (problem,) = preflight.data_problems(node, "phase2_data")
+        assert problem.startswith(f"{snapshot / 'es.jsonl'}:1: missing field 'response' (output)"), problem
+        assert "phase2_data.on_bad_record=skip" in problem and "\n" not in problem
+        return
+    assert preflight.data_problems(node, "phase2_data") == []
+    assert load_config(node, "phase2_data").sizes == {"de": 30, "es": 30}  # what the cell reads, offline
+    (problem,) = preflight.data_problems({**node, "languages": ["es", "fr"]}, "phase2_data")
+    assert problem.startswith("phase2_data.source=DAMO-NLP-MT/multialpaca (fr.jsonl): not on disk and the hub is offline")
+
+
+@pytest.mark.parametrize("fields", ["good", "bad", "split"])
+def test_preflight_parses_a_hub_dataset_in_the_datasets_cache(hub_caches, tmp_path, fields):
+    """A dataset read whole by datasets.load_dataset (Alpaca) and prepared in the datasets cache: its first rows
+    go through the cell's record parser (a wrong field name is named with the row, as the cell names it); a
+    split the cached copy lacks is named; the real loader reads the same copy offline."""
+    from cft.config import preflight
+    from cft.data.sources import load_config
+
+    _, data = hub_caches
+    cached = _datasets_cache_copy(data, "tatsu-lab/alpaca", _records(40), tmp_path)
+    node = _data_node("phase1_data=alpaca")
+    if fields == "good":
+        assert preflight.data_problems(node, "phase1_data") == []
+        assert len(load_config(node, "phase1_data")) == 40  # what the cell reads, offline
+    elif fields == "bad":
+        node["fields"] = {**node["fields"], "instruction": "question"}
+        (problem,) = preflight.data_problems(node, "phase1_data")
+        assert problem.startswith("tatsu-lab/alpaca[train] row 0: missing field 'question' (instruction)"), problem
+        assert "phase1_data.on_bad_record=skip" in problem
+    else:
+        (problem,) = preflight.data_problems({**node, "split": "validation"}, "phase1_data")
+        assert problem == (
+            f"phase1_data.split=validation: the cached copy of dataset 'tatsu-lab/alpaca' ({cached}) has no split "
+            "'validation' (it has: train)"
+        )
+
+
+def test_preflight_resolves_a_hub_dataset_on_a_hub_that_answers(hub_caches, monkeypatch):
+    """Not cached, the hub answering: the dataset and the files the cell reads are resolved (dataset_info within
+    the preflight's short timeout); a file the hub's dataset lacks, or a dataset it does not give, is named."""
+    from types import SimpleNamespace
+
+    import httpx
+    import huggingface_hub
+
+    from cft.config import preflight
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(preflight, "hub_reachable", lambda: True)
+    asked = []
+
+    def dataset_info(self, repo_id, *, timeout=None, **kwargs):
+        asked.append((repo_id, timeout))
+        if repo_id == "cft-test/gone":
+            url = f"https://huggingface.co/api/datasets/{repo_id}"
+            response = httpx.Response(404, request=httpx.Request("GET", url))
+            raise huggingface_hub.errors.RepositoryNotFoundError("404 Client Error: Repository Not Found", response=response)
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in ("README.md", "es.jsonl")])
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    node = _data_node("phase2_data=multialpaca", languages=["es"])
+    assert preflight.data_problems(node, "phase2_data") == []
+    (problem,) = preflight.data_problems({**node, "languages": ["es", "de"]}, "phase2_data")
+    assert problem == (
+        "phase2_data.source=DAMO-NLP-MT/multialpaca: the hub's dataset has no de.jsonl "
+        "(phase2_data.languages, phase2_data.hub_files)"
+    )
+    (problem,) = preflight.data_problems(_data_node("phase1_data=alpaca", source="cft-test/gone"), "phase1_data")
+    assert problem.startswith("phase1_data.source=cft-test/gone: the hub does not give this dataset (RepositoryNotFoundError")
+    assert {timeout for _, timeout in asked} == {preflight.HUB_TIMEOUT} == {3.0}
+
+
+def test_preflight_of_a_cached_hub_dataset_reads_only_its_head(hub_caches):
+    """The cost stays small whatever the file's size: the preflight parses the first records of a 40,000-record
+    file (a bad record past them passes it, where the cell's full read stops), in a small share of the full read."""
+    import time
+
+    from cft.config import preflight
+    from cft.data.sources import load_config
+    from cft.errors import DataError
+
+    hub, _ = hub_caches
+    text = _records(40_000, "es") + "not json\n"
+    _hub_snapshot(hub, "DAMO-NLP-MT/multialpaca", {"es.jsonl": text})
+    node = _data_node("phase2_data=multialpaca", languages=["es"])
+    start = time.perf_counter()
+    assert preflight.data_problems(node, "phase2_data") == []
+    checked = time.perf_counter() - start
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"es.jsonl:40001: invalid JSON"):
+        load_config(node, "phase2_data")
+    read = time.perf_counter() - start
+    assert checked < 0.5 and checked < read / 5, (checked, read)
 
 
 # ---------------------------------------------------------------- an evaluation is of the exact weights it scored

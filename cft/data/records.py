@@ -20,6 +20,7 @@ as `empty_output`, while malformed records still stop the run. Nothing is droppe
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -127,6 +128,27 @@ def iter_raw_records(path: str | Path, *, on_bad_json: str = "error") -> Iterato
                 yield lineno, err
                 continue
             raise err from None
+
+
+def head_records(path: str | Path, n: int) -> Iterator[tuple[int | str, Any]]:
+    """The first `n` of `iter_raw_records(path)`, without reading the rest of a .jsonl file (a .json array is
+    parsed whole; a .parquet file is read by batches): what the preflight samples of a large downloaded file."""
+    path = Path(path)
+    if path.suffix != ".jsonl":
+        yield from itertools.islice(iter_raw_records(path), n)
+        return
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.lstrip("\ufeff") if lineno == 1 else line
+            if not line.strip():
+                continue
+            if n <= 0:
+                return
+            n -= 1
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:

@@ -95,10 +95,10 @@ def pretrain(
     )
 
 
-def save_pretrained_base(out_dir: str | Path, architecture: Mapping[str, Any], spec: Mapping[str, Any], *, seed: int = 0) -> Path:
-    """Build the model of `architecture` (initialised from `seed`), pre-train it by `spec` and save
-    model + tokenizer to `out_dir`, with the phase-0 statistics in `out_dir/pretrain_stats.json`.
-    With several ranks, every rank calls this (they train together) and rank 0 alone writes."""
+def pretrained_base(architecture: Mapping[str, Any], spec: Mapping[str, Any], *, seed: int = 0):
+    """Build the model of `architecture` (initialised from `seed`) and pre-train it by `spec`: (model,
+    tokenizer, phase-0 statistics), in memory (the cache writes them: `save_base`). With several ranks,
+    every rank calls this (they train together)."""
     from cft.models import build_model, build_tokenizer
 
     tokenizer = build_tokenizer()
@@ -114,11 +114,12 @@ def save_pretrained_base(out_dir: str | Path, architecture: Mapping[str, Any], s
         warmup_steps=int(spec.get("warmup_steps", 0)),
         seed=int(spec.get("data_seed", 0)),
     )
-    out_dir = Path(out_dir)
-    from cft.training import distributed
+    return model, tokenizer, stats
 
-    if not distributed.is_main():  # several ranks trained it together; rank 0 alone writes
-        return out_dir
+
+def save_base(out_dir: str | Path, model, tokenizer, stats) -> Path:
+    """model + tokenizer in `out_dir`, with the phase-0 statistics in `out_dir/pretrain_stats.json`."""
+    out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "pretrain_stats.json").write_text(json.dumps(asdict(stats), indent=2))

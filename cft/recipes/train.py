@@ -13,8 +13,9 @@
         cleanup()    W&B finished, the run folder unlocked (also after a failure, which leaves FAILED)
 
 A full or read-only disk (whatever type its writer raises: cft.run.disk) or a GPU out of memory ends the
-cell with one line and exit 1; trained Phase-2 weights the run folder refuses are kept in a rescue place
-(the temporary folder's, then paths.rescue_dir), from which the same command continues without training.
+cell with one line and exit 1; trained weights the disk refuses (the Phase-2 model in the run folder, the
+Phase-1 model and phase 0's base in the cache: cft.run.artifacts.Trained) are kept in a rescue place (the
+temporary folder's, then paths.rescue_dir), from which the same command continues without training.
 
 Only this module sees the whole config; everything it calls takes explicit arguments. The base and
 the Phase-1 model are `Checkpoint` handles: loaded lazily, at most once.
@@ -48,7 +49,7 @@ from cft.recipes.common import (
     train_settings,
 )
 from cft.run import disk, keys, layout
-from cft.run.artifacts import Cache, key_of, manifest_digest
+from cft.run.artifacts import Cache, Trained, key_of, manifest_digest
 from cft.run.disk import DiskError
 from cft.run.folder import RunDir, comparable
 from cft.run.tracking import Tracker
@@ -68,9 +69,10 @@ def load_data(data_cfg: Any, key: str) -> SFTData:
 # ---------------------------------------------------------------- the base model
 
 
-def base_reference(model_cfg: Mapping[str, Any], cache_dir: Path) -> str:
-    """Hub id or folder of the base model; a model built in code is saved once into the cache, after
-    phase 0 where the model config asks for it (the demo's pre-training, cft.models.pretrain)."""
+def base_reference(model_cfg: Mapping[str, Any], cache_dir: Path | Cache) -> str:
+    """Hub id or folder of the base model; a model built in code is saved once into the cache (`cache_dir`,
+    or the run's Cache), after phase 0 where the model config asks for it (the demo's pre-training,
+    cft.models.pretrain)."""
     model_cfg = plain(model_cfg)
     if model_cfg.get("base"):
         return str(model_cfg["base"])
@@ -79,15 +81,21 @@ def base_reference(model_cfg: Mapping[str, Any], cache_dir: Path) -> str:
         raise ConfigError(f"model '{model_cfg.get('name')}' has neither model.base (hub id or path) nor model.build")
     seed = arch.pop("seed", 0)
     pretrain = model_cfg.get("pretrain")
-    cache = Cache(cache_dir)
+    cache = cache_dir if isinstance(cache_dir, Cache) else Cache(cache_dir)
     if pretrain:
-        from cft.models.pretrain import save_pretrained_base
+        from cft.models.pretrain import pretrained_base, save_base
 
         spec = {"build": arch, "seed": seed, "tokenizer": "bytes-v1", "pretrain": pretrain}
+
+        def build_base(tmp: Path) -> Trained | None:  # runs on every rank; rank 0 alone writes
+            model, tokenizer, stats = pretrained_base(arch, pretrain, seed=seed)
+            if not distributed.is_main():
+                return None
+            # written by the cache, which keeps it in a rescue place when its disk refuses it
+            return Trained(lambda folder: save_base(folder / "model", model, tokenizer, stats), disk.model_bytes(model))
+
         # Phase 0 trains: with several ranks every rank trains it (collective; rank 0 writes), none waits for it.
-        path = cache.artifact(
-            "base", spec, lambda tmp: save_pretrained_base(tmp / "model", arch, pretrain, seed=seed), collective=True
-        )
+        path = cache.artifact("base", spec, build_base, collective=True)
     else:
         spec = {"build": arch, "seed": seed, "tokenizer": "bytes-v1"}
         path = cache.artifact("base", spec, lambda tmp: save_built_model(tmp / "model", arch, seed=seed))
@@ -132,7 +140,7 @@ def finetune_base(
     resume_dir = cache.root / kind / f"{key}.checkpoints"
     settings = train_settings(train, seed=int(seed))
 
-    def build_model(tmp: Path) -> None:  # runs on every rank; rank 0 alone writes
+    def build_model(tmp: Path) -> Trained | None:  # runs on every rank; rank 0 alone writes
         with zero3_init(settings):
             model, tokenizer = base.load(fresh=True, dtype=weights_dtype(settings))
         model, stats, tok_stats = fit(
@@ -149,11 +157,16 @@ def finetune_base(
             log_fn=log_fn,
         )
         if not distributed.is_main():
-            return
-        model.save_pretrained(tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
+            return None
         tok = {f"tokenize_{k}": v for k, v in asdict(tok_stats).items()}
-        (tmp / "train_stats.json").write_text(json.dumps({**asdict(stats), **tok}))
+
+        def write(folder: Path) -> None:  # the model and its train/<kind>/* figures, together
+            model.save_pretrained(folder / "model")
+            tokenizer.save_pretrained(folder / "model")
+            (folder / "train_stats.json").write_text(json.dumps({**asdict(stats), **tok}))
+
+        # written by the cache, which keeps it in a rescue place when its disk refuses it (cft.run.artifacts)
+        return Trained(write, disk.model_bytes(model))
 
     path = cache.artifact(kind, spec, build_model, collective=True)
     if distributed.is_main():
@@ -246,7 +259,10 @@ class TrainRecipe:
         self.choices = dict(choices)
         self.run_dir = RunDir(run_dir)
         self.seed = int(cfg.seed)
-        self.cache = Cache(cfg.paths.cache_dir, verify=cfg.paths.get("verify", "checksum"))  # artifacts checked on reuse
+        # artifacts checked on reuse; a trained one the cache's disk refuses is kept in a rescue place
+        self.cache = Cache(
+            cfg.paths.cache_dir, verify=cfg.paths.get("verify", "checksum"), rescue_dir=cfg.paths.get("rescue_dir")
+        )
         self.metrics: dict[str, Any] = {}
         self.step = "setup"  # the step running now: what FAILED names
         self.tracker: Tracker | None = None
@@ -669,7 +685,7 @@ class TrainRecipe:
     def _base(self, *, required: bool) -> Checkpoint | None:
         gguf = self.model_cfg.get("gguf_file")
         if not self.model_cfg.get("base"):  # built in code (phase 0 of the demo runs here, once per cache)
-            ref = base_reference(self.model_cfg, self.cache.root)
+            ref = base_reference(self.model_cfg, self.cache)
             self._base_spec = base_key(self.model_cfg, ref)
             return Checkpoint(ref, key=key_of(self._base_spec), what="base model", cache=self.cache)
         ref = str(self.model_cfg["base"])
@@ -763,28 +779,15 @@ class TrainRecipe:
 
     @staticmethod
     def _rescue(model, tokenizer, figures: Mapping[str, Any], places: list[Path]) -> tuple[Path | None, list[str]]:
-        """(the place that took the weights and figures, or None; why each earlier place did not)."""
-        need = disk.model_bytes(model)
-        refused = []
-        for place in places:
-            free = disk.free_bytes(place)
-            if free < need:  # checked first: a half-written rescue is worse than none
-                refused.append(f"{place.parent}: {free / 2**20:.0f} MiB free, {need / 2**20:.0f} MiB needed")
-                continue
-            try:
-                shutil.rmtree(place, ignore_errors=True)
-                (place / "model").mkdir(parents=True)
-                model.save_pretrained(place / "model")
-                tokenizer.save_pretrained(place / "model")
-                (place / layout.TRAIN_METRICS).write_text(json.dumps(dict(figures), indent=2, sort_keys=True))
-                (place / layout.DONE).write_text("")
-                return place, refused
-            except Exception as exc:
-                if disk.reason(exc) is None:
-                    raise
-                shutil.rmtree(place, ignore_errors=True)
-                refused.append(f"{place.parent}: {disk.reason(exc)}")
-        return None, refused
+        """(the place that took the weights and figures, or None; why each earlier place did not): disk.rescue."""
+
+        def write(place: Path) -> None:
+            model.save_pretrained(place / "model")
+            tokenizer.save_pretrained(place / "model")
+            (place / layout.TRAIN_METRICS).write_text(json.dumps(dict(figures), indent=2, sort_keys=True))
+            (place / layout.DONE).write_text("")  # last: what _trained_before looks for
+
+        return disk.rescue(write, disk.model_bytes(model), places)
 
 
 def train_cell(cfg: DictConfig, *, run_dir: str | Path, choices: Mapping[str, str]) -> dict[str, Any]:

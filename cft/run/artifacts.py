@@ -21,6 +21,14 @@ cover the file exactly, every .npy header matches its size), then adopted (its m
 later reuses check checksums); one that fails is damaged like any other. A bit flip inside the tensor
 data of such an old artifact cannot be seen (there is no reference to compare with).
 
+Trained artifacts survive a full or read-only cache disk. A build that trains (the Phase-1 model, MPD's
+Phase-2-alone model, phase 0's base) returns a `Trained` (how to write its result into any folder)
+instead of writing it: `cached` writes it, and when the cache refuses it (any writer's exception type:
+cft.run.disk) keeps it, with its manifest, in a rescue place (`cft.run.disk.rescue`: the temporary
+folder's `cft-rescue/<kind>-<key>`, then `paths.rescue_dir`), and stops with one line naming it (exit 1).
+The next build of that artifact, in any job, verifies the rescued copy against its manifest and moves it
+into the cache instead of training again.
+
 `python -m cft.run.artifacts verify <cache_dir or artifact>` checks a cache by hand and prints the cost.
 """
 
@@ -41,6 +49,7 @@ from typing import Any
 from filelock import FileLock
 
 from cft.errors import CftError
+from cft.run import disk
 from cft.training import distributed
 
 log = logging.getLogger(__name__)
@@ -306,19 +315,38 @@ def _set_aside(root: Path, final: Path, key: str) -> Path:
 # ---------------------------------------------------------------- the cache
 
 
+@dataclass
+class Trained:
+    """What a build that trains returns instead of writing its result: `write(folder)` writes it into any
+    folder (the cache's, or a rescue place when the cache refuses it); `bytes`, about what it takes (the
+    free space a rescue place must have; 0: not checked)."""
+
+    write: Callable[[Path], None]
+    bytes: int = 0
+
+
+def rescue_places(kind: str, key: str, second: str | Path | None) -> list[Path]:
+    """Where a trained artifact goes when the cache refuses it (`cft.run.disk.rescue_places`). Named by kind and
+    key alone: the key says what it is, so any cache that needs that artifact may take it."""
+    return disk.rescue_places(f"{kind}-{key}", second)
+
+
 def cached(
     cache_dir: str | Path,
     kind: str,
     spec: Any,
-    build: Callable[[Path], None],
+    build: Callable[[Path], Trained | None],
     *,
     collective: bool = False,
     verify: str = "checksum",
+    rescue_dir: str | Path | None = None,
 ) -> Path:
     """Return the folder of the artifact `kind` for `spec`, building it with `build(tmp_dir)` if needed.
 
-    `build` writes everything into the folder it is given; it must not write `DONE`. A finished
-    artifact is verified before it is reused (`verify`: "checksum" or "size", see the module docstring).
+    `build` writes everything into the folder it is given, or (a build that trains) returns a `Trained`
+    that `cached` writes there, rescuing it when the disk refuses (see the module docstring; `rescue_dir`
+    is the second rescue place, `paths.rescue_dir`); it must not write `DONE`. A finished artifact is
+    verified before it is reused (`verify`: "checksum" or "size", see the module docstring).
 
     With several ranks (cft.training.distributed), rank 0 alone takes the lock, verifies and decides. By
     default it alone builds and the other ranks wait for its decision. With `collective=True` (e.g.
@@ -336,7 +364,7 @@ def cached(
             return _follow(root, final, kind, key, token, build, collective)
         marker = root / f".{key}.building-{token}"
         try:
-            path = _lead(root, final, kind, key, spec, build, marker, verify)
+            path = _lead(root, final, kind, key, spec, build, marker, verify, rescue_dir)
         finally:
             marker.unlink(missing_ok=True)
         # The other ranks use the artifact only once rank 0 has verified (or rebuilt) it: a damaged folder
@@ -350,10 +378,12 @@ def cached(
             except OSError:  # another job removed it first
                 pass
         return path
-    return _lead(root, final, kind, key, spec, build, None, verify)
+    return _lead(root, final, kind, key, spec, build, None, verify, rescue_dir)
 
 
-def _lead(root: Path, final: Path, kind: str, key: str, spec: Any, build, marker: Path | None, mode: str) -> Path:
+def _lead(
+    root: Path, final: Path, kind: str, key: str, spec: Any, build, marker: Path | None, mode: str, rescue_dir=None
+) -> Path:
     seen_complete = is_complete(final)
     if seen_complete:
         verdict = verify(final, mode)
@@ -388,20 +418,101 @@ def _lead(root: Path, final: Path, kind: str, key: str, spec: Any, build, marker
         for stale in root.glob(f".{key}.tmp-*"):  # left by a killed builder (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".{key}.tmp-{os.getpid()}"
+        places = rescue_places(kind, key, rescue_dir)
+        if _take_rescued(final, tmp, kind, places, mode):
+            return final  # before the marker: this job's other ranks wait for it, as for a reuse
         tmp.mkdir(parents=True)
         if marker is not None:
             marker.write_text(str(tmp))  # tells this job's other ranks to build with us, in tmp
         log.info("Building %s artifact %s", kind, final)
         try:
-            build(tmp)
-            (tmp / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
-            _write_done(tmp, manifest_of(tmp))  # checksums of what was just written (still in the page cache)
+            made = build(tmp)
+            if isinstance(made, Trained):
+                _write_trained(made, tmp, final, kind, spec, places)
+            else:
+                _seal(tmp, spec)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # never leave a half artifact behind
             raise
         _VERIFIED[str(final)] = _fingerprint(final)  # just written and checksummed: no second read in this process
     return final
+
+
+def _seal(folder: Path, spec: Any) -> None:
+    """spec.json, then DONE with the manifest: an artifact's folder made complete."""
+    (folder / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
+    _write_done(folder, manifest_of(folder))  # checksums of what was just written (still in the page cache)
+
+
+def _write_trained(made: Trained, tmp: Path, final: Path, kind: str, spec: Any, places: list[Path]) -> None:
+    """Write a trained result into the cache's `tmp`, sealed; when the disk refuses it, keep it (sealed: the
+    next build verifies the copy against its manifest) in the first rescue place that takes it and stop with
+    one line (disk.DiskError) naming it."""
+
+    def write(folder: Path) -> None:
+        made.write(folder)
+        _seal(folder, spec)
+
+    try:
+        write(tmp)
+        return
+    except Exception as exc:
+        cause = disk.reason(exc)
+        if cause is None:
+            raise
+    shutil.rmtree(tmp, ignore_errors=True)  # what the half write took, before the rescue looks for space
+    kept, refused = disk.rescue(write, made.bytes, places)
+    why = f" ({'; '.join(refused)})" if refused else ""
+    raise disk.DiskError(
+        f"could not write the {kind} artifact {final}: {cause}. "
+        + (
+            f"What it trained is kept in {kept}{why}; free space or fix the permissions and run the same command "
+            "again: it takes it from there without training again."
+            if kept
+            else f"Keeping it elsewhere failed too{why}: its training is lost. Set paths.rescue_dir to a folder with space."
+        )
+    ) from None
+
+
+def _take_rescued(final: Path, tmp: Path, kind: str, places: list[Path], mode: str) -> bool:
+    """Move a rescued copy of this artifact (verified against its manifest) into the cache instead of building
+    it; False when there is none. A damaged copy is named in a warning and removed (it is built again)."""
+    for place in places:
+        if not (place / DONE).is_file():
+            continue
+        verdict = verify(place, mode)
+        if not verdict.ok or verdict.legacy:
+            log.warning(
+                "The rescued %s artifact %s is damaged (%s); removing it and building the artifact again",
+                kind,
+                place,
+                "; ".join(verdict.problems[:3]) or "no manifest",
+            )
+            shutil.rmtree(place, ignore_errors=True)
+            continue
+        try:
+            shutil.copytree(place, tmp)  # DONE (the verified manifest) included
+            os.replace(tmp, final)
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            cause = disk.reason(exc)
+            if cause is None:
+                raise
+            raise disk.DiskError(
+                f"could not write the {kind} artifact {final}: {cause}. It is still kept in {place}; free space or "
+                "fix the permissions and run the same command again."
+            ) from None
+        log.warning(
+            "The %s artifact was built before but the cache refused it: taking it from %s (verified) instead of "
+            "building it again",
+            kind,
+            place,
+        )
+        for other in places:
+            shutil.rmtree(other, ignore_errors=True)
+        return True
+    return False
 
 
 def _follow(root: Path, final: Path, kind: str, key: str, token: str, build, collective: bool) -> Path:
@@ -430,13 +541,14 @@ class Cache:
     """The artifact cache of a run (`paths.cache_dir`): the one way to make a cached thing, for the
     recipe and for strategies alike (`ctx.artifact(kind, spec, build)`). `verify` is `paths.verify`."""
 
-    def __init__(self, root: str | Path, verify: str = "checksum"):
+    def __init__(self, root: str | Path, verify: str = "checksum", rescue_dir: str | Path | None = None):
         self.root = Path(root)
         self.verify = str(verify)
+        self.rescue_dir = rescue_dir  # paths.rescue_dir: the second place for a trained artifact the cache refuses
 
-    def artifact(self, kind: str, spec: Any, build: Callable[[Path], None], *, collective: bool = False) -> Path:
+    def artifact(self, kind: str, spec: Any, build: Callable[[Path], Trained | None], *, collective: bool = False) -> Path:
         """The folder of artifact `kind` for `spec` (see `cached`)."""
-        return cached(self.root, kind, spec, build, collective=collective, verify=self.verify)
+        return cached(self.root, kind, spec, build, collective=collective, verify=self.verify, rescue_dir=self.rescue_dir)
 
     def key(self, spec: Any) -> str:
         return key_of(spec)

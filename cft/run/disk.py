@@ -5,12 +5,20 @@ left on device"), torch.save a RuntimeError from inline_container.cc ("file writ
 place that writes trained work asks `reason(exc)`: a short cause for a disk fault, None for anything
 else (which stays a bug with its traceback). `DiskError` is the one-line failure that follows
 (exit 1: the inputs were fine, the machine refused).
+
+Trained work a disk refused is not thrown away: `rescue(write, need, places)` writes it into the first
+rescue place that takes it (outside the output root and the cache: the temporary folder's `cft-rescue`,
+then `paths.rescue_dir`; `rescue_places` names them), so the same command continues without training
+again. The final Phase-2 model (cft.recipes.train) and every trained cached artifact (the Phase-1 model,
+phase 0's base: cft.run.artifacts) go through it.
 """
 
 from __future__ import annotations
 
 import errno
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from cft.errors import CftError
@@ -84,6 +92,37 @@ def model_bytes(model) -> int:
     except Exception:  # a wrapper without a state dict: no estimate, no refusal
         return 0
     return int(tensors * 1.05) + 16 * 2**20
+
+
+def rescue_places(name: str, second: str | Path | None) -> list[Path]:
+    """The rescue places of the thing called `name`, in the order they are tried: the temporary folder's
+    `cft-rescue`, then `second` (`paths.rescue_dir`: for when the temporary folder is on the same full or
+    read-only filesystem; None: none)."""
+    first = Path(tempfile.gettempdir()) / "cft-rescue" / name
+    return [first] + ([Path(str(second)).expanduser() / name] if second else [])
+
+
+def rescue(write: Callable[[Path], None], need: int, places: list[Path]) -> tuple[Path | None, list[str]]:
+    """Keep trained work a disk refused: `write(place)` into the first of `places` with `need` bytes free
+    that takes it (`write` writes everything, its completion marker last). Returns (the place that took it,
+    or None; why each earlier place did not). An exception that is not a disk fault goes up."""
+    refused = []
+    for place in places:
+        free = free_bytes(place)
+        if free < need:  # checked first: a half-written rescue is worse than none
+            refused.append(f"{place.parent}: {free / 2**20:.0f} MiB free, {need / 2**20:.0f} MiB needed")
+            continue
+        try:
+            shutil.rmtree(place, ignore_errors=True)
+            place.mkdir(parents=True)
+            write(place)
+            return place, refused
+        except Exception as exc:
+            if reason(exc) is None:
+                raise
+            shutil.rmtree(place, ignore_errors=True)
+            refused.append(f"{place.parent}: {reason(exc)}")
+    return None, refused
 
 
 def quiet_log_files() -> None:

@@ -72,21 +72,15 @@ def versions() -> dict[str, str]:
     return out
 
 
-def rescue_dir(run_path: str | Path, root: str | Path | None = None) -> Path:
-    """Where a trained Phase-2 model goes when its run folder cannot take it (full or read-only disk):
-    outside the output root (the temporary folder, or `root`), named by the run folder, so the same
-    command finds it again."""
-    import tempfile
-
-    from cft.run.artifacts import key_of
-
-    return Path(root or Path(tempfile.gettempdir()) / "cft-rescue") / key_of(str(Path(run_path).resolve()))
-
-
 def rescue_dirs(run_path: str | Path, second: str | Path | None) -> list[Path]:
-    """The rescue places in the order they are tried: the temporary folder's, then `paths.rescue_dir`'s
-    (for when the temporary folder is on the same full or read-only filesystem)."""
-    return [rescue_dir(run_path)] + ([rescue_dir(run_path, Path(str(second)).expanduser())] if second else [])
+    """Where a trained Phase-2 model goes when its run folder cannot take it (full or read-only disk):
+    outside the output root, named by the run folder, so the same command finds it again. The places in
+    the order they are tried: the temporary folder's, then `paths.rescue_dir`'s
+    (for when the temporary folder is on the same full or read-only filesystem): `cft.run.disk.rescue_places`."""
+    from cft.run.artifacts import key_of
+    from cft.run.disk import rescue_places
+
+    return rescue_places(key_of(str(Path(run_path).resolve())), second)
 
 
 def _main() -> bool:
