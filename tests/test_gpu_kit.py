@@ -54,6 +54,9 @@ def _weights(model) -> torch.Tensor:
         {"adamw": "apex"},
         {"sync_every_step": "yes"},
         {"tokens_per_micro_batch": 8},
+        {"compile": "yes"},
+        {"compile_mode": "reduce-overhead"},
+        {"liger": 1},
     ],
 )
 def test_lever_settings_are_typed_and_ranged(change):
@@ -305,6 +308,160 @@ def test_token_budget_with_uneven_lengths_trains(tiny_model_dir):
 def test_token_budget_under_deepspeed_says_so(tiny_model_dir):
     with pytest.raises(ConfigError, match="tokens_per_micro_batch works without DeepSpeed"):
         _train(tiny_model_dir, tokens_per_micro_batch=64, deepspeed={"zero_optimization": {"stage": 2}})
+
+
+# --- (e) fused elementwise work: torch.compile, Liger's kernels ---------------------------------
+
+
+@pytest.fixture
+def dynamo(monkeypatch):
+    """torch.compile through dynamo and AOTAutograd with the aot_eager backend: the same graph capture and
+    compiled backward as inductor, without inductor's minute of C++ per graph on this CPU (78 s for the
+    tiny model). Counters and caches are fresh for the test and cleared after it."""
+    from torch._dynamo.utils import counters
+
+    from cft.training import loop
+
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    yield counters
+    torch._dynamo.reset()
+
+
+def _losses(tiny_model_dir, model=None, **kw):
+    """Per-step losses of a 3-step phase (log_every=1), and the trained model."""
+    from cft.data.format import PadCollator
+    from cft.models import load_model
+    from cft.training.loop import TrainSettings, train_phase
+
+    base, tok = load_model(str(tiny_model_dir))
+    settings = TrainSettings(lr=1e-3, max_steps=3, global_batch_size=4, micro_batch_size=2, log_every=1, seed=0, **kw)
+    seen = []
+    trained, _ = train_phase(
+        model(base) if model else base,
+        _data(),
+        collator=PadCollator(tok.pad_token_id),
+        settings=settings,
+        phase="phase2",
+        log_fn=lambda m: seen.append(m["phase2/loss"]),
+    )
+    return seen, trained
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager_through_the_compiled_module(tiny_model_dir, dynamo):
+    eager, _ = _losses(tiny_model_dir)
+    assert dynamo["frames"]["ok"] == 0
+    compiled, trained = _losses(tiny_model_dir, compile=True)
+    assert dynamo["frames"]["ok"] >= 1 and dynamo["stats"]["unique_graphs"] >= 1  # dynamo captured the forward
+    assert compiled == pytest.approx(eager, rel=1e-4) and len(compiled) == 3
+    assert trained._compiled_call_impl is None  # evaluation and generation after the phase run eager
+    captured = dynamo["frames"]["ok"]
+    trained(input_ids=torch.tensor([[5, 6, 7]]))
+    assert dynamo["frames"]["ok"] == captured
+
+
+@pytest.mark.slow
+def test_compile_trains_a_lora_model(tiny_model_dir, dynamo):
+    from peft import LoraConfig, get_peft_model
+
+    def lora(base):
+        return get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+
+    eager, _ = _losses(tiny_model_dir, model=lora)
+    compiled, trained = _losses(tiny_model_dir, model=lora, compile=True)
+    assert dynamo["frames"]["ok"] >= 1
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert all(k.startswith("base_model.") for k in trained.state_dict())  # no _orig_mod. in checkpoints
+
+
+def test_compile_is_refused_with_deepspeed_at_config_check():
+    from pydantic import ValidationError
+
+    from cft.config.schema import TrainConfig
+
+    with pytest.raises(ValidationError, match="train.compile=true does not work with train.deepspeed"):
+        TrainConfig(lr=1e-3, compile=True, deepspeed={"zero_optimization": {"stage": 3}})
+    with pytest.raises(ValidationError, match=r"train.compile=true .* \(phase2\)"):
+        TrainConfig(lr=1e-3, deepspeed={"zero_optimization": {"stage": 3}}, phase2={"compile": True})
+    TrainConfig(lr=1e-3, compile=True, phase1={"compile": False})  # without DeepSpeed: fine
+    with pytest.raises(ValidationError, match="compile_mode"):
+        TrainConfig(lr=1e-3, compile=True, compile_mode="reduce-overhead")  # CUDA graphs: packed shapes change
+
+
+def test_compile_under_deepspeed_in_the_loop_says_so(tiny_model_dir):
+    with pytest.raises(ConfigError, match="train.compile=true does not work with train.deepspeed"):
+        _train(tiny_model_dir, compile=True, deepspeed={"zero_optimization": {"stage": 2}})
+
+
+def test_liger_on_the_cpu_is_refused_naming_the_setting(tiny_model_dir):
+    with pytest.raises(ConfigError, match=r"^train.liger=true needs a CUDA GPU"):
+        _train(tiny_model_dir, liger=True)
+
+
+@pytest.fixture
+def fake_liger(monkeypatch):
+    """liger_kernel.transformers.monkey_patch as liger-kernel 0.8.5 lays it out (its apply functions by model
+    type), with a spy for llama: Liger is Triton, so on this CPU only the wiring can be checked."""
+    import sys
+    import types
+
+    calls = []
+    patch = types.ModuleType("liger_kernel.transformers.monkey_patch")
+    patch.MODEL_TYPE_TO_APPLY_LIGER_FN = {"llama": lambda **kw: calls.append(kw), "mistral": lambda **kw: None}
+    for name in ("liger_kernel", "liger_kernel.transformers"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.monkey_patch", patch)
+    return calls
+
+
+def test_liger_applies_the_model_types_kernels_to_the_instance(tiny_model, fake_liger):
+    from peft import LoraConfig, get_peft_model
+
+    from cft.training.loop import apply_liger
+
+    model, _ = tiny_model
+    apply_liger(model, on_cuda=True)
+    assert fake_liger == [{"model": model}]
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"]))
+    apply_liger(lora, on_cuda=True)  # a PEFT model: its base model's layers are the ones patched
+    assert fake_liger[-1]["model"] is lora.get_base_model()
+
+
+def test_liger_without_kernels_for_the_type_or_the_package_says_so(tiny_model, fake_liger, monkeypatch):
+    import sys
+
+    from cft.training.loop import apply_liger
+
+    model, _ = tiny_model
+    model.config.model_type = "gpt2"
+    with pytest.raises(ConfigError, match="no kernels for model type 'gpt2' .*llama, mistral"):
+        apply_liger(model, on_cuda=True)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.monkey_patch", None)
+    with pytest.raises(ConfigError, match="train.liger=true needs the liger-kernel package"):
+        apply_liger(model, on_cuda=True)
+
+
+def test_liger_reaches_the_loop_for_any_strategy(tiny_model_dir, monkeypatch):
+    """The loop applies Liger from the setting alone, before the first step; no strategy is asked."""
+    from cft.training import loop
+
+    applied = []
+    monkeypatch.setattr(loop, "apply_liger", lambda model, on_cuda: applied.append(type(model).__name__))
+    _train(tiny_model_dir, liger=True, max_steps=1)
+    assert applied == ["LlamaForCausalLM"]
+
+
+def test_liger_preflight_names_the_missing_package(monkeypatch):
+    import importlib.util
+
+    from cft.config.preflight import _liger_problems
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert _liger_problems({"liger": False}) == []
+    assert "train.liger=true needs the liger-kernel package" in _liger_problems({"liger": False, "phase2": {"liger": True}})[0]
+    assert _liger_problems({"liger": True, "phase1": {"liger": False}, "phase2": {"liger": False}}) == []
 
 
 # --- the bundle: what travels to the GPU machine covers what the pipeline imports -----------------
