@@ -464,6 +464,25 @@ def test_liger_preflight_names_the_missing_package(monkeypatch):
     assert _liger_problems({"liger": True, "phase1": {"liger": False}, "phase2": {"liger": False}}) == []
 
 
+def test_the_step_benchmark_measures_compile_and_liger_as_levers_on_the_gpu_only(monkeypatch):
+    from helpers import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import generation
+    import gpu_bench
+
+    from cft.training.loop import TrainSettings
+
+    gpu, cpu = gpu_bench.levers(cpu=False), gpu_bench.levers(cpu=True)
+    assert gpu["lever_compile"] == {"compile": True} and gpu["lever_liger"] == {"liger": True}
+    assert not {"lever_compile", "lever_liger"} & set(cpu)
+    assert "lever_liger" not in gpu_bench.levers(cpu=False, liger=False)  # no wheel carried: not a failed variant
+    for lever in gpu.values():
+        TrainSettings(lr=1e-5, **lever)  # each is a real train setting of the loop
+    assert "lever_static_compiled" in generation.levers(16, on_cuda=True)
+    assert "lever_static_compiled" not in generation.levers(16, on_cuda=False)
+
+
 # --- the bundle: what travels to the GPU machine covers what the pipeline imports -----------------
 
 
@@ -638,3 +657,7 @@ def test_gpu_e2e_cpu_smoke_runs_the_whole_pipeline_and_prints_one_table(tmp_path
     assert {"lever_width64", "lever_fused_adamw", "lever_sync_every_step", "lever_token_budget", "levers_recommended"} <= set(
         bench["tokens_per_s"]
     )
+    generation = json.loads((out / "generation.json").read_text())
+    assert not generation["errors"] and "partial" not in generation
+    assert {"batched", "lever_batch_x4", "lever_unsorted", "lever_static_cache"} <= set(generation["ratio_vs_one_at_a_time"])
+    assert all(r > 0 for r in generation["ratio_vs_one_at_a_time"].values())
