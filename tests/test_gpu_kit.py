@@ -464,6 +464,24 @@ def test_liger_preflight_names_the_missing_package(monkeypatch):
     assert _liger_problems({"liger": True, "phase1": {"liger": False}, "phase2": {"liger": False}}) == []
 
 
+@pytest.mark.slow
+def test_check_refuses_compile_under_deepspeed_and_liger_without_its_package_in_one_line(tmp_path):
+    """train.py check=true, as a user runs it: each refusal is one line naming the setting, nothing runs."""
+    import importlib.util
+
+    from helpers import run_script
+
+    if importlib.util.find_spec("liger_kernel") is not None:
+        pytest.skip("liger-kernel is installed here: its preflight refusal cannot be seen")
+    for overrides, expected in [
+        (["train=deepspeed_zero3", "train.compile=true"], "train.compile=true does not work with train.deepspeed"),
+        (["train.liger=true"], "train.liger=true needs the liger-kernel package"),
+    ]:
+        proc = run_script("train.py", ["model=tiny", *overrides, "check=true"], tmp_path, check=False)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("cft: error:")]
+        assert proc.returncode != 0 and len(errors) == 1 and expected in errors[0], proc.stderr[-3000:]
+
+
 def test_the_step_benchmark_measures_compile_and_liger_as_levers_on_the_gpu_only(monkeypatch):
     from helpers import REPO
 
