@@ -7,8 +7,9 @@
 2. the same step under DeepSpeed ZeRO-2 on the one GPU (conf/train/deepspeed_zero2.yaml's block);
 3. batched generation for generative replay against one prompt at a time (bench/generation.py);
 4. with --levers, each throughput lever of the train settings on its own against packed sdpa, then all
-   of them together (LEVERS below: the SDPA backend, packed widths rounded to 64, fused AdamW, the loss
-   read every step as before, a token budget per micro-batch), with each variant's median and max step.
+   of them together (levers() below: the SDPA backend, packed widths rounded to 64, fused AdamW, the loss
+   read every step as before, a token budget per micro-batch, train.compile, train.liger), with each
+   variant's median and max step; and bench/generation.py --levers (each replay generation lever).
 
     python bench/gpu_bench.py --out gpu.json          # on the GPU (bench/gpu.sh does this)
     python bench/gpu_bench.py --cpu-smoke --out x.json  # the same code paths on the CPU, tiny shape, seconds
@@ -87,19 +88,30 @@ def _numbers(obj):
     return obj
 
 
-def levers(cpu: bool) -> dict[str, dict]:
+# Levers the CPU smoke leaves out: Liger's kernels are Triton (CUDA only; the loop refuses them on a CPU), and
+# inductor compiles the tiny model for over a minute per graph on 2 CPU cores (tests/test_gpu_kit.py checks
+# train.compile's path with the aot_eager backend instead).
+NOT_ON_CPU = ("lever_compile", "lever_liger")
+
+
+def levers(cpu: bool, liger: bool = True) -> dict[str, dict]:
     """Each lever of cft's train settings on its own (name -> TrainSettings fields), then all that pay together.
-    On the CPU the memory-efficient SDPA backend does not exist: math stands in for it (the code path)."""
+    On the CPU the memory-efficient SDPA backend does not exist: math stands in for it (the code path).
+    `lever_compile`'s time includes compiling (in its warm-up steps, and again for each shape it has not seen:
+    the first-pass cost a real run pays too); `lever_liger` runs where the liger-kernel wheel was carried."""
     sdpa = "math" if cpu else "efficient"
-    return {
+    out = {
+        "lever_liger": {"liger": True},  # early: the kit's last variants are the ones its time limit may cut
         "lever_sdpa_" + sdpa: {"sdpa_backend": sdpa},
         "lever_width64": {"pack_width_multiple": 64},
         "lever_fused_adamw": {"adamw": "fused"},
         "lever_foreach_adamw": {"adamw": "foreach"},
         "lever_sync_every_step": {"sync_every_step": True},
         "lever_token_budget": {"tokens_per_micro_batch": 8192},
+        "lever_compile": {"compile": True},
         "levers_recommended": {"sdpa_backend": sdpa, "pack_width_multiple": 64, "adamw": "fused"},
     }
+    return {k: v for k, v in out.items() if not (cpu and k in NOT_ON_CPU) and (liger or k != "lever_liger")}
 
 
 def train_variant(
@@ -172,6 +184,7 @@ def generation(args) -> dict:
     cmd = [sys.executable, str(common.REPO / "bench" / "generation.py")]
     cmd += ["--smoke"] if args.cpu_smoke else ["--device", args.device, "--dtype", "bf16", "--shape", args.shape]
     cmd += [] if args.cpu_smoke else ["--prompts", "64", "--batch-size", "16", "--max-new-tokens", "64", "--rounds", "2"]
+    cmd += ["--levers"] if args.levers else []  # each generation lever against one prompt at a time too
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ, **common.OFFLINE_ENV})
     if proc.returncode != 0:
         return {"error": proc.stderr[-2000:]}
@@ -242,7 +255,8 @@ def main() -> None:
 
         n_params = count_parameters(build_model(arch, tokenizer, seed=0))["total"]
     liger_ok, liger_note = liger_status()
-    kernels = ["sdpa"] + (["liger"] if liger_ok and "liger" not in skip else [])
+    # With --levers, Liger is the train.liger lever (packed, through the loop's setting), not two more variants.
+    kernels = ["sdpa"] + (["liger"] if liger_ok and "liger" not in skip and not args.levers else [])
     variants = [
         {"name": f"{'packed' if packing else 'padded'}_{k}", "packing": packing, "kernels": k, "zero2": False}
         for k in kernels
@@ -260,7 +274,7 @@ def main() -> None:
     if args.levers:
         variants += [
             {"name": name, "packing": True, "kernels": "sdpa", "zero2": False, "lever": lever}
-            for name, lever in levers(args.device == "cpu").items()
+            for name, lever in levers(args.device == "cpu", liger=liger_ok and "liger" not in skip).items()
         ]
     runs: dict[str, list[dict]] = {v["name"]: [] for v in variants}
     errors: dict[str, str] = {}

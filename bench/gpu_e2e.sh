@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The GPU kit of issue 22: the whole pipeline on one GPU, then the step benchmark, in one command
-# (within 6 minutes on one H100/H200: the e2e sweep gets up to $E2E_BUDGET s, the benchmark the rest of $TOTAL).
+# (the pipeline within 6 minutes on one H100/H200: the e2e sweep gets up to $E2E_BUDGET s, replay generation's
+# levers $GEN_BUDGET s, the step benchmark's levers, compile and Liger among them, the rest of $TOTAL = 500 s).
 #
 # Here, once (PyPI and ../shared/data reachable):   bash bench/gpu_prepare.sh
 #     -> bench/gpu_wheels/ (what the GPU image lacks) and bench/gpu_data/ (data subsets), checked <= 64 MiB.
 # On the device machine (the device tool's run, which copies the working tree):
-#     run(command="bash bench/gpu_e2e.sh", carry=["bench/gpu_wheels", "bench/gpu_data"], timeout_s=480)
-# Results in $OUT there (7 files, they come back): gpu_e2e.md (the table), gpu_e2e.json, gpu_e2e.csv, gpu.json
-# (the step benchmark) and the logs of the sweep, the ZeRO-3 cell and analyze.py; elsewhere in bench/results/gpu_e2e/.
+#     run(command="bash bench/gpu_e2e.sh", carry=["bench/gpu_wheels", "bench/gpu_data"], timeout_s=570)
+# Results in $OUT there (8 files, they come back): gpu_e2e.md (the table), gpu_e2e.json, gpu_e2e.csv, gpu.json
+# (the step benchmark), generation.json (replay generation's levers) and the logs of the sweep, the ZeRO-3
+# cell and analyze.py; elsewhere in bench/results/gpu_e2e/.
 # The table is printed last, so the device tool's output tail holds it.
 # On the CPU, the same scripts on the tiny shape:   bash bench/gpu_e2e.sh --cpu-smoke [--data-dir DIR]
 set -euo pipefail
@@ -41,7 +43,8 @@ export HF_HOME=${HF_HOME:-/tmp/cft-hf} NLTK_DATA=${NLTK_DATA:-/tmp/cft-nltk}
 [ -z "$SMOKE" ] && command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || true
 
 # The CPU smoke has no time target (2 busy cores): only the GPU run is held to its budget.
-if [ -n "$SMOKE" ]; then TOTAL=${TOTAL:-3600}; E2E_BUDGET=${E2E_BUDGET:-3600}; else TOTAL=${TOTAL:-360}; E2E_BUDGET=${E2E_BUDGET:-285}; fi
+if [ -n "$SMOKE" ]; then TOTAL=${TOTAL:-3600}; E2E_BUDGET=${E2E_BUDGET:-3600}; else TOTAL=${TOTAL:-500}; E2E_BUDGET=${E2E_BUDGET:-285}; fi
+GEN_BUDGET=${GEN_BUDGET:-100}   # replay generation's levers (GPU only); the step benchmark gets the rest of $TOTAL
 start=$(date +%s)
 rc=0
 # gpu_e2e.py gives each of its commands what is left of the budget, and writes the table of what finished.
@@ -49,6 +52,14 @@ rc=0
 WORK=${CFT_GPU_E2E_WORK:-$(mktemp -d /tmp/cft-gpu-e2e.XXXX)}
 timeout "$(( E2E_BUDGET + 60 ))" "$PY" bench/gpu_e2e.py $SMOKE --data-dir "$DATA" --out "$RESULTS" --work "$WORK" \
   --budget "$E2E_BUDGET" >&2 || rc=$?
+# Replay generation: each lever of cft.models.generate (batch x4, unsorted, static cache, its compiled step)
+# against one prompt at a time, at the 1B shape (issue 22 item 3); the JSON is written after every method.
+if [ -n "$SMOKE" ]; then
+  "$PY" bench/generation.py --smoke --levers --out "$RESULTS/generation.json" > /dev/null || rc=$?
+else
+  timeout "$GEN_BUDGET" "$PY" bench/generation.py --levers --device cuda --dtype bf16 --shape 1b --prompts 32 \
+    --batch-size 16 --max-new-tokens 32 --rounds 1 --out "$RESULTS/generation.json" > /dev/null || rc=$?
+fi
 left=$(( TOTAL - ($(date +%s) - start) ))
 if [ -n "$SMOKE" ]; then
   "$PY" bench/gpu_bench.py --cpu-smoke --levers --out "$RESULTS/gpu.json" > /dev/null || rc=$?

@@ -54,6 +54,9 @@ def _weights(model) -> torch.Tensor:
         {"adamw": "apex"},
         {"sync_every_step": "yes"},
         {"tokens_per_micro_batch": 8},
+        {"compile": "yes"},
+        {"compile_mode": "reduce-overhead"},
+        {"liger": 1},
     ],
 )
 def test_lever_settings_are_typed_and_ranged(change):
@@ -307,6 +310,197 @@ def test_token_budget_under_deepspeed_says_so(tiny_model_dir):
         _train(tiny_model_dir, tokens_per_micro_batch=64, deepspeed={"zero_optimization": {"stage": 2}})
 
 
+# --- (e) fused elementwise work: torch.compile, Liger's kernels ---------------------------------
+
+
+@pytest.fixture
+def dynamo(monkeypatch):
+    """torch.compile through dynamo and AOTAutograd with the aot_eager backend: the same graph capture and
+    compiled backward as inductor, without inductor's minute of C++ per graph on this CPU (78 s for the
+    tiny model). Counters and caches are fresh for the test and cleared after it."""
+    from torch._dynamo.utils import counters
+
+    from cft.training import loop
+
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    yield counters
+    torch._dynamo.reset()
+
+
+def _losses(tiny_model_dir, model=None, **kw):
+    """Per-step losses of a 3-step phase (log_every=1), and the trained model."""
+    from cft.data.format import PadCollator
+    from cft.models import load_model
+    from cft.training.loop import TrainSettings, train_phase
+
+    base, tok = load_model(str(tiny_model_dir))
+    settings = TrainSettings(lr=1e-3, max_steps=3, global_batch_size=4, micro_batch_size=2, log_every=1, seed=0, **kw)
+    seen = []
+    trained, _ = train_phase(
+        model(base) if model else base,
+        _data(),
+        collator=PadCollator(tok.pad_token_id),
+        settings=settings,
+        phase="phase2",
+        log_fn=lambda m: seen.append(m["phase2/loss"]),
+    )
+    return seen, trained
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager_through_the_compiled_module(tiny_model_dir, dynamo):
+    eager, _ = _losses(tiny_model_dir)
+    assert dynamo["frames"]["ok"] == 0
+    compiled, trained = _losses(tiny_model_dir, compile=True)
+    assert dynamo["frames"]["ok"] >= 1 and dynamo["stats"]["unique_graphs"] >= 1  # dynamo captured the forward
+    assert compiled == pytest.approx(eager, rel=1e-4) and len(compiled) == 3
+    assert trained._compiled_call_impl is None  # evaluation and generation after the phase run eager
+    captured = dynamo["frames"]["ok"]
+    trained(input_ids=torch.tensor([[5, 6, 7]]))
+    assert dynamo["frames"]["ok"] == captured
+
+
+@pytest.mark.slow
+def test_compile_trains_a_lora_model(tiny_model_dir, dynamo):
+    from peft import LoraConfig, get_peft_model
+
+    def lora(base):
+        return get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+
+    eager, _ = _losses(tiny_model_dir, model=lora)
+    compiled, trained = _losses(tiny_model_dir, model=lora, compile=True)
+    assert dynamo["frames"]["ok"] >= 1
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert all(k.startswith("base_model.") for k in trained.state_dict())  # no _orig_mod. in checkpoints
+
+
+def test_compile_is_refused_with_deepspeed_at_config_check():
+    from pydantic import ValidationError
+
+    from cft.config.schema import TrainConfig
+
+    with pytest.raises(ValidationError, match="train.compile=true does not work with train.deepspeed"):
+        TrainConfig(lr=1e-3, compile=True, deepspeed={"zero_optimization": {"stage": 3}})
+    with pytest.raises(ValidationError, match=r"train.compile=true .* \(phase2\)"):
+        TrainConfig(lr=1e-3, deepspeed={"zero_optimization": {"stage": 3}}, phase2={"compile": True})
+    TrainConfig(lr=1e-3, compile=True, phase1={"compile": False})  # without DeepSpeed: fine
+    with pytest.raises(ValidationError, match="compile_mode"):
+        TrainConfig(lr=1e-3, compile=True, compile_mode="reduce-overhead")  # CUDA graphs: packed shapes change
+
+
+def test_compile_under_deepspeed_in_the_loop_says_so(tiny_model_dir):
+    with pytest.raises(ConfigError, match="train.compile=true does not work with train.deepspeed"):
+        _train(tiny_model_dir, compile=True, deepspeed={"zero_optimization": {"stage": 2}})
+
+
+def test_liger_on_the_cpu_is_refused_naming_the_setting(tiny_model_dir):
+    with pytest.raises(ConfigError, match=r"^train.liger=true needs a CUDA GPU"):
+        _train(tiny_model_dir, liger=True)
+
+
+@pytest.fixture
+def fake_liger(monkeypatch):
+    """liger_kernel.transformers.monkey_patch as liger-kernel 0.8.5 lays it out (its apply functions by model
+    type), with a spy for llama: Liger is Triton, so on this CPU only the wiring can be checked."""
+    import sys
+    import types
+
+    calls = []
+    patch = types.ModuleType("liger_kernel.transformers.monkey_patch")
+    patch.MODEL_TYPE_TO_APPLY_LIGER_FN = {"llama": lambda **kw: calls.append(kw), "mistral": lambda **kw: None}
+    for name in ("liger_kernel", "liger_kernel.transformers"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.monkey_patch", patch)
+    return calls
+
+
+def test_liger_applies_the_model_types_kernels_to_the_instance(tiny_model, fake_liger):
+    from peft import LoraConfig, get_peft_model
+
+    from cft.training.loop import apply_liger
+
+    model, _ = tiny_model
+    apply_liger(model, on_cuda=True)
+    assert fake_liger == [{"model": model}]
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"]))
+    apply_liger(lora, on_cuda=True)  # a PEFT model: its base model's layers are the ones patched
+    assert fake_liger[-1]["model"] is lora.get_base_model()
+
+
+def test_liger_without_kernels_for_the_type_or_the_package_says_so(tiny_model, fake_liger, monkeypatch):
+    import sys
+
+    from cft.training.loop import apply_liger
+
+    model, _ = tiny_model
+    model.config.model_type = "gpt2"
+    with pytest.raises(ConfigError, match="no kernels for model type 'gpt2' .*llama, mistral"):
+        apply_liger(model, on_cuda=True)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.monkey_patch", None)
+    with pytest.raises(ConfigError, match="train.liger=true needs the liger-kernel package"):
+        apply_liger(model, on_cuda=True)
+
+
+def test_liger_reaches_the_loop_for_any_strategy(tiny_model_dir, monkeypatch):
+    """The loop applies Liger from the setting alone, before the first step; no strategy is asked."""
+    from cft.training import loop
+
+    applied = []
+    monkeypatch.setattr(loop, "apply_liger", lambda model, on_cuda: applied.append(type(model).__name__))
+    _train(tiny_model_dir, liger=True, max_steps=1)
+    assert applied == ["LlamaForCausalLM"]
+
+
+def test_liger_preflight_names_the_missing_package(monkeypatch):
+    import importlib.util
+
+    from cft.config.preflight import _liger_problems
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert _liger_problems({"liger": False}) == []
+    assert "train.liger=true needs the liger-kernel package" in _liger_problems({"liger": False, "phase2": {"liger": True}})[0]
+    assert _liger_problems({"liger": True, "phase1": {"liger": False}, "phase2": {"liger": False}}) == []
+
+
+@pytest.mark.slow
+def test_check_refuses_compile_under_deepspeed_and_liger_without_its_package_in_one_line(tmp_path):
+    """train.py check=true, as a user runs it: each refusal is one line naming the setting, nothing runs."""
+    import importlib.util
+
+    from helpers import run_script
+
+    if importlib.util.find_spec("liger_kernel") is not None:
+        pytest.skip("liger-kernel is installed here: its preflight refusal cannot be seen")
+    for overrides, expected in [
+        (["train=deepspeed_zero3", "train.compile=true"], "train.compile=true does not work with train.deepspeed"),
+        (["train.liger=true"], "train.liger=true needs the liger-kernel package"),
+    ]:
+        proc = run_script("train.py", ["model=tiny", *overrides, "check=true"], tmp_path, check=False)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("cft: error:")]
+        assert proc.returncode != 0 and len(errors) == 1 and expected in errors[0], proc.stderr[-3000:]
+
+
+def test_the_step_benchmark_measures_compile_and_liger_as_levers_on_the_gpu_only(monkeypatch):
+    from helpers import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import generation
+    import gpu_bench
+
+    from cft.training.loop import TrainSettings
+
+    gpu, cpu = gpu_bench.levers(cpu=False), gpu_bench.levers(cpu=True)
+    assert gpu["lever_compile"] == {"compile": True} and gpu["lever_liger"] == {"liger": True}
+    assert not {"lever_compile", "lever_liger"} & set(cpu)
+    assert "lever_liger" not in gpu_bench.levers(cpu=False, liger=False)  # no wheel carried: not a failed variant
+    for lever in gpu.values():
+        TrainSettings(lr=1e-5, **lever)  # each is a real train setting of the loop
+    assert "lever_static_compiled" in generation.levers(16, on_cuda=True)
+    assert "lever_static_compiled" not in generation.levers(16, on_cuda=False)
+
+
 # --- the bundle: what travels to the GPU machine covers what the pipeline imports -----------------
 
 
@@ -481,3 +675,7 @@ def test_gpu_e2e_cpu_smoke_runs_the_whole_pipeline_and_prints_one_table(tmp_path
     assert {"lever_width64", "lever_fused_adamw", "lever_sync_every_step", "lever_token_budget", "levers_recommended"} <= set(
         bench["tokens_per_s"]
     )
+    generation = json.loads((out / "generation.json").read_text())
+    assert not generation["errors"] and "partial" not in generation
+    assert {"batched", "lever_batch_x4", "lever_unsorted", "lever_static_cache"} <= set(generation["ratio_vs_one_at_a_time"])
+    assert all(r > 0 for r in generation["ratio_vs_one_at_a_time"].values())

@@ -361,6 +361,28 @@ def test_generative_replay_is_the_phase1_models_own_output_and_cached(tmp_path, 
     assert len([p for p in (tmp_path / "cache" / "generative_replay").iterdir() if p.is_dir()]) == 2
 
 
+def test_generative_replay_passes_its_generation_levers_and_keeps_its_cache_key(tmp_path, tok, base_dir, monkeypatch):
+    import cft.models.generate as gen
+    from cft.config.schema import check_target_node
+    from cft.strategies.gr import GenerativeReplay
+
+    seen = []
+    real = gen.generate
+    monkeypatch.setattr(gen, "generate", lambda *a, **k: seen.append(k) or real(*a, **k))
+    ctx = context(tmp_path, tok, base_dir, counterpart=data("en", 10), phase2_size=30)
+    loads = []
+    ctx.load_phase1 = lambda: loads.append(1) or fresh(base_dir)
+    opts = {"ratio": 0.1, "max_new_tokens": 4, "keep_empty": True, "keep_capped": True}
+    fast = GenerativeReplay(**opts, cache="static", width_multiple=8).phase2_data(data("es", 10), ctx)
+    assert (seen[0]["cache"], seen[0]["width_multiple"]) == ("static", 8) and loads == [1]
+    # The levers do not change greedy outputs (tests/test_generate.py): the cached set serves the default too.
+    assert GenerativeReplay(**opts).phase2_data(data("es", 10), ctx) == fast and loads == [1]
+    node = {"_target_": "cft.strategies.gr.GenerativeReplay", "ratio": 0.05}
+    assert check_target_node(node, "strategy") == []
+    assert any("cache" in e for e in check_target_node({**node, "cache": "paged"}, "strategy"))
+    assert any("width_multiple" in e for e in check_target_node({**node, "width_multiple": 0}, "strategy"))
+
+
 def test_generative_replay_leaves_out_empty_responses_and_reports_the_share(tmp_path, tok, base_dir):
     from cft.strategies.gr import GenerativeReplay
 

@@ -91,7 +91,22 @@ def preflight(values: Mapping[str, Any], choices: Mapping[str, str] | None = Non
                 f"strategy {name} replays the English counterpart of the Phase-2 data, but "
                 f"phase2_data={phase2.get('name')} has none (phase2_data.counterpart)"
             )
+    problems += _liger_problems(values.get("train") or {})
     return list(dict.fromkeys(problems))
+
+
+def _liger_problems(train: Mapping[str, Any]) -> list[str]:
+    """train.liger needs the liger-kernel package, in the environment the cells run in (the same as the
+    preflight's). That it needs CUDA is checked when the phase starts: a SLURM sweep's preflight runs on the
+    node that submits it, which may have no GPU."""
+    phases = [dict(train.get(p) or {}) for p in ("phase1", "phase2")]
+    if not any(train.get("liger") if p.get("liger") is None else p["liger"] for p in phases):
+        return []
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        return ["train.liger=true needs the liger-kernel package, which is not installed (pip install liger-kernel)"]
+    return []
 
 
 def _line(exc: BaseException) -> str:

@@ -6,6 +6,14 @@ config EOS ids, the tokenizer's EOS and the chat template's end of turn) or afte
 `return_finished=True` also says which replies reached a stop token (the others hit the cap). With
 `sharded=True` and several ranks, the batches are dealt out to the ranks (each batch exactly as one
 rank would make it, so the outputs are those of one rank) and every rank gets all outputs back.
+
+Throughput levers (strategy options of gr5/gr10; bench/generation.py measures each against one prompt at a
+time): `batch_size`; `sort_by_length` (on by default: a batch of similar lengths pads little);
+`cache="static"`, transformers' static KV cache (preallocated to prompt width + max_new_tokens, no
+reallocation per token), and `"static_compiled"`, the same with transformers' own compiled decoding step
+(it compiles on CUDA only: on the CPU it runs as `static`); `width_multiple` rounds each batch's prompt width
+up, so a static cache's shape, and a compiled step's graph, repeats from batch to batch. None of them
+changes greedy outputs (tests/test_generate.py).
 """
 
 from __future__ import annotations
@@ -14,6 +22,10 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from cft.errors import ConfigError
+
+CACHES = ("dynamic", "static", "static_compiled")
 
 
 @torch.no_grad()
@@ -31,6 +43,9 @@ def generate(
     progress: bool = True,
     return_finished: bool = False,
     sharded: bool = False,
+    sort_by_length: bool = True,
+    cache: str = "dynamic",
+    width_multiple: int = 1,
 ) -> list[str] | tuple[list[str], list[bool]]:
     """Generate one completion per prompt (prompt text already formatted for the model); with
     `return_finished`, also whether each one ended at a stop token rather than at the cap; `sharded`: every
@@ -38,13 +53,21 @@ def generate(
     from cft.data.format import stop_token_ids
     from cft.training import distributed
 
+    if cache not in CACHES:
+        raise ConfigError(f"generation cache={cache!r} is not one of {', '.join(CACHES)}")
+    if not isinstance(width_multiple, int) or width_multiple < 1:
+        raise ConfigError(f"generation width_multiple={width_multiple!r} must be a positive integer")
+
     stops = stop_token_ids(tokenizer, model)
     rank, world = (distributed.rank(), distributed.world_size()) if sharded else (0, 1)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+    order = list(range(len(prompts)))
+    if sort_by_length:
+        order.sort(key=lambda i: len(encoded[i]), reverse=True)
+    speed = {} if cache == "dynamic" else {"cache_implementation": "static", "disable_compile": cache == "static"}
     outputs: list[str | None] = [None] * len(prompts)
     finished = [False] * len(prompts)
     pad_id = tokenizer.pad_token_id
@@ -53,7 +76,7 @@ def generate(
         idx = order[start : start + batch_size]
         if number % world != rank:
             continue
-        width = max(len(encoded[i]) for i in idx)
+        width = -(-max(len(encoded[i]) for i in idx) // width_multiple) * width_multiple
         # Left padding keeps every prompt's last token at the same position for decoding.
         input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(idx), width), dtype=torch.long)
@@ -69,6 +92,7 @@ def generate(
             pad_token_id=pad_id,
             eos_token_id=stops,
             **sampling,
+            **speed,
         )
         for row, i in enumerate(idx):
             outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()

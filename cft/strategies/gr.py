@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -43,6 +43,13 @@ class GenerativeReplay(CountsReplay):
         seed: Annotated[int | None, Field(ge=0, description="which instructions are answered; null = the run's seed")] = None,
         max_new_tokens: Annotated[int, Field(ge=1, description="longest generated response, in tokens")] = 256,
         batch_size: Annotated[int, Field(ge=1, description="prompts per generate call")] = 16,
+        cache: Annotated[
+            Literal["dynamic", "static", "static_compiled"],
+            Field(description="KV cache: dynamic, static (preallocated), static_compiled (+ compiled step on CUDA)"),
+        ] = "dynamic",
+        width_multiple: Annotated[
+            int, Field(ge=1, le=4096, description="prompt widths rounded up to this multiple, so static shapes repeat")
+        ] = 1,
         do_sample: Annotated[bool, Field(description="sample (temperature, top_p) instead of greedy decoding")] = False,
         temperature: Annotated[float, Field(gt=0, description="sampling temperature (do_sample=true)")] = 1.0,
         top_p: Annotated[float, Field(gt=0, le=1, description="nucleus sampling mass (do_sample=true)")] = 1.0,
@@ -59,6 +66,9 @@ class GenerativeReplay(CountsReplay):
             **({"temperature": temperature, "top_p": top_p} if do_sample else {}),
         }
         self.batch_size = batch_size
+        # Throughput levers, like batch_size outside the artifact's key: greedy outputs are the same
+        # (tests/test_generate.py), so a cached set is reused whichever is set.
+        self.speed = {"cache": cache, "width_multiple": width_multiple}
         self.keep_empty = keep_empty
         self.keep_capped = keep_capped
         self._report: dict[str, Any] = {}
@@ -94,6 +104,7 @@ class GenerativeReplay(CountsReplay):
                 ctx.tokenizer,
                 [render_prompt(ctx.tokenizer, ex) for ex in prompts_from],
                 batch_size=self.batch_size,
+                **self.speed,
                 desc="generative replay",
                 return_finished=True,
                 sharded=True,  # every rank answers its share of the batches

@@ -131,6 +131,9 @@ class TrainSettings:
     adamw: str = "auto"  # auto (fused on CUDA, foreach under DeepSpeed, the plain loop on CPUs) | fused | foreach | for_loop
     sync_every_step: bool = False  # read the loss (a host sync) every step, not only at log and checkpoint steps
     tokens_per_micro_batch: int | None = None  # a token budget per micro-batch instead of micro_batch_size examples
+    compile: bool = False  # torch.compile the model for the phase (not with DeepSpeed)
+    compile_mode: str = "default"  # inductor's mode: default | max-autotune-no-cudagraphs
+    liger: bool = False  # Liger's fused kernels (CUDA and the liger-kernel package only)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -245,6 +248,54 @@ def adamw(groups, settings: TrainSettings, *, on_cuda: bool, deepspeed: bool = F
         impl = "foreach" if deepspeed else ("fused" if on_cuda else "for_loop")
     kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
     return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.adam_betas), eps=settings.adam_eps, **kind)
+
+
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+COMPILE_BACKEND = "inductor"  # the tests use aot_eager: the same capture, without inductor's minute of C++ on a CPU
+
+
+def compile_for_training(model, settings: TrainSettings, *, deepspeed: bool) -> None:
+    """torch.compile `model` in place (nn.Module.compile: its state_dict keys, checkpoints and accelerate's
+    or peft's wrappers stay as they are; DDP wraps the compiled module). Shapes are dynamic after the first
+    recompile, so packed widths do not compile one graph each. CUDA graphs are not offered: packed shapes
+    change from step to step. `uncompile` undoes it after the phase, so evaluation and generation run eager."""
+    if settings.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"train.compile_mode={settings.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+    if deepspeed:
+        raise ConfigError("train.compile=true does not work with train.deepspeed; set one of them")
+    kwargs = {"mode": settings.compile_mode} if COMPILE_BACKEND == "inductor" else {}
+    model.compile(backend=COMPILE_BACKEND, **kwargs)
+
+
+def uncompile(model) -> None:
+    """Back to eager after the phase. nn.Module has no public inverse of compile(); the compiled forward lives
+    in this one attribute, and eval's and generation's shapes would otherwise each compile anew."""
+    if getattr(model, "_compiled_call_impl", None) is not None:
+        model._compiled_call_impl = None
+
+
+def apply_liger(model, on_cuda: bool) -> None:
+    """Liger's fused kernels for the model's type (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy), through
+    the apply function liger-kernel registers for that type, patching this model instance (its RoPE and loss
+    patches act on the transformers module, so on every model of that type in this process; they compute the
+    same function). Refused, with the setting named, where they cannot run: Liger's kernels are Triton, CUDA
+    only, and a run that asked for them is measuring them; silently training without would mislead it."""
+    if not on_cuda:
+        raise ConfigError("train.liger=true needs a CUDA GPU (Liger's kernels are Triton); set train.liger=false")
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError as exc:
+        raise ConfigError(f"train.liger=true needs the liger-kernel package ({exc}); pip install liger-kernel") from None
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model: its base
+    kind = getattr(target.config, "model_type", None)
+    apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(kind)
+    if apply is None:
+        raise ConfigError(
+            f"train.liger=true: liger-kernel has no kernels for model type {kind!r} "
+            f"(it has {', '.join(sorted(MODEL_TYPE_TO_APPLY_LIGER_FN))}); set train.liger=false"
+        )
+    apply(model=target)
+    log.info("train.liger: Liger's kernels applied to %s (%s)", type(target).__name__, kind)
 
 
 def token_budget_split(idx: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -486,8 +537,12 @@ def train_phase(
         )
     total = int(settings.max_steps) if settings.max_steps else math.ceil(settings.epochs * steps_per_epoch)
 
+    if settings.liger:
+        apply_liger(model, on_cuda)
     if settings.gradient_checkpointing:
         _checkpointing(model, True)
+    if settings.compile:
+        compile_for_training(model, settings, deepspeed=ds_config is not None)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"{phase}: the strategy left no trainable parameter")
@@ -661,6 +716,8 @@ def train_phase(
     seconds = time.time() - start
     tokens, examples = int(distributed.all_sum(tokens)), int(distributed.all_sum(examples))  # all ranks'
     trained = _gathered(engine) if engine is not None else accelerator.unwrap_model(model)
+    if settings.compile and trained is not None:
+        uncompile(trained)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else None
     stats = TrainStats(step, step / steps_per_epoch, examples, tokens, seconds, last_loss, resumed_from, peak)
     log.info(
