@@ -190,6 +190,34 @@ def test_memory_estimate_follows_zero_accounting():
     assert 0.001 < LoRA(r=8).trainable_share(mistral) < 0.01
 
 
+def test_memory_estimate_counts_only_what_a_freezing_strategy_trains():
+    """lf_h1 (k layers frozen) and lf_h2 with selection=layer (k layers of q, k, v frozen) keep gradients and
+    Adam states for the rest only; lf_h2's head masks zero gradient rows of matrices that still hold their
+    full gradients and states, so it counts as fully trainable. Numbers by hand for Mistral-7B's shape."""
+    from cft.config import launch
+    from cft.training import memory
+
+    mistral = memory.PAPER_MODELS["mistral"]
+    # one layer: q, o 4096^2; k, v 4096 x 1024 (8 key/value heads of 128); gate, up, down 4096 x 14336; two norms
+    layer = 2 * 4096**2 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
+    assert layer == 218_112_000 and mistral.params == 32 * layer + 2 * 32000 * 4096 + 4096 == 7_241_732_096
+    lf_h1 = {"_target_": "cft.strategies.lf_h1.RandomLayerFreeze", "k": 10}
+    lf_h2 = {"_target_": "cft.strategies.lf_h2.ChangeRankedFreeze", "k": 10}
+    name, share = launch._trainable(lf_h1, mistral)
+    assert name == "RandomLayerFreeze" and share == 1 - 10 * 218_112_000 / 7_241_732_096  # 0.6988
+    qkv = 10 * (4096**2 + 2 * 4096 * 1024)
+    assert launch._trainable({**lf_h2, "selection": "layer"}, mistral)[1] == 1 - qkv / 7_241_732_096
+    assert launch._trainable(lf_h2, mistral)[1] == 1.0  # per_head (the paper's): masks, not frozen tensors
+    assert launch._trainable({**lf_h1, "modules": ["q_proj"]}, mistral)[1] == 1 - 10 * 4096**2 / 7_241_732_096
+    # ZeRO-3 on 8 ranks: bf16 gradients (2 B) and 12 B of optimizer state per trainable parameter, split 8 ways
+    full = memory.estimate(mistral, zero_stage=3, world=8, micro_batch=1, seq_len=1)
+    frozen = memory.estimate(mistral, trainable=share, zero_stage=3, world=8, micro_batch=1, seq_len=1)
+    trained = 7_241_732_096 - 10 * 218_112_000
+    assert frozen.weights == full.weights == 2 * 7_241_732_096 / 8
+    assert abs(frozen.gradients - 2 * trained / 8) < 1 and abs(frozen.optimizer - 12 * trained / 8) < 1
+    assert full.gradients + full.optimizer - frozen.gradients - frozen.optimizer > 3.8e9  # 14 B x 2.18e9 / 8 = 3.82 GB
+
+
 def test_packing_is_on_by_default_on_gpus(monkeypatch):
     from helpers import compose
     from omegaconf import OmegaConf
