@@ -39,13 +39,19 @@ class Suite(Mapping):
         *,
         averages: Mapping[str, list[str]] | None = None,
         switched_off: Mapping[str, tuple[str, str]] = (),  # name -> (ability, why it does not run)
-        dtype: str = "auto",  # the precision the model is evaluated at (cast before the first task)
+        dtype: str | None = None,  # eval.dtype: the precision the model is cast to before the first task; None: as held
+        model_dtype: str = "auto",  # model.dtype, which eval.dtype=auto follows
     ):
         self.tasks = dict(tasks)
         self.averages = {k: list(v) for k, v in averages.items()} if averages else None
         self.switched_off = dict(switched_off)  # tasks of an average that do not run
-        self.dtype = dtype
+        self.dtype, self.model_dtype = dtype, model_dtype
         self.timing: dict[str, float] = {}  # the last evaluate(): seconds and items, per task and in all
+
+    @property
+    def precision(self) -> str | None:
+        """What every evaluation of the suite runs at (bf16, fp16, fp32), or None: as the model is held."""
+        return None if self.dtype is None else eval_precision(self.dtype, self.model_dtype)
 
     def __getitem__(self, name: str):
         return self.tasks[name]
@@ -61,12 +67,12 @@ class Suite(Mapping):
         scores go to `out_dir/items.json` (cft.run.layout.EVAL_ITEMS)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        if self.dtype != "auto" and hasattr(model, "to"):
-            # One precision for every evaluation of a cell: Phase 1 is loaded in fp32, Phase 2 may be
-            # held in bf16 (ZeRO-3); both are scored at the suite's dtype (a cast of a saved model).
+        if self.precision is not None and hasattr(model, "to"):
+            # One precision for every evaluation of a cell: Phase 1 is loaded in one dtype, Phase 2 may be
+            # held in another (bf16 under ZeRO-3); both are scored at the suite's (a cast of a saved model).
             from cft.models import resolve_dtype
 
-            model = model.to(resolve_dtype(self.dtype))
+            model = model.to(resolve_dtype(self.precision))
         results: list[TaskScores] = []
         self.timing = {}
         for name, task in self.tasks.items():
@@ -88,6 +94,14 @@ class Suite(Mapping):
         if first is not None:
             flat[keys.eval_dtype()] = str(first.dtype).removeprefix("torch.")
         return flat
+
+
+def eval_precision(eval_dtype: str, model_dtype: str = "auto") -> str:
+    """The precision evaluations run at: eval.dtype; its auto follows model.dtype, whose auto is bf16 on a CUDA
+    GPU that supports it and fp32 elsewhere (the CPU included: cft.models.resolve_dtype owns that rule)."""
+    from cft.models import precision
+
+    return precision(model_dtype if eval_dtype == "auto" else eval_dtype)
 
 
 def _plain(node: Any) -> Any:
@@ -148,8 +162,9 @@ def build_task(name: str, node: Mapping[str, Any], defaults: Mapping[str, Any]):
     return cls(**options)
 
 
-def build_suite(eval_node: Mapping[str, Any]) -> Suite:
-    """The tasks of a suite (conf/eval/<suite>.yaml), each built and checked before any model work."""
+def build_suite(eval_node: Mapping[str, Any], *, model_dtype: str = "auto") -> Suite:
+    """The tasks of a suite (conf/eval/<suite>.yaml), each built and checked before any model work.
+    `model_dtype`: model.dtype, which the suite's `dtype: auto` follows (`eval_precision`)."""
     plain = _plain(eval_node)
     try:
         config = SuiteConfig.model_validate(plain)
@@ -183,4 +198,4 @@ def build_suite(eval_node: Mapping[str, Any]) -> Suite:
                 f"the {ability}_avg of this suite would mix scores where lower is better ({', '.join(lower)}) with ones "
                 f"where higher is better: list the ones to average in eval.averages.{ability}"
             )
-    return Suite(tasks, averages=config.averages, switched_off=switched_off, dtype=config.dtype)
+    return Suite(tasks, averages=config.averages, switched_off=switched_off, dtype=config.dtype, model_dtype=model_dtype)

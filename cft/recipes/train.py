@@ -348,7 +348,7 @@ class TrainRecipe:
                 f"but phase2_data={self.choices.get('phase2_data')} has none (phase2_data.counterpart)"
             )
         self.counterpart_spec = counterpart_cfg or {}
-        self.eval_tasks = build_eval_tasks(cfg.eval)
+        self.eval_tasks = build_eval_tasks(cfg.eval, cfg.model.get("dtype", "auto"))
         gguf = self.model_cfg.get("gguf_file")
         if self.use_instruct:
             instruct = self.model_cfg.get("instruct")
@@ -655,16 +655,9 @@ class TrainRecipe:
         return train
 
     def _eval_dtype(self) -> str:
-        """What evaluation and generation load the weights in: eval.dtype, the one precision every evaluation of
-        the cell runs at (the suite casts to it too); with eval.dtype=auto, model.dtype (auto: bf16 on GPUs that have it)."""
-        from cft.models.checkpoints import resolve_dtype
-
-        chosen = str((self.cfg.get("eval") or {}).get("dtype") or "auto")
-        if chosen != "auto":
-            return chosen
-        return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
-            str(resolve_dtype(self.model_cfg.get("dtype", "auto"))), "fp32"
-        )
+        """What evaluation and generation load the weights in: the suite's precision, the one every evaluation of
+        the cell runs at (it casts to it too; cft.evaluation.suite.eval_precision: bf16 on GPUs that have it)."""
+        return self.eval_tasks.precision or "fp32"
 
     def _base(self, *, required: bool) -> Checkpoint | None:
         gguf = self.model_cfg.get("gguf_file")
