@@ -354,6 +354,96 @@ def test_replay_generation_sharded_over_two_ranks_matches_one_rank(tmp_path, tin
     assert any(one)
 
 
+# ---------------------------------------------------------------- lm-eval data-parallel over ranks
+
+# One Suite run: on 2 ranks (torchrun, sharded) or as one process; each lm-eval request type counted per process.
+LM_EVAL_WORKER = textwrap.dedent("""
+    import json, os, sys
+    from lm_eval.models.huggingface import HFLM
+    from cft.evaluation import Suite
+    from cft.evaluation.lmeval import LMEvalTask
+    from cft.models import load_model
+    from cft.training import distributed
+
+    counts = {}
+    for kind in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        def counting(self, requests, *args, _real=getattr(HFLM, kind), _kind=kind, **kwargs):
+            counts[_kind] = counts.get(_kind, 0) + len(requests)
+            return _real(self, requests, *args, **kwargs)
+        setattr(HFLM, kind, counting)
+
+    model_dir, bench, out, mode = sys.argv[1:5]
+    if mode == "sharded":
+        distributed.init()
+    model, tok = load_model(model_dir)
+    one = {"batch_size": 1}  # each request alone, so its numbers do not depend on which others share its batch
+    tasks = {
+        "mmlu": LMEvalTask("mmlu", data_dir=bench, subjects=["anatomy", "virology"], limit=3, **one),  # log-likelihood
+        "xquad": LMEvalTask("xquad", data_dir=bench, languages=["de", "en"], gen_kwargs={"max_gen_toks": 5}, **one),
+        "flores": LMEvalTask("flores", data_dir=bench, languages=["de"], **one),  # rolling log-likelihood
+    }
+    where = f"{out}/{mode}{distributed.rank()}"
+    suite = Suite(tasks, averages={"ta": ["mmlu"], "la": ["xquad"]}, dtype="fp32")  # flores: lower is better
+    flat = suite.evaluate(model, tok, out_dir=where, sharded=mode == "sharded")
+    json.dump({"flat": flat, "counts": counts}, open(f"{where}.json", "w"))
+""")
+
+
+def _outputs(folder: Path) -> dict[str, str]:
+    """Every file an evaluation wrote (samples, items.json, lm-eval's results), by relative path; lm-eval's
+    results without its timings and environment, which differ between any two runs."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and "lm_eval_tasks" not in path.parts:
+            text = path.read_text()
+            if path.name == "lm_eval_results.json":
+                data = json.loads(text)
+                data = {k: data[k] for k in ("results", "groups", "group_subtasks", "n-samples", "higher_is_better") if k in data}
+                text = json.dumps(data, sort_keys=True)
+            out[str(path.relative_to(folder))] = text
+    return out
+
+
+@pytest.mark.slow
+def test_lm_eval_data_parallel_over_two_ranks_equals_one_rank(tmp_path, tiny_model_dir):
+    """Suite.evaluate(sharded=True) on 2 gloo ranks: each rank scores about half of every request type
+    (multiple choice, generation, rolling log-likelihood), and rank 0 records the same metrics, standard
+    errors, per-item scores (items.json) and lm-eval samples as one process scoring everything; rank 1
+    writes nothing and gets no metrics. The tasks' documents split unevenly (3 per MMLU subject and XQuAD
+    language), so lm-eval's padding of the shorter rank is exercised too."""
+    from test_evaluation_lmeval import write_benchmarks
+
+    bench = write_benchmarks(tmp_path / "bench")
+    (bench / "flores200" / "devtest").mkdir(parents=True)
+    lines = ["Der Hund schläft.", "Es regnet heute.", "Wir essen Brot.", "Das Haus ist alt."]
+    (bench / "flores200" / "devtest" / "deu_Latn.devtest").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "worker.py").write_text(LM_EVAL_WORKER)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = [str(tmp_path / "worker.py"), str(tiny_model_dir), str(bench), str(tmp_path)]
+    ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    procs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for command in ([*ranks, *args, "sharded"], [sys.executable, *args, "one"])
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    one, r0, r1 = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one0", "sharded0", "sharded1"))
+    assert r0["flat"] == one["flat"] and r1["flat"] == {}
+    assert {"ta/mmlu", "la/xquad", "la/flores/de", "la/xquad_stderr"} <= set(one["flat"]), sorted(one["flat"])
+    ours, theirs = _outputs(tmp_path / "sharded0"), _outputs(tmp_path / "one0")
+    assert sorted(ours) == sorted(theirs) and "items.json" in ours and any(p.endswith(".jsonl") for p in ours)
+    for path, text in theirs.items():
+        assert ours[path] == text, path
+    assert not (tmp_path / "sharded1").exists()
+    kinds = {"loglikelihood", "generate_until", "loglikelihood_rolling"}
+    assert set(one["counts"]) == set(r0["counts"]) == set(r1["counts"]) == kinds
+    for kind, total in one["counts"].items():
+        shares = r0["counts"][kind], r1["counts"][kind]
+        # every request once, plus lm-eval's padding of the shorter rank (a copy of its last request)
+        assert total <= sum(shares) <= total * 1.4 and all(total / 3 <= n <= total * 2 / 3 for n in shares), (kind, shares, total)
+
+
 # ---------------------------------------------------------------- downloading a sweep's checkpoints once
 
 

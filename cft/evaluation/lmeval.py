@@ -189,7 +189,10 @@ class LMEvalTask:
         """The lm-eval tasks of this benchmark run (a group first, then its members)."""
         return lm_tasks(self.bench, self.units, local=self.local, num_fewshot=self.num_fewshot, generation=generation)
 
-    def run(self, model, tokenizer, *, out_dir: Path) -> list[TaskScores]:
+    def run(self, model, tokenizer, *, out_dir: Path, sharded: bool = False) -> list[TaskScores]:
+        """Scores of this benchmark on `model`. `sharded`: every rank of the process group calls this with the same
+        weights and scores its share of the documents (cft.evaluation.harness); rank 0 gets the scores, the
+        other ranks an empty list."""
         import lm_eval
         from lm_eval.tasks import TaskManager
 
@@ -206,6 +209,7 @@ class LMEvalTask:
             "max_length": self.max_length,
             "seed": self.seed,
             "vllm_kwargs": self.vllm_kwargs,
+            "sharded": sharded,
         }
         with harness.Session(model, tokenizer, template=template, backend=self.backend, out_dir=out_dir, **lm_kwargs) as session:
             stop = harness.turn_end(tokenizer, template) if chat else None
@@ -243,6 +247,10 @@ class LMEvalTask:
                     f"eval task {self.name}: {exc}. Offline, put local copies in the layout of the shared data folder "
                     f"and set eval.data_dir=<folder> (the file names are in {self.bench.folder / 'benchmark.yaml'})"
                 ) from exc
+        if results is None:  # a rank other than 0 of a data-parallel run: rank 0 gathered its share
+            return []
+        if session.lm.world_size > 1:
+            harness.without_padding(results.get("samples") or {}, results.get("configs") or {})
         harness.save(results, out_dir)
         scores = self.scores(results["results"], tasks, results.get("samples"))
         if hooks.PUNKT_USED:  # the benchmark split sentences with Punkt (IFEval): say which model

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -62,10 +63,23 @@ class Suite(Mapping):
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def evaluate(self, model, tokenizer, *, out_dir: str | Path) -> dict[str, float | int | str]:
+    def evaluate(self, model, tokenizer, *, out_dir: str | Path, sharded: bool = False) -> dict[str, float | int | str]:
         """Run every task (outputs in `out_dir/<task>`) and return the flat metric keys; the per-item
-        scores go to `out_dir/items.json` (cft.run.layout.EVAL_ITEMS)."""
-        out_dir = Path(out_dir)
+        scores go to `out_dir/items.json` (cft.run.layout.EVAL_ITEMS).
+
+        `sharded`: every rank of the process group calls this with the same weights; a task whose `run` takes
+        `sharded` (LMEvalTask) scores this rank's share of its documents, others run whole on every rank. Rank 0
+        writes `out_dir` and gets the metrics; the other ranks work in a scratch folder and get {}."""
+        from cft.evaluation.harness import data_parallel
+        from cft.training import distributed
+
+        if data_parallel(sharded) and not distributed.is_main():
+            with tempfile.TemporaryDirectory(prefix="cft-eval-rank-") as scratch:
+                self._run(model, tokenizer, Path(scratch), sharded=True)
+            return {}
+        return self._run(model, tokenizer, Path(out_dir), sharded=sharded)
+
+    def _run(self, model, tokenizer, out_dir: Path, *, sharded: bool) -> dict[str, float | int | str]:
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.precision is not None and hasattr(model, "to"):
             # One precision for every evaluation of a cell: Phase 1 is loaded in one dtype, Phase 2 may be
@@ -78,7 +92,8 @@ class Suite(Mapping):
         for name, task in self.tasks.items():
             log.info("Evaluating %s", name)
             start = time.perf_counter()
-            results.extend(task.run(model, tokenizer, out_dir=out_dir / name))
+            takes = sharded and "sharded" in inspect.signature(task.run).parameters
+            results.extend(task.run(model, tokenizer, out_dir=out_dir / name, **({"sharded": True} if takes else {})))
             seconds = time.perf_counter() - start
             log.info("Evaluated %s in %.1f s", name, seconds)  # so a log's gaps are not misread
             # items: the per-document records the task wrote (lm-eval's samples, one JSON line each)
