@@ -67,19 +67,27 @@ class Suite(Mapping):
         """Run every task (outputs in `out_dir/<task>`) and return the flat metric keys; the per-item
         scores go to `out_dir/items.json` (cft.run.layout.EVAL_ITEMS).
 
-        `sharded`: every rank of the process group calls this with the same weights; a task whose `run` takes
-        `sharded` (LMEvalTask) scores this rank's share of its documents, others run whole on every rank. Rank 0
-        writes `out_dir` and gets the metrics; the other ranks work in a scratch folder and get {}."""
+        `sharded`: every rank of the process group calls this with the same weights; each task whose `run` takes
+        `sharded` (LMEvalTask) scores this rank's share of its documents. Those run first; the others (AlpacaEval:
+        a paid judge must not run once per rank) then run on rank 0 alone, while the other ranks go on (they wait
+        at the caller's next meeting point, not inside a collective). Rank 0 writes `out_dir` and gets the
+        metrics; the other ranks work in a scratch folder and get {}."""
         from cft.evaluation.harness import data_parallel
         from cft.training import distributed
 
-        if data_parallel(sharded) and not distributed.is_main():
-            with tempfile.TemporaryDirectory(prefix="cft-eval-rank-") as scratch:
-                self._run(model, tokenizer, Path(scratch), sharded=True)
-            return {}
-        return self._run(model, tokenizer, Path(out_dir), sharded=sharded)
+        if not data_parallel(sharded):
+            return self._run(model, tokenizer, Path(out_dir), sharded=False)
+        if distributed.is_main():
+            return self._run(model, tokenizer, Path(out_dir), sharded=True)
+        with tempfile.TemporaryDirectory(prefix="cft-eval-rank-") as scratch:
+            self._run(model, tokenizer, Path(scratch), sharded=True, shared_only=True)
+        return {}
 
-    def _run(self, model, tokenizer, out_dir: Path, *, sharded: bool) -> dict[str, float | int | str]:
+    @staticmethod
+    def _shards(task) -> bool:
+        return "sharded" in inspect.signature(task.run).parameters
+
+    def _run(self, model, tokenizer, out_dir: Path, *, sharded: bool, shared_only: bool = False) -> dict[str, float | int | str]:
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.precision is not None and hasattr(model, "to"):
             # One precision for every evaluation of a cell: Phase 1 is loaded in one dtype, Phase 2 may be
@@ -87,18 +95,24 @@ class Suite(Mapping):
             from cft.models import resolve_dtype
 
             model = model.to(resolve_dtype(self.precision))
-        results: list[TaskScores] = []
+        by_task: dict[str, list[TaskScores]] = {}
         self.timing = {}
-        for name, task in self.tasks.items():
+        # Sharded: the tasks every rank shares first (in the suite's order), then rank 0's own.
+        order = sorted(self.tasks, key=lambda n: not self._shards(self.tasks[n])) if sharded else list(self.tasks)
+        for name in order:
+            task = self.tasks[name]
+            takes = sharded and self._shards(task)
+            if shared_only and not takes:
+                continue
             log.info("Evaluating %s", name)
             start = time.perf_counter()
-            takes = sharded and "sharded" in inspect.signature(task.run).parameters
-            results.extend(task.run(model, tokenizer, out_dir=out_dir / name, **({"sharded": True} if takes else {})))
+            by_task[name] = task.run(model, tokenizer, out_dir=out_dir / name, **({"sharded": True} if takes else {}))
             seconds = time.perf_counter() - start
             log.info("Evaluated %s in %.1f s", name, seconds)  # so a log's gaps are not misread
             # items: the per-document records the task wrote (lm-eval's samples, one JSON line each)
             n_items = sum(sum(1 for _ in f.open(encoding="utf-8")) for f in (out_dir / name).rglob("*.jsonl"))
             self.timing.update({f"{name}/seconds": seconds, f"{name}/items": n_items})
+        results = [s for name in self.tasks if name in by_task for s in by_task[name]]  # the suite's order
         self.timing["seconds"] = sum(v for k, v in self.timing.items() if k.endswith("/seconds"))
         self.timing["items"] = sum(v for k, v in self.timing.items() if k.endswith("/items"))
         for name, (ability, reason) in self.switched_off.items():
