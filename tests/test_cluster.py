@@ -372,12 +372,19 @@ LM_EVAL_WORKER = textwrap.dedent("""
             return _real(self, requests, *args, **kwargs)
         setattr(HFLM, kind, counting)
 
+    class RankZeroOnly:  # a task without `sharded` (AlpacaEval's kind): rank 0 runs it, once
+        def run(self, model, tokenizer, *, out_dir):
+            from cft.evaluation import TaskScores
+            open(f"{out}/whole-{mode}{distributed.rank()}", "w").close()
+            return [TaskScores("whole", "ta", 1.0)]
+
     model_dir, bench, out, mode = sys.argv[1:5]
     if mode == "sharded":
         distributed.init()
     model, tok = load_model(model_dir)
     one = {"batch_size": 1}  # each request alone, so its numbers do not depend on which others share its batch
     tasks = {
+        "whole": RankZeroOnly(),
         "mmlu": LMEvalTask("mmlu", data_dir=bench, subjects=["anatomy", "virology"], limit=3, **one),  # log-likelihood
         "xquad": LMEvalTask("xquad", data_dir=bench, languages=["de", "en"], gen_kwargs={"max_gen_toks": 5}, **one),
         "flores": LMEvalTask("flores", data_dir=bench, languages=["de"], **one),  # rolling log-likelihood
@@ -409,7 +416,7 @@ def test_lm_eval_data_parallel_over_two_ranks_equals_one_rank(tmp_path, tiny_mod
     """Suite.evaluate(sharded=True) on 2 gloo ranks: each rank scores about half of every request type
     (multiple choice, generation, rolling log-likelihood), and rank 0 records the same metrics, standard
     errors, per-item scores (items.json) and lm-eval samples as one process scoring everything; rank 1
-    writes nothing and gets no metrics. The tasks' documents split unevenly (3 per MMLU subject and XQuAD
+    writes nothing and gets no metrics. A task that cannot shard runs on rank 0 alone. The tasks' documents split unevenly (3 per MMLU subject and XQuAD
     language), so lm-eval's padding of the shorter rank is exercised too."""
     from test_evaluation_lmeval import write_benchmarks
 
@@ -436,12 +443,49 @@ def test_lm_eval_data_parallel_over_two_ranks_equals_one_rank(tmp_path, tiny_mod
     for path, text in theirs.items():
         assert ours[path] == text, path
     assert not (tmp_path / "sharded1").exists()
+    assert sorted(p.name for p in tmp_path.glob("whole-*")) == ["whole-one0", "whole-sharded0"]
     kinds = {"loglikelihood", "generate_until", "loglikelihood_rolling"}
     assert set(one["counts"]) == set(r0["counts"]) == set(r1["counts"]) == kinds
     for kind, total in one["counts"].items():
         shares = r0["counts"][kind], r1["counts"][kind]
         # every request once, plus lm-eval's padding of the shorter rank (a copy of its last request)
         assert total <= sum(shares) <= total * 1.4 and all(total / 3 <= n <= total * 2 / 3 for n in shares), (kind, shares, total)
+
+
+def test_auto_generation_batch_size_is_probed_at_the_requests_length(tiny_model, monkeypatch):
+    """batch_size=auto on a model whose context is 32,768 tokens: the generation batch is probed at the longest
+    prompt plus max_gen_toks (lm-eval's own probe would run at 32,768), and the answers are those of the batch
+    size the probe found, given outright."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from cft.evaluation import harness
+
+    model, tok = tiny_model
+    probes = []
+    real = HFLM._model_call
+
+    def spy(self, inputs, *args, **kwargs):  # the probe's forward passes (generation goes through _model_generate)
+        probes.append(tuple(inputs.shape))
+        return real(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(HFLM, "_model_call", spy)
+    contexts = ["Say abc.", "Repeat after me: one two three four five.", "x"]
+    gen = {"until": ["\n"], "max_gen_toks": 7, "do_sample": False}
+
+    def requests():
+        return [Instance("generate_until", {}, (c, dict(gen)), i) for i, c in enumerate(contexts)]
+
+    lm = harness.cft_hflm()(pretrained=model, tokenizer=tok, batch_size="auto", max_length=32768)
+    answers = lm.generate_until(requests())
+    longest = max(len(lm.tok_encode(c)) for c in contexts)
+    assert lm.max_length == 32768 and 10 < longest < 100
+    assert probes and {width for _, width in probes} == {longest + 7}, probes
+    found = probes[-1][0]  # the batch size the probe settled on (64, lm-eval's largest, for this tiny model)
+    probes.clear()
+    fixed = harness.cft_hflm()(pretrained=model, tokenizer=tok, batch_size=found, max_length=32768)
+    assert fixed.generate_until(requests()) == answers and probes == []
+    assert any(answers)
 
 
 # ---------------------------------------------------------------- downloading a sweep's checkpoints once

@@ -22,6 +22,7 @@ reaches the context, and cut prompts to almost nothing just below it).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -135,15 +136,56 @@ def in_document_order(parts: list[Any]) -> Any:
     return dealt
 
 
+@functools.cache
+def cft_hflm():
+    """lm-eval's HFLM whose `batch_size: auto` sizes generation batches from the requests: lm-eval probes the
+    largest batch at the model's whole context (32,768 tokens for Mistral v0.1, so a batch that fits a sequence
+    that long, usually 1), where the longest request needs its prompt plus its generation length."""
+    from lm_eval.models.huggingface import HFLM
+
+    class CftHFLM(HFLM):
+        _probe_length: int | None = None  # set while generate_until sizes its batches
+
+        def generation_length(self, requests) -> int:
+            """Tokens the longest of these generation requests can fill: its prompt and its max_gen_toks (the
+            prompt cut as lm-eval cuts it, to leave room for the generation), at most the model's context."""
+            from lm_eval.models.utils import normalize_gen_kwargs
+
+            longest = 0
+            for request in requests:
+                context, gen_kwargs = request.args
+                new = int(normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)["max_gen_toks"])
+                prompt = min(len(self.tok_encode(context)), max(self.max_length - new, 0))
+                longest = max(longest, prompt + new)
+            return min(longest, self.max_length)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            if self.batch_size != "auto" or not requests:
+                return super().generate_until(requests, disable_tqdm=disable_tqdm)
+            self._probe_length = self.generation_length(requests)
+            try:
+                return super().generate_until(requests, disable_tqdm=disable_tqdm)
+            finally:
+                self._probe_length = None
+
+        def _detect_batch_size(self, requests=None, pos: int = 0):
+            if requests is None and self._probe_length is not None:
+                # lm-eval's probe of a log-likelihood request: its forward passes at the request's length.
+                requests = [(None, [0] * self._probe_length, [0])]
+            return super()._detect_batch_size(requests, pos)
+
+    return CftHFLM
+
+
+@functools.cache
 def ranked_hflm():
     """HFLM evaluating this rank's share of each task over the live process group (see the module docstring).
     lm-eval's HFLM on an in-memory model says rank 0 of 1, and its collectives go through an accelerate
     Accelerator it only builds for a model it loads itself; these go through torch.distributed."""
     import torch
     import torch.distributed as dist
-    from lm_eval.models.huggingface import HFLM
 
-    class RankedHFLM(HFLM):
+    class RankedHFLM(cft_hflm()):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
@@ -195,8 +237,8 @@ def make_lm(
     scratch: Path,
     sharded: bool = False,
 ):
-    """lm-eval's model object: HFLM on the in-memory model (`RankedHFLM`, this rank's share, when `sharded`
-    under several ranks), or VLLM on a scratch copy of it."""
+    """lm-eval's model object: HFLM on the in-memory model (`cft_hflm`; `RankedHFLM`, this rank's share, when
+    `sharded` under several ranks), or VLLM on a scratch copy of it."""
     if backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 
@@ -208,13 +250,11 @@ def make_lm(
         kwargs = {"max_model_len": max_length} if max_length else {}
         kwargs.update(vllm_kwargs)
         return VLLM(pretrained=str(scratch), tokenizer=str(scratch), batch_size=batch_size, seed=seed, **kwargs)
-    from lm_eval.models.huggingface import HFLM
-
     if isinstance(batch_size, str):
         device = getattr(model, "device", None)
         if device is None or getattr(device, "type", "cpu") == "cpu":
             batch_size = 16  # lm-eval's batch-size search is for GPUs
-    cls = ranked_hflm() if data_parallel(sharded) else HFLM
+    cls = ranked_hflm() if data_parallel(sharded) else cft_hflm()
     return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=str(model.device))
 
 
