@@ -47,6 +47,17 @@ SLOW_EVAL = textwrap.dedent("""
         return real(self)
 
     recipe.TrainRecipe.evaluate = slow
+
+    import cft.evaluation.demo as demo
+
+    scored = demo.DemoExactMatch.run
+
+    def counted(self, model, tokenizer, *, out_dir, sharded=False):  # which rank scored, and whether sharded
+        with open(os.path.join(os.environ["CFT_OUTPUT_ROOT"], f"scored-rank{distributed.rank()}"), "a") as f:
+            f.write(f"{sharded}\\n")
+        return scored(self, model, tokenizer, out_dir=out_dir, sharded=sharded)
+
+    demo.DemoExactMatch.run = counted
     sys.argv[0] = os.path.join(os.environ["CFT_REPO"], "train.py")
     runpy.run_path(sys.argv[0], run_name="__main__")
 """)
@@ -61,7 +72,8 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_two_rank_sweep_stays_together_on_an_empty_cache(tmp_path):
     """`torchrun --nproc_per_node 2 train.py -m strategy=full,lf_h2,gr5` on an empty cache: phase 0 and
-    Phase 1 are trained by both ranks (no rank waits on one that is in a collective), the last cell's
+    Phase 1 are trained by both ranks (no rank waits on one that is in a collective), both ranks score their
+    share of every evaluation (the Phase-1 model once, each cell's Phase-2 model), the last cell's
     evaluation on rank 0 is slow, and rank 1 waits for it instead of running ahead: every cell is DONE
     with its metrics, the job exits 0, and the sweep's summary is printed once."""
     (tmp_path / "slow_train.py").write_text(SLOW_EVAL)
@@ -108,6 +120,9 @@ def test_two_rank_sweep_stays_together_on_an_empty_cache(tmp_path):
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["train/phase2/steps"] == 3, metrics
         assert "phase2/avg/all" in metrics or any(k.startswith("phase2/") for k in metrics), sorted(metrics)
+    # Every rank scored its share of each evaluation: the Phase-1 model's (once, cached) and each cell's Phase 2.
+    for rank in (0, 1):
+        assert (tmp_path / f"scored-rank{rank}").read_text().split() == ["True"] * 4, rank
     gr = json.loads((next(f for f in folders if f.parts[-3] == "gr5") / "metrics.json").read_text())
     assert any(k.startswith("strategy/") for k in gr), sorted(gr)
     print(f"2-rank 3-cell sweep on an empty cache: {wall:.1f} s")
