@@ -17,7 +17,9 @@ before any model work.
 XL-Sum, Global-MMLU-Lite), per subject (MMLU, whose group score is then over limit x subjects
 questions), per benchmark otherwise (IFEval, HellaSwag).
 
-Speed: batched (`batch_size`, "auto" = lm-eval's search on GPU). `backend=vllm` serves the model
+Speed: batched (`batch_size`, "auto" = lm-eval's search on GPU, for generation at the longest request's
+length: cft.evaluation.harness). With several ranks, `run(..., sharded=True)` on every rank scores each
+rank's share of the documents, with the results of one rank (rank 0 gets them). `backend=vllm` serves the model
 with vLLM through lm-eval's VLLM model: the model (not a PEFT wrapper) is saved to a scratch folder
 under out_dir, removed after the run. (The vLLM path is written against lm-eval's VLLM signature
 but has not been run on this project's CI, which has no GPU.)
