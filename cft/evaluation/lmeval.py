@@ -152,6 +152,11 @@ class LMEvalTask:
                 self.bench, self.units, self.data_dir, shots=self.num_fewshot > 0, task_name=self.name
             )
 
+    @property
+    def shards(self) -> bool:
+        """Whether `run(sharded=True)` splits the documents over the ranks: with the in-memory model (hf), not vLLM."""
+        return self.backend == "hf"
+
     def _select_units(self, languages, subjects, where: str) -> list[str | None]:
         """The languages or subjects to run (all by default); [None] for a benchmark without units."""
         kind, available = self.bench.unit_kind, self.bench.units

@@ -85,7 +85,9 @@ class Suite(Mapping):
 
     @staticmethod
     def _shards(task) -> bool:
-        return "sharded" in inspect.signature(task.run).parameters
+        """Whether `task` scores a share of its items per rank: its `run` takes `sharded`, and it does not say
+        otherwise (`shards`: LMEvalTask on vLLM, which would run whole on every rank)."""
+        return "sharded" in inspect.signature(task.run).parameters and getattr(task, "shards", True)
 
     def _run(self, model, tokenizer, out_dir: Path, *, sharded: bool, shared_only: bool = False) -> dict[str, float | int | str]:
         out_dir.mkdir(parents=True, exist_ok=True)
