@@ -154,8 +154,12 @@ class LMEvalTask:
 
     @property
     def shards(self) -> bool:
-        """Whether `run(sharded=True)` splits the documents over the ranks: with the in-memory model (hf), not vLLM."""
-        return self.backend == "hf"
+        """Whether `run(sharded=True)` splits the documents over the ranks: with the in-memory model (hf, not vLLM),
+        and a `limit` (when set) of at least one document per rank: lm-eval fails on a rank with no document of a
+        task. (A benchmark with fewer documents than ranks and no limit would fail so too; real ones have hundreds.)"""
+        from cft.training import distributed
+
+        return self.backend == "hf" and (self.limit is None or self.limit >= distributed.world_size())
 
     def _select_units(self, languages, subjects, where: str) -> list[str | None]:
         """The languages or subjects to run (all by default); [None] for a benchmark without units."""
@@ -216,7 +220,7 @@ class LMEvalTask:
             "max_length": self.max_length,
             "seed": self.seed,
             "vllm_kwargs": self.vllm_kwargs,
-            "sharded": sharded,
+            "sharded": sharded and self.shards,  # else every rank that calls scores it whole
         }
         with harness.Session(model, tokenizer, template=template, backend=self.backend, out_dir=out_dir, **lm_kwargs) as session:
             stop = harness.turn_end(tokenizer, template) if chat else None
