@@ -47,6 +47,17 @@ SLOW_EVAL = textwrap.dedent("""
         return real(self)
 
     recipe.TrainRecipe.evaluate = slow
+
+    import cft.evaluation.demo as demo
+
+    scored = demo.DemoExactMatch.run
+
+    def counted(self, model, tokenizer, *, out_dir, sharded=False):  # which rank scored, and whether sharded
+        with open(os.path.join(os.environ["CFT_OUTPUT_ROOT"], f"scored-rank{distributed.rank()}"), "a") as f:
+            f.write(f"{sharded}\\n")
+        return scored(self, model, tokenizer, out_dir=out_dir, sharded=sharded)
+
+    demo.DemoExactMatch.run = counted
     sys.argv[0] = os.path.join(os.environ["CFT_REPO"], "train.py")
     runpy.run_path(sys.argv[0], run_name="__main__")
 """)
@@ -61,7 +72,8 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_two_rank_sweep_stays_together_on_an_empty_cache(tmp_path):
     """`torchrun --nproc_per_node 2 train.py -m strategy=full,lf_h2,gr5` on an empty cache: phase 0 and
-    Phase 1 are trained by both ranks (no rank waits on one that is in a collective), the last cell's
+    Phase 1 are trained by both ranks (no rank waits on one that is in a collective), both ranks score their
+    share of every evaluation (the Phase-1 model once, each cell's Phase-2 model), the last cell's
     evaluation on rank 0 is slow, and rank 1 waits for it instead of running ahead: every cell is DONE
     with its metrics, the job exits 0, and the sweep's summary is printed once."""
     (tmp_path / "slow_train.py").write_text(SLOW_EVAL)
@@ -108,6 +120,9 @@ def test_two_rank_sweep_stays_together_on_an_empty_cache(tmp_path):
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["train/phase2/steps"] == 3, metrics
         assert "phase2/avg/all" in metrics or any(k.startswith("phase2/") for k in metrics), sorted(metrics)
+    # Every rank scored its share of each evaluation: the Phase-1 model's (once, cached) and each cell's Phase 2.
+    for rank in (0, 1):
+        assert (tmp_path / f"scored-rank{rank}").read_text().split() == ["True"] * 4, rank
     gr = json.loads((next(f for f in folders if f.parts[-3] == "gr5") / "metrics.json").read_text())
     assert any(k.startswith("strategy/") for k in gr), sorted(gr)
     print(f"2-rank 3-cell sweep on an empty cache: {wall:.1f} s")
@@ -188,6 +203,34 @@ def test_memory_estimate_follows_zero_accounting():
     from cft.strategies.lora import LoRA
 
     assert 0.001 < LoRA(r=8).trainable_share(mistral) < 0.01
+
+
+def test_memory_estimate_counts_only_what_a_freezing_strategy_trains():
+    """lf_h1 (k layers frozen) and lf_h2 with selection=layer (k layers of q, k, v frozen) keep gradients and
+    Adam states for the rest only; lf_h2's head masks zero gradient rows of matrices that still hold their
+    full gradients and states, so it counts as fully trainable. Numbers by hand for Mistral-7B's shape."""
+    from cft.config import launch
+    from cft.training import memory
+
+    mistral = memory.PAPER_MODELS["mistral"]
+    # one layer: q, o 4096^2; k, v 4096 x 1024 (8 key/value heads of 128); gate, up, down 4096 x 14336; two norms
+    layer = 2 * 4096**2 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
+    assert layer == 218_112_000 and mistral.params == 32 * layer + 2 * 32000 * 4096 + 4096 == 7_241_732_096
+    lf_h1 = {"_target_": "cft.strategies.lf_h1.RandomLayerFreeze", "k": 10}
+    lf_h2 = {"_target_": "cft.strategies.lf_h2.ChangeRankedFreeze", "k": 10}
+    name, share = launch._trainable(lf_h1, mistral)
+    assert name == "RandomLayerFreeze" and share == 1 - 10 * 218_112_000 / 7_241_732_096  # 0.6988
+    qkv = 10 * (4096**2 + 2 * 4096 * 1024)
+    assert launch._trainable({**lf_h2, "selection": "layer"}, mistral)[1] == 1 - qkv / 7_241_732_096
+    assert launch._trainable(lf_h2, mistral)[1] == 1.0  # per_head (the paper's): masks, not frozen tensors
+    assert launch._trainable({**lf_h1, "modules": ["q_proj"]}, mistral)[1] == 1 - 10 * 4096**2 / 7_241_732_096
+    # ZeRO-3 on 8 ranks: bf16 gradients (2 B) and 12 B of optimizer state per trainable parameter, split 8 ways
+    full = memory.estimate(mistral, zero_stage=3, world=8, micro_batch=1, seq_len=1)
+    frozen = memory.estimate(mistral, trainable=share, zero_stage=3, world=8, micro_batch=1, seq_len=1)
+    trained = 7_241_732_096 - 10 * 218_112_000
+    assert frozen.weights == full.weights == 2 * 7_241_732_096 / 8
+    assert abs(frozen.gradients - 2 * trained / 8) < 1 and abs(frozen.optimizer - 12 * trained / 8) < 1
+    assert full.gradients + full.optimizer - frozen.gradients - frozen.optimizer > 3.8e9  # 14 B x 2.18e9 / 8 = 3.82 GB
 
 
 def test_packing_is_on_by_default_on_gpus(monkeypatch):
@@ -324,6 +367,143 @@ def test_replay_generation_sharded_over_two_ranks_matches_one_rank(tmp_path, tin
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == one
     assert any(one)
+
+
+# ---------------------------------------------------------------- lm-eval data-parallel over ranks
+
+# One Suite run: on 2 ranks (torchrun, sharded) or as one process; each lm-eval request type counted per process.
+LM_EVAL_WORKER = textwrap.dedent("""
+    import json, os, sys
+    from lm_eval.models.huggingface import HFLM
+    from cft.evaluation import Suite
+    from cft.evaluation.lmeval import LMEvalTask
+    from cft.models import load_model
+    from cft.training import distributed
+
+    counts = {}
+    for kind in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        def counting(self, requests, *args, _real=getattr(HFLM, kind), _kind=kind, **kwargs):
+            counts[_kind] = counts.get(_kind, 0) + len(requests)
+            return _real(self, requests, *args, **kwargs)
+        setattr(HFLM, kind, counting)
+
+    class RankZeroOnly:  # a task without `sharded` (AlpacaEval's kind): rank 0 runs it, once
+        def run(self, model, tokenizer, *, out_dir):
+            from cft.evaluation import TaskScores
+            open(f"{out}/whole-{mode}{distributed.rank()}", "w").close()
+            return [TaskScores("whole", "ta", 1.0)]
+
+    model_dir, bench, out, mode = sys.argv[1:5]
+    if mode == "sharded":
+        distributed.init()
+    model, tok = load_model(model_dir)
+    one = {"batch_size": 1}  # each request alone, so its numbers do not depend on which others share its batch
+    tasks = {
+        "whole": RankZeroOnly(),
+        "mmlu": LMEvalTask("mmlu", data_dir=bench, subjects=["anatomy", "virology"], limit=3, **one),  # log-likelihood
+        "xquad": LMEvalTask("xquad", data_dir=bench, languages=["de", "en"], gen_kwargs={"max_gen_toks": 5}, **one),
+        "flores": LMEvalTask("flores", data_dir=bench, languages=["de"], **one),  # rolling log-likelihood
+        # fewer documents than ranks: lm-eval cannot shard it (a rank without documents fails), so rank 0 scores it
+        "mmlu_one": LMEvalTask("mmlu", name="mmlu_one", data_dir=bench, subjects=["anatomy"], limit=1, **one),
+    }
+    where = f"{out}/{mode}{distributed.rank()}"
+    suite = Suite(tasks, averages={"ta": ["mmlu"], "la": ["xquad"]}, dtype="fp32")  # flores: lower is better
+    flat = suite.evaluate(model, tok, out_dir=where, sharded=mode == "sharded")
+    json.dump({"flat": flat, "counts": counts}, open(f"{where}.json", "w"))
+""")
+
+
+def _outputs(folder: Path) -> dict[str, str]:
+    """Every file an evaluation wrote (samples, items.json, lm-eval's results), by relative path; lm-eval's
+    results without its timings and environment, which differ between any two runs."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and "lm_eval_tasks" not in path.parts:
+            text = path.read_text()
+            if path.name == "lm_eval_results.json":
+                data = json.loads(text)
+                data = {k: data[k] for k in ("results", "groups", "group_subtasks", "n-samples", "higher_is_better") if k in data}
+                text = json.dumps(data, sort_keys=True)
+            out[str(path.relative_to(folder))] = text
+    return out
+
+
+@pytest.mark.slow
+def test_lm_eval_data_parallel_over_two_ranks_equals_one_rank(tmp_path, tiny_model_dir):
+    """Suite.evaluate(sharded=True) on 2 gloo ranks: each rank scores about half of every request type
+    (multiple choice, generation, rolling log-likelihood), and rank 0 records the same metrics, standard
+    errors, per-item scores (items.json) and lm-eval samples as one process scoring everything; rank 1
+    writes nothing and gets no metrics. A task that cannot shard runs on rank 0 alone. The tasks' documents split unevenly (3 per MMLU subject and XQuAD
+    language), so lm-eval's padding of the shorter rank is exercised too."""
+    from test_evaluation_lmeval import write_benchmarks
+
+    bench = write_benchmarks(tmp_path / "bench")
+    (bench / "flores200" / "devtest").mkdir(parents=True)
+    lines = ["Der Hund schläft.", "Es regnet heute.", "Wir essen Brot.", "Das Haus ist alt."]
+    (bench / "flores200" / "devtest" / "deu_Latn.devtest").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "worker.py").write_text(LM_EVAL_WORKER)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = [str(tmp_path / "worker.py"), str(tiny_model_dir), str(bench), str(tmp_path)]
+    ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    procs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for command in ([*ranks, *args, "sharded"], [sys.executable, *args, "one"])
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    one, r0, r1 = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one0", "sharded0", "sharded1"))
+    assert r0["flat"] == one["flat"] and r1["flat"] == {}
+    assert {"ta/mmlu", "la/xquad", "la/flores/de", "la/xquad_stderr", "ta/mmlu_one"} <= set(one["flat"]), sorted(one["flat"])
+    ours, theirs = _outputs(tmp_path / "sharded0"), _outputs(tmp_path / "one0")
+    assert sorted(ours) == sorted(theirs) and "items.json" in ours and any(p.endswith(".jsonl") for p in ours)
+    for path, text in theirs.items():
+        assert ours[path] == text, path
+    assert not (tmp_path / "sharded1").exists()
+    assert sorted(p.name for p in tmp_path.glob("whole-*")) == ["whole-one0", "whole-sharded0"]
+    kinds = {"loglikelihood", "generate_until", "loglikelihood_rolling"}
+    assert set(one["counts"]) == set(r0["counts"]) == set(r1["counts"]) == kinds
+    for kind, total in one["counts"].items():
+        shares = r0["counts"][kind], r1["counts"][kind]
+        # every request once, plus lm-eval's padding of the shorter rank (a copy of its last request); mmlu_one's
+        # 4 log-likelihood requests on rank 0 alone
+        assert total <= sum(shares) <= total * 1.4 and all(total / 3 <= n <= total * 0.75 for n in shares), (kind, shares, total)
+
+
+def test_auto_generation_batch_size_is_probed_at_the_requests_length(tiny_model, monkeypatch):
+    """batch_size=auto on a model whose context is 32,768 tokens: the generation batch is probed at the longest
+    prompt plus max_gen_toks (lm-eval's own probe would run at 32,768), and the answers are those of the batch
+    size the probe found, given outright."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from cft.evaluation import harness
+
+    model, tok = tiny_model
+    probes = []
+    real = HFLM._model_call
+
+    def spy(self, inputs, *args, **kwargs):  # the probe's forward passes (generation goes through _model_generate)
+        probes.append(tuple(inputs.shape))
+        return real(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(HFLM, "_model_call", spy)
+    contexts = ["Say abc.", "Repeat after me: one two three four five.", "x"]
+    gen = {"until": ["\n"], "max_gen_toks": 7, "do_sample": False}
+
+    def requests():
+        return [Instance("generate_until", {}, (c, dict(gen)), i) for i, c in enumerate(contexts)]
+
+    lm = harness.cft_hflm()(pretrained=model, tokenizer=tok, batch_size="auto", max_length=32768)
+    answers = lm.generate_until(requests())
+    longest = max(len(lm.tok_encode(c)) for c in contexts)
+    assert lm.max_length == 32768 and 10 < longest < 100
+    assert probes and {width for _, width in probes} == {longest + 7}, probes
+    found = probes[-1][0]  # the batch size the probe settled on (64, lm-eval's largest, for this tiny model)
+    probes.clear()
+    fixed = harness.cft_hflm()(pretrained=model, tokenizer=tok, batch_size=found, max_length=32768)
+    assert fixed.generate_until(requests()) == answers and probes == []
+    assert any(answers)
 
 
 # ---------------------------------------------------------------- downloading a sweep's checkpoints once

@@ -345,7 +345,7 @@ class _DtypeProbe:
 
 
 def test_every_evaluation_runs_at_the_suite_dtype(tmp_path):
-    """Phase 1 loaded in fp32 and Phase 2 held in bf16 are both scored at eval.dtype (default fp32)."""
+    """Phase 1 loaded in fp32 and Phase 2 held in bf16 are both scored at eval.dtype."""
     import torch
 
     from cft.evaluation import Suite
@@ -356,7 +356,7 @@ def test_every_evaluation_runs_at_the_suite_dtype(tmp_path):
         assert flat["probe/dtype"] == "torch.float32" and flat["eval/dtype"] == "float32"
     flat = Suite({"probe": _DtypeProbe()}, dtype="bf16").evaluate(torch.nn.Linear(2, 2), None, out_dir=tmp_path / "bf16")
     assert flat["eval/dtype"] == "bfloat16"
-    assert build_suite({"tasks": {"p": {"_target_": f"{__name__}._DtypeProbe"}}}).dtype == "fp32"  # the default
+    assert build_suite({"tasks": {"p": {"_target_": f"{__name__}._DtypeProbe"}}}).dtype == "auto"  # the default
     with pytest.raises(ConfigError, match="eval.dtype"):
         build_suite({"dtype": "int8", "tasks": {"p": {"_target_": f"{__name__}._DtypeProbe"}}})
 
@@ -382,3 +382,31 @@ def test_lower_is_better_scores_carry_the_not_the_papers_la_footnote():
     # The analysis tables word it the same (one owner).
     run = type("R", (), {"metrics": keys.phased("phase2", flat)})()
     assert lower_better_footnotes([run]) == [note.removeprefix("* ")]
+
+
+@pytest.mark.parametrize(
+    ("cuda", "bf16", "expected"),
+    [(False, False, "fp32"), (True, True, "bf16"), (True, False, "fp32")],
+    ids=["cpu", "bf16-gpu", "old-gpu"],
+)
+def test_eval_dtype_auto_is_bf16_on_gpus_that_have_it_and_fp32_on_the_cpu(tmp_path, monkeypatch, cuda, bf16, expected):
+    """The default eval.dtype (auto) resolves by the device rule of cft.models.resolve_dtype: bf16 on a CUDA GPU
+    that supports it, fp32 on the CPU and on older GPUs; an explicit eval.dtype or model.dtype wins. The suite
+    casts to it, and the train recipe loads the Phase-1 model for evaluation and replay in it."""
+    import torch
+
+    from cft.evaluation.suite import eval_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    suite = build_suite({"tasks": {"p": {"_target_": f"{__name__}._DtypeProbe"}}})
+    assert suite.dtype == "auto" and suite.precision == expected
+    flat = suite.evaluate(torch.nn.Linear(2, 2), None, out_dir=tmp_path)
+    assert flat["eval/dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[expected]
+    assert eval_precision("fp32") == "fp32" and eval_precision("auto", "fp16") == "fp16"  # explicit choices win
+    assert build_suite({"tasks": {"p": {"_target_": f"{__name__}._DtypeProbe"}}}, model_dtype="fp32").precision == "fp32"
+    from cft.recipes.train import TrainRecipe
+
+    recipe = TrainRecipe.__new__(TrainRecipe)  # the one method under test: what Phase 1 loads in for evaluation
+    recipe.eval_tasks = suite
+    assert recipe._eval_dtype() == expected

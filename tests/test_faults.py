@@ -1379,7 +1379,7 @@ def test_evaluation_key_follows_the_checkpoints_manifest(tmp_path, monkeypatch):
     cache = Cache(tmp_path / "cache")
     scored = []
 
-    def fake_evaluate(model, tokenizer, tasks, limit=None, out_dir=None):
+    def fake_evaluate(model, tokenizer, tasks, limit=None, out_dir=None, sharded=False):
         scored.append(model.weights)
         return {"ta_avg": float(len(scored))}
 

@@ -39,18 +39,24 @@ class EvalTask(Protocol):
 
 
 def evaluate(
-    model, tokenizer, tasks: Mapping[str, EvalTask], *, out_dir: str | Path, limit: int | None = None
+    model,
+    tokenizer,
+    tasks: Mapping[str, EvalTask],
+    *,
+    out_dir: str | Path,
+    limit: int | None = None,
+    sharded: bool = False,
 ) -> dict[str, float | int | str]:
     """Run every task of a suite on an in-memory model and return the flat metrics.
 
     `tasks` is a `Suite` (build_suite) or any mapping of name -> task. `limit` is for callers that
     pass the suite's limit here: a task whose own `limit` is unset takes it (build_suite already
-    gave every task the suite's limit, so for a Suite it changes nothing).
+    gave every task the suite's limit, so for a Suite it changes nothing). `sharded`: every rank calls this
+    with the same weights, each scores its share, rank 0 gets the metrics (`Suite.evaluate`).
     """
     if limit is not None:
         for task in tasks.values():
             if getattr(task, "limit", None) is None and hasattr(task, "limit"):
                 task.limit = limit
-    if isinstance(tasks, Suite):
-        return tasks.evaluate(model, tokenizer, out_dir=out_dir)
-    return Suite(tasks).evaluate(model, tokenizer, out_dir=out_dir)
+    suite = tasks if isinstance(tasks, Suite) else Suite(tasks)
+    return suite.evaluate(model, tokenizer, out_dir=out_dir, sharded=sharded)

@@ -35,8 +35,9 @@ class SuiteConfig(BaseModel):
         description="auto: the tokenizer's chat template, else the Alpaca prompt (as in training); alpaca; true; false (plain)",
     )
     dtype: Literal["fp32", "bf16", "fp16", "auto"] = Field(
-        "fp32",
-        description="precision every evaluation of the suite runs at (both phases of a cell alike); auto = as the model is held",
+        "auto",
+        description="precision every evaluation of the suite runs at (both phases of a cell alike); "
+        "auto = model.dtype, whose auto is bf16 on CUDA GPUs that support it and fp32 on the CPU",
     )
     averages: dict[Literal["ta", "la"], list[str]] | None = Field(
         None,

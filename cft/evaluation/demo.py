@@ -42,7 +42,9 @@ class DemoExactMatch:
         self.limit = limit
         make_examples(self.tasks, self.languages, 0, seed)  # reject unknown tasks/languages before any model work
 
-    def run(self, model, tokenizer, *, out_dir: Path) -> list[TaskScores]:
+    def run(self, model, tokenizer, *, out_dir: Path, sharded: bool = False) -> list[TaskScores]:
+        """`sharded`: every rank calls this with the same weights and generates its share of the batches (every rank
+        gets every answer: cft.models.generate)."""
         n = min(self.n, self.limit) if self.limit else self.n
         examples = make_examples(self.tasks, self.languages, n, self.seed, split="test")
         outputs = generate(
@@ -52,6 +54,7 @@ class DemoExactMatch:
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
             desc="eval demo",
+            sharded=sharded,
         )
         hits: dict[tuple[str, str], list[bool]] = defaultdict(list)
         out_dir.mkdir(parents=True, exist_ok=True)

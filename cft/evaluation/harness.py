@@ -8,6 +8,12 @@ prompt that cft.data.format trains such models with; `apply_chat_template=false`
 Under a chat template, generation also stops at the template's end-of-turn marker (e.g. Llama-3's
 `<|eot_id|>`, which is not its tokenizer's eos token, the one stop lm-eval adds itself).
 
+Data parallel (`sharded=True` under a process group of several ranks, every rank calling with the same
+model weights): `RankedHFLM` tells lm-eval this process's rank and the world size, so each rank scores
+its share of every task's documents (lm-eval deals them out: document i to rank i mod world) and rank 0
+gathers the per-document metrics and samples. It puts them back in document order, so the scores, the
+standard errors (bootstraps included) and the samples are those of one rank; rank 0 alone gets results.
+
 Context length: a generation length that leaves less than `prompt_room(context)` tokens of the
 model's context for the prompt is clipped to what leaves that room, with a warning naming the task
 and both numbers (lm-eval would otherwise stop with an AssertionError once the generation length
@@ -16,6 +22,7 @@ reaches the context, and cut prompts to almost nothing just below it).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -111,6 +118,113 @@ def model_context(model, tokenizer, max_length: int | None = None) -> int:
     return int(limit) if limit is not None and limit < 10**9 else 2048
 
 
+def in_document_order(parts: list[Any]) -> Any:
+    """The per-rank objects lm-eval gathers at the end of a data-parallel run ({task: [sample records]}, or
+    {task: {(metric, filter): [one value per document]}}) merged into what one rank would have made: rank
+    r scored documents r, r + world, ... (lm-eval's islice), so the lists are dealt back in turn, and
+    sample records (one per document and filter) are put in filter order, then document order."""
+    first = next((p for p in parts if p), parts[0])
+    if isinstance(first, Mapping):
+        keys = list(dict.fromkeys(k for p in parts for k in p))  # a rank with no document of a task lacks its keys
+        return {k: in_document_order([p.get(k, []) for p in parts]) for k in keys}
+    dealt = []
+    for i in range(max(map(len, parts), default=0)):
+        dealt.extend(p[i] for p in parts if i < len(p))
+    if dealt and all(isinstance(r, Mapping) and "doc_id" in r and "filter" in r for r in dealt):
+        filters = list(dict.fromkeys(r["filter"] for r in dealt))
+        dealt.sort(key=lambda r: (filters.index(r["filter"]), r["doc_id"]))
+    return dealt
+
+
+@functools.cache
+def cft_hflm():
+    """lm-eval's HFLM whose `batch_size: auto` sizes generation batches from the requests: lm-eval probes the
+    largest batch at the model's whole context (32,768 tokens for Mistral v0.1, so a batch that fits a sequence
+    that long, usually 1), where the longest request needs its prompt plus its generation length."""
+    from lm_eval.models.huggingface import HFLM
+
+    class CftHFLM(HFLM):
+        _probe_length: int | None = None  # set while generate_until sizes its batches
+
+        def generation_length(self, requests) -> int:
+            """Tokens the longest of these generation requests can fill: its prompt and its max_gen_toks (the
+            prompt cut as lm-eval cuts it, to leave room for the generation), at most the model's context."""
+            from lm_eval.models.utils import normalize_gen_kwargs
+
+            longest = 0
+            for request in requests:
+                context, gen_kwargs = request.args
+                new = int(normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)["max_gen_toks"])
+                prompt = min(len(self.tok_encode(context)), max(self.max_length - new, 0))
+                longest = max(longest, prompt + new)
+            return min(longest, self.max_length)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            if self.batch_size != "auto" or not requests:
+                return super().generate_until(requests, disable_tqdm=disable_tqdm)
+            self._probe_length = self.generation_length(requests)
+            try:
+                return super().generate_until(requests, disable_tqdm=disable_tqdm)
+            finally:
+                self._probe_length = None
+
+        def _detect_batch_size(self, requests=None, pos: int = 0):
+            if requests is None and self._probe_length is not None:
+                # lm-eval's probe of a log-likelihood request: its forward passes at the request's length.
+                requests = [(None, [0] * self._probe_length, [0])]
+            return super()._detect_batch_size(requests, pos)
+
+    return CftHFLM
+
+
+@functools.cache
+def ranked_hflm():
+    """HFLM evaluating this rank's share of each task over the live process group (see the module docstring).
+    lm-eval's HFLM on an in-memory model says rank 0 of 1, and its collectives go through an accelerate
+    Accelerator it only builds for a model it loads itself; these go through torch.distributed."""
+    import torch
+    import torch.distributed as dist
+
+    class RankedHFLM(cft_hflm()):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+
+        def all_gather(self, tensor):
+            # lm-eval gathers request counts (to pad its batches) and auto batch sizes (to take the least).
+            parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+            dist.all_gather(parts, tensor.contiguous())
+            return torch.cat([p.reshape(-1) for p in parts])
+
+        def gather_object(self, obj, dst=0):
+            parts = super().gather_object(obj, dst=dst)
+            return None if parts is None else [in_document_order(parts)]
+
+        def barrier(self):
+            dist.barrier()
+
+    return RankedHFLM
+
+
+def without_padding(samples: Mapping[str, list[dict]], configs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Drop the responses lm-eval's data-parallel padding added to a sample: a rank with fewer requests than
+    another repeats its last request (for DDP/FSDP's even batches), and the repeat's responses are appended to
+    that request's own. Each request keeps its task's `repeats` responses, as in a one-rank run."""
+    for task, records in samples.items():
+        repeats = int((configs.get(task) or {}).get("repeats") or 1)
+        for record in records:
+            record["resps"] = [list(r)[:repeats] for r in record["resps"]]
+
+
+def data_parallel(sharded: bool) -> bool:
+    """Whether an evaluation asked to be `sharded` runs data-parallel here: a process group of several ranks."""
+    if not sharded:
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def make_lm(
     backend: str,
     model,
@@ -121,8 +235,10 @@ def make_lm(
     seed: int,
     vllm_kwargs: Mapping[str, Any],
     scratch: Path,
+    sharded: bool = False,
 ):
-    """lm-eval's model object: HFLM on the in-memory model, or VLLM on a scratch copy of it."""
+    """lm-eval's model object: HFLM on the in-memory model (`cft_hflm`; `RankedHFLM`, this rank's share, when
+    `sharded` under several ranks), or VLLM on a scratch copy of it."""
     if backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 
@@ -134,13 +250,12 @@ def make_lm(
         kwargs = {"max_model_len": max_length} if max_length else {}
         kwargs.update(vllm_kwargs)
         return VLLM(pretrained=str(scratch), tokenizer=str(scratch), batch_size=batch_size, seed=seed, **kwargs)
-    from lm_eval.models.huggingface import HFLM
-
     if isinstance(batch_size, str):
         device = getattr(model, "device", None)
         if device is None or getattr(device, "type", "cpu") == "cpu":
             batch_size = 16  # lm-eval's batch-size search is for GPUs
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=str(model.device))
+    cls = ranked_hflm() if data_parallel(sharded) else cft_hflm()
+    return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=str(model.device))
 
 
 class Session:

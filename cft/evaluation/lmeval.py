@@ -17,7 +17,9 @@ before any model work.
 XL-Sum, Global-MMLU-Lite), per subject (MMLU, whose group score is then over limit x subjects
 questions), per benchmark otherwise (IFEval, HellaSwag).
 
-Speed: batched (`batch_size`, "auto" = lm-eval's search on GPU). `backend=vllm` serves the model
+Speed: batched (`batch_size`, "auto" = lm-eval's search on GPU, for generation at the longest request's
+length: cft.evaluation.harness). With several ranks, `run(..., sharded=True)` on every rank scores each
+rank's share of the documents, with the results of one rank (rank 0 gets them). `backend=vllm` serves the model
 with vLLM through lm-eval's VLLM model: the model (not a PEFT wrapper) is saved to a scratch folder
 under out_dir, removed after the run. (The vLLM path is written against lm-eval's VLLM signature
 but has not been run on this project's CI, which has no GPU.)
@@ -150,6 +152,15 @@ class LMEvalTask:
                 self.bench, self.units, self.data_dir, shots=self.num_fewshot > 0, task_name=self.name
             )
 
+    @property
+    def shards(self) -> bool:
+        """Whether `run(sharded=True)` splits the documents over the ranks: with the in-memory model (hf, not vLLM),
+        and a `limit` (when set) of at least one document per rank: lm-eval fails on a rank with no document of a
+        task. (A benchmark with fewer documents than ranks and no limit would fail so too; real ones have hundreds.)"""
+        from cft.training import distributed
+
+        return self.backend == "hf" and (self.limit is None or self.limit >= distributed.world_size())
+
     def _select_units(self, languages, subjects, where: str) -> list[str | None]:
         """The languages or subjects to run (all by default); [None] for a benchmark without units."""
         kind, available = self.bench.unit_kind, self.bench.units
@@ -189,7 +200,10 @@ class LMEvalTask:
         """The lm-eval tasks of this benchmark run (a group first, then its members)."""
         return lm_tasks(self.bench, self.units, local=self.local, num_fewshot=self.num_fewshot, generation=generation)
 
-    def run(self, model, tokenizer, *, out_dir: Path) -> list[TaskScores]:
+    def run(self, model, tokenizer, *, out_dir: Path, sharded: bool = False) -> list[TaskScores]:
+        """Scores of this benchmark on `model`. `sharded`: every rank of the process group calls this with the same
+        weights and scores its share of the documents (cft.evaluation.harness); rank 0 gets the scores, the
+        other ranks an empty list."""
         import lm_eval
         from lm_eval.tasks import TaskManager
 
@@ -206,6 +220,7 @@ class LMEvalTask:
             "max_length": self.max_length,
             "seed": self.seed,
             "vllm_kwargs": self.vllm_kwargs,
+            "sharded": sharded and self.shards,  # else every rank that calls scores it whole
         }
         with harness.Session(model, tokenizer, template=template, backend=self.backend, out_dir=out_dir, **lm_kwargs) as session:
             stop = harness.turn_end(tokenizer, template) if chat else None
@@ -243,6 +258,10 @@ class LMEvalTask:
                     f"eval task {self.name}: {exc}. Offline, put local copies in the layout of the shared data folder "
                     f"and set eval.data_dir=<folder> (the file names are in {self.bench.folder / 'benchmark.yaml'})"
                 ) from exc
+        if results is None:  # a rank other than 0 of a data-parallel run: rank 0 gathered its share
+            return []
+        if session.lm.world_size > 1:
+            harness.without_padding(results.get("samples") or {}, results.get("configs") or {})
         harness.save(results, out_dir)
         scores = self.scores(results["results"], tasks, results.get("samples"))
         if hooks.PUNKT_USED:  # the benchmark split sentences with Punkt (IFEval): say which model

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -39,13 +40,19 @@ class Suite(Mapping):
         *,
         averages: Mapping[str, list[str]] | None = None,
         switched_off: Mapping[str, tuple[str, str]] = (),  # name -> (ability, why it does not run)
-        dtype: str = "auto",  # the precision the model is evaluated at (cast before the first task)
+        dtype: str | None = None,  # eval.dtype: the precision the model is cast to before the first task; None: as held
+        model_dtype: str = "auto",  # model.dtype, which eval.dtype=auto follows
     ):
         self.tasks = dict(tasks)
         self.averages = {k: list(v) for k, v in averages.items()} if averages else None
         self.switched_off = dict(switched_off)  # tasks of an average that do not run
-        self.dtype = dtype
+        self.dtype, self.model_dtype = dtype, model_dtype
         self.timing: dict[str, float] = {}  # the last evaluate(): seconds and items, per task and in all
+
+    @property
+    def precision(self) -> str | None:
+        """What every evaluation of the suite runs at (bf16, fp16, fp32), or None: as the model is held."""
+        return None if self.dtype is None else eval_precision(self.dtype, self.model_dtype)
 
     def __getitem__(self, name: str):
         return self.tasks[name]
@@ -56,28 +63,58 @@ class Suite(Mapping):
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def evaluate(self, model, tokenizer, *, out_dir: str | Path) -> dict[str, float | int | str]:
+    def evaluate(self, model, tokenizer, *, out_dir: str | Path, sharded: bool = False) -> dict[str, float | int | str]:
         """Run every task (outputs in `out_dir/<task>`) and return the flat metric keys; the per-item
-        scores go to `out_dir/items.json` (cft.run.layout.EVAL_ITEMS)."""
-        out_dir = Path(out_dir)
+        scores go to `out_dir/items.json` (cft.run.layout.EVAL_ITEMS).
+
+        `sharded`: every rank of the process group calls this with the same weights; each task whose `run` takes
+        `sharded` (LMEvalTask) scores this rank's share of its documents. Those run first; the others (AlpacaEval:
+        a paid judge must not run once per rank) then run on rank 0 alone, while the other ranks go on (they wait
+        at the caller's next meeting point, not inside a collective). Rank 0 writes `out_dir` and gets the
+        metrics; the other ranks work in a scratch folder and get {}."""
+        from cft.evaluation.harness import data_parallel
+        from cft.training import distributed
+
+        if not data_parallel(sharded):
+            return self._run(model, tokenizer, Path(out_dir), sharded=False)
+        if distributed.is_main():
+            return self._run(model, tokenizer, Path(out_dir), sharded=True)
+        with tempfile.TemporaryDirectory(prefix="cft-eval-rank-") as scratch:
+            self._run(model, tokenizer, Path(scratch), sharded=True, shared_only=True)
+        return {}
+
+    @staticmethod
+    def _shards(task) -> bool:
+        """Whether `task` scores a share of its items per rank: its `run` takes `sharded`, and it does not say
+        otherwise (`shards`: LMEvalTask on vLLM, which would run whole on every rank)."""
+        return "sharded" in inspect.signature(task.run).parameters and getattr(task, "shards", True)
+
+    def _run(self, model, tokenizer, out_dir: Path, *, sharded: bool, shared_only: bool = False) -> dict[str, float | int | str]:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if self.dtype != "auto" and hasattr(model, "to"):
-            # One precision for every evaluation of a cell: Phase 1 is loaded in fp32, Phase 2 may be
-            # held in bf16 (ZeRO-3); both are scored at the suite's dtype (a cast of a saved model).
+        if self.precision is not None and hasattr(model, "to"):
+            # One precision for every evaluation of a cell: Phase 1 is loaded in one dtype, Phase 2 may be
+            # held in another (bf16 under ZeRO-3); both are scored at the suite's (a cast of a saved model).
             from cft.models import resolve_dtype
 
-            model = model.to(resolve_dtype(self.dtype))
-        results: list[TaskScores] = []
+            model = model.to(resolve_dtype(self.precision))
+        by_task: dict[str, list[TaskScores]] = {}
         self.timing = {}
-        for name, task in self.tasks.items():
+        # Sharded: the tasks every rank shares first (in the suite's order), then rank 0's own.
+        order = sorted(self.tasks, key=lambda n: not self._shards(self.tasks[n])) if sharded else list(self.tasks)
+        for name in order:
+            task = self.tasks[name]
+            takes = sharded and self._shards(task)
+            if shared_only and not takes:
+                continue
             log.info("Evaluating %s", name)
             start = time.perf_counter()
-            results.extend(task.run(model, tokenizer, out_dir=out_dir / name))
+            by_task[name] = task.run(model, tokenizer, out_dir=out_dir / name, **({"sharded": True} if takes else {}))
             seconds = time.perf_counter() - start
             log.info("Evaluated %s in %.1f s", name, seconds)  # so a log's gaps are not misread
             # items: the per-document records the task wrote (lm-eval's samples, one JSON line each)
             n_items = sum(sum(1 for _ in f.open(encoding="utf-8")) for f in (out_dir / name).rglob("*.jsonl"))
             self.timing.update({f"{name}/seconds": seconds, f"{name}/items": n_items})
+        results = [s for name in self.tasks if name in by_task for s in by_task[name]]  # the suite's order
         self.timing["seconds"] = sum(v for k, v in self.timing.items() if k.endswith("/seconds"))
         self.timing["items"] = sum(v for k, v in self.timing.items() if k.endswith("/items"))
         for name, (ability, reason) in self.switched_off.items():
@@ -88,6 +125,14 @@ class Suite(Mapping):
         if first is not None:
             flat[keys.eval_dtype()] = str(first.dtype).removeprefix("torch.")
         return flat
+
+
+def eval_precision(eval_dtype: str, model_dtype: str = "auto") -> str:
+    """The precision evaluations run at: eval.dtype; its auto follows model.dtype, whose auto is bf16 on a CUDA
+    GPU that supports it and fp32 elsewhere (the CPU included: cft.models.resolve_dtype owns that rule)."""
+    from cft.models import precision
+
+    return precision(model_dtype if eval_dtype == "auto" else eval_dtype)
 
 
 def _plain(node: Any) -> Any:
@@ -148,8 +193,9 @@ def build_task(name: str, node: Mapping[str, Any], defaults: Mapping[str, Any]):
     return cls(**options)
 
 
-def build_suite(eval_node: Mapping[str, Any]) -> Suite:
-    """The tasks of a suite (conf/eval/<suite>.yaml), each built and checked before any model work."""
+def build_suite(eval_node: Mapping[str, Any], *, model_dtype: str = "auto") -> Suite:
+    """The tasks of a suite (conf/eval/<suite>.yaml), each built and checked before any model work.
+    `model_dtype`: model.dtype, which the suite's `dtype: auto` follows (`eval_precision`)."""
     plain = _plain(eval_node)
     try:
         config = SuiteConfig.model_validate(plain)
@@ -183,4 +229,4 @@ def build_suite(eval_node: Mapping[str, Any]) -> Suite:
                 f"the {ability}_avg of this suite would mix scores where lower is better ({', '.join(lower)}) with ones "
                 f"where higher is better: list the ones to average in eval.averages.{ability}"
             )
-    return Suite(tasks, averages=config.averages, switched_off=switched_off, dtype=config.dtype)
+    return Suite(tasks, averages=config.averages, switched_off=switched_off, dtype=config.dtype, model_dtype=model_dtype)

@@ -37,6 +37,11 @@ def resolve_dtype(dtype: str) -> torch.dtype:
         raise CftError(f"model.dtype={dtype!r} is not one of auto, bf16, fp16, fp32") from None
 
 
+def precision(dtype: str) -> str:
+    """`dtype` (auto included) as the short name of what it resolves to on this machine: bf16, fp16 or fp32."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(resolve_dtype(dtype), "fp32")
+
+
 # What transformers reads as a model's weights, in a folder saved with save_pretrained.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 

@@ -40,12 +40,13 @@ def build(node: Any) -> Any:
         raise
 
 
-def build_eval_tasks(eval_cfg: Any):
+def build_eval_tasks(eval_cfg: Any, model_dtype: str = "auto"):
     """The tasks of an evaluation suite, built (and so checked) before any model work: a
-    cft.evaluation.Suite (the suite's shared defaults passed to its tasks; `Suite.evaluate`)."""
+    cft.evaluation.Suite (the suite's shared defaults passed to its tasks; `Suite.evaluate`), whose
+    `dtype: auto` follows `model_dtype` (model.dtype)."""
     from cft.evaluation import build_suite
 
-    return build_suite(eval_cfg)
+    return build_suite(eval_cfg, model_dtype=str(model_dtype or "auto"))
 
 
 def phase_train_config(train_cfg: Any, phase: str) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class EvalRecipe:
         cfg = self.cfg
         threads.configure(cfg.get("threads"))
         self.checkpoint = self._checkpoint()
-        self.tasks = build_eval_tasks(cfg.eval)  # unknown tasks fail here, before the model loads
+        self.tasks = build_eval_tasks(cfg.eval, cfg.model.get("dtype", "auto"))  # unknown tasks fail here, before the model loads
         self.checkpoint.config()
         self.tracker = Tracker(
             mode=cfg.tracking.mode,
@@ -67,7 +67,7 @@ class EvalRecipe:
         )
 
     def evaluate(self) -> None:
-        model, tokenizer = self.checkpoint.load(dtype=str(self.cfg.model.get("dtype", "auto")))
+        model, tokenizer = self.checkpoint.load(dtype=self.tasks.precision)  # eval.dtype (auto: model.dtype's rule)
         self.scores = evaluate(
             model.to(device()), tokenizer, self.tasks, limit=self.cfg.eval.get("limit"), out_dir=self.out_dir / "samples"
         )

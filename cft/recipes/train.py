@@ -8,7 +8,7 @@
         phase1()     DES; the Phase-1 model (trained once per model, data, settings and seed, or the
                      Instruct checkpoint) and its evaluation, both cached; MPD
         phase2()     the strategy's hooks around the one training loop; the model saved
-        evaluate()   the Phase-2 model, in memory
+        evaluate()   the Phase-2 model, in memory (every rank scores its share of the lm-eval requests)
         record()     metrics.json, W&B, DONE
         cleanup()    W&B finished, the run folder unlocked (also after a failure, which leaves FAILED)
 
@@ -195,13 +195,17 @@ def evaluate_cached(
         spec["dtype"] = dtype
 
     def build_scores(tmp: Path) -> None:
+        # Collective: with several ranks each scores its share of the lm-eval requests; rank 0 gathers and writes.
         loaded, tokenizer = model.load(dtype=dtype)
-        scores = evaluate(loaded.to(device()), tokenizer, tasks, limit=eval_cfg.get("limit"), out_dir=tmp / "samples")
-        (tmp / layout.METRICS).write_text(json.dumps(scores, indent=2, sort_keys=True))
+        scores = evaluate(
+            loaded.to(device()), tokenizer, tasks, limit=eval_cfg.get("limit"), out_dir=tmp / "samples", sharded=True
+        )
+        if distributed.is_main():
+            (tmp / layout.METRICS).write_text(json.dumps(scores, indent=2, sort_keys=True))
 
-    path = cache.artifact("eval", spec, build_scores)
+    path = cache.artifact("eval", spec, build_scores, collective=True)
     items = path / "samples" / layout.EVAL_ITEMS
-    if items_to is not None and items.is_file():
+    if items_to is not None and items.is_file() and distributed.is_main():
         items_to.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(items, items_to)
     return json.loads((path / layout.METRICS).read_text())
@@ -268,6 +272,7 @@ class TrainRecipe:
         self.tracker: Tracker | None = None
         self._lock = None
         self._rescued: Path | None = None  # where the Phase-2 weights were kept when the run folder refused them
+        self._phase2_saved = False  # a rank other than 0: rank 0 saved the Phase-2 model it evaluates
 
     # ------------------------------------------------------------ the story
 
@@ -279,8 +284,8 @@ class TrainRecipe:
             else:
                 self.phase1()
                 self.phase2()
-                if distributed.is_main():  # the other ranks' part (training) is done; rank 0 evaluates and records
-                    self.evaluate()
+                self.evaluate()  # every rank scores its share of the lm-eval requests
+                if distributed.is_main():  # rank 0 gathered the scores, and records
                     self.record()
                 ok = True
         except BaseException as exc:
@@ -364,7 +369,7 @@ class TrainRecipe:
                 f"but phase2_data={self.choices.get('phase2_data')} has none (phase2_data.counterpart)"
             )
         self.counterpart_spec = counterpart_cfg or {}
-        self.eval_tasks = build_eval_tasks(cfg.eval)
+        self.eval_tasks = build_eval_tasks(cfg.eval, cfg.model.get("dtype", "auto"))
         gguf = self.model_cfg.get("gguf_file")
         if self.use_instruct:
             instruct = self.model_cfg.get("instruct")
@@ -524,10 +529,17 @@ class TrainRecipe:
             train_figures[keys.train("phase2", "padding_fraction")] = tok2.padding_fraction  # padded micro-batches
             train_figures[keys.train("phase2", "padding_fraction_packed")] = tok2.padding_fraction_packed
         if not distributed.is_main():
+            # Rank 0 finalizes and saves; this rank evaluates the saved weights, if rank 0 says they were saved.
+            self._phase2_saved = bool(distributed.share(None))
             return
-        model = self.strategy.finalize(model, ctx)
-        if saved != self.run_dir.checkpoint:
-            self._save(model, tokenizer, rescued, train_figures)  # the figures travel with the weights
+        try:
+            model = self.strategy.finalize(model, ctx)
+            if saved != self.run_dir.checkpoint:
+                self._save(model, tokenizer, rescued, train_figures)  # the figures travel with the weights
+        except BaseException:
+            distributed.share(False)  # the other ranks skip the evaluation and meet this one at the cell's end
+            raise
+        distributed.share(True)
         self.model2, self.tokenizer2 = model, tokenizer
         self.metrics.update(train_figures)
         if self.p1_stats:
@@ -541,15 +553,27 @@ class TrainRecipe:
             )
 
     def evaluate(self) -> None:
-        """The Phase-2 model, in memory."""
+        """The Phase-2 model, in memory on rank 0; the other ranks load the weights it saved (the same weights, cast
+        to the suite's precision as rank 0's are) and score their share of the lm-eval requests."""
         self.step = "phase2 evaluation"
+        if distributed.is_main():
+            model, tokenizer = self.model2, self.tokenizer2
+        elif self._phase2_saved:
+            from cft.models import load_model
+
+            model, tokenizer = load_model(str(self.run_dir.checkpoint), dtype=self._eval_dtype(), what="saved Phase-2 model")
+        else:
+            return
         scores2 = evaluate(
-            self.model2.to(device()),
-            self.tokenizer2,
+            model.to(device()),
+            tokenizer,
             self.eval_tasks,
             limit=self.cfg.eval.get("limit"),
             out_dir=self.run_dir.path / layout.EVAL_SAMPLES / "phase2",
+            sharded=True,
         )
+        if not distributed.is_main():
+            return
         self.metrics.update(keys.phased("phase2", scores2))
         self.metrics.update({keys.evaluation("phase2", k): v for k, v in getattr(self.eval_tasks, "timing", {}).items()})
         for name in keys.HEADLINE_AVERAGES:
@@ -671,16 +695,9 @@ class TrainRecipe:
         return train
 
     def _eval_dtype(self) -> str:
-        """What evaluation and generation load the weights in: eval.dtype, the one precision every evaluation of
-        the cell runs at (the suite casts to it too); with eval.dtype=auto, model.dtype (auto: bf16 on GPUs that have it)."""
-        from cft.models.checkpoints import resolve_dtype
-
-        chosen = str((self.cfg.get("eval") or {}).get("dtype") or "auto")
-        if chosen != "auto":
-            return chosen
-        return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
-            str(resolve_dtype(self.model_cfg.get("dtype", "auto"))), "fp32"
-        )
+        """What evaluation and generation load the weights in: the suite's precision, the one every evaluation of
+        the cell runs at (it casts to it too; cft.evaluation.suite.eval_precision: bf16 on GPUs that have it)."""
+        return self.eval_tasks.precision or "fp32"
 
     def _base(self, *, required: bool) -> Checkpoint | None:
         gguf = self.model_cfg.get("gguf_file")

@@ -45,6 +45,11 @@ class RandomLayerFreeze(Strategy):
         if self.modules is not None:
             check_modules("strategy.modules", self.modules, model_config)
 
+    def trainable_share(self, shape) -> float:
+        """Frozen layers (requires_grad=False) have no gradients and no optimizer states: k layers' share
+        (of their `modules` only, when set) is left out of the memory estimate."""
+        return 1.0 - shape.frozen_share(min(self.k, shape.layers), self.modules)
+
     def prepare(self, model, ctx: StrategyContext):
         n = int(model.config.num_hidden_layers)
         seed = ctx.seed if self.seed is None else self.seed

@@ -152,6 +152,14 @@ class ChangeRankedFreeze(Strategy):
             fewest = min(heads[m] for m in self.modules) * n
             check_count("strategy.k", self.k, fewest, f"heads per module over all {n} layers")
 
+    def trainable_share(self, shape) -> float:
+        """selection=layer freezes whole matrices (requires_grad=False: no gradient, no optimizer state): k
+        layers of each module are left out of the memory estimate. The head selections mask gradient rows
+        of matrices that still train, which keep their full gradients and optimizer states: all of it counts."""
+        if self.selection != "layer":
+            return 1.0
+        return 1.0 - shape.frozen_share(min(self.k, shape.layers), self.modules)
+
     @staticmethod
     def _heads(config) -> dict[str, int]:
         q = int(config.num_attention_heads)

@@ -79,11 +79,32 @@ class Shape:
         )
 
     @property
+    def layer_modules(self) -> dict[str, int]:
+        """Parameters of each module of one decoder layer (the names of Llama/Mistral checkpoints): what a
+        strategy that freezes some modules of some layers counts its trainable share with."""
+        h, i, kv = self.hidden, self.intermediate, self.kv_heads * (self.hidden // self.heads)
+        return {
+            "q_proj": h * h,
+            "k_proj": h * kv,  # grouped-query attention: the key/value heads
+            "v_proj": h * kv,
+            "o_proj": h * h,
+            "gate_proj": h * i,
+            "up_proj": h * i,
+            "down_proj": i * h,
+            "input_layernorm": h,
+            "post_attention_layernorm": h,
+        }
+
+    @property
     def params(self) -> int:
-        h, head_dim = self.hidden, self.hidden // self.heads
-        attention = 2 * h * h + 2 * h * self.kv_heads * head_dim  # q, o; k, v (grouped-query attention)
-        layer = attention + 3 * h * self.intermediate + 2 * h  # gate, up, down; two norms
-        return self.layers * layer + self.vocab * h * (1 if self.tied else 2) + h
+        layer = sum(self.layer_modules.values())
+        return self.layers * layer + self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
+
+    def frozen_share(self, layers: int, modules=None) -> float:
+        """The share of the parameters in `modules` (None: every module) of `layers` decoder layers."""
+        per_layer = self.layer_modules
+        chosen = per_layer.values() if modules is None else [per_layer.get(m, 0) for m in modules]
+        return layers * sum(chosen) / self.params
 
 
 @dataclass(frozen=True)
