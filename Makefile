@@ -11,7 +11,7 @@ TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.3,torch==2.13.0)
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 # One pytest-xdist worker per core, a whole test module per worker (its module fixtures built once), in
-# the order tests/conftest.py gives (modules with slow tests first).
+# the order tests/conftest.py gives (the longest modules first).
 TEST_WORKERS ?= auto
 XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
