@@ -1,12 +1,12 @@
-"""bench/gpu.sh --cpu-smoke and the CPU throughput scripts at their smallest setting (tests/bench_smoke.py;
-this module is one share of the bench scripts, split so that both xdist workers take some)."""
+"""bench/gpu.sh --cpu-smoke and the thread bench at their smallest setting (tests/bench_smoke.py; this module
+is one share of the bench scripts, split so that both xdist workers take some)."""
 
 from __future__ import annotations
 
 import bench_smoke
 import pytest
 
-SCRIPTS = [bench_smoke.GPU, "threads", "train_throughput"]
+SCRIPTS = [bench_smoke.GPU, "threads"]
 
 
 @pytest.fixture(scope="module")

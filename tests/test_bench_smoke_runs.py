@@ -1,13 +1,13 @@
-"""The bench scripts that run whole cells or sweeps (evaluation share, sweep cost, run timeline) and the
-MPD memory bench, at their smallest setting (tests/bench_smoke.py; this module is one share of the bench
-scripts, split so that both xdist workers take some)."""
+"""The evaluation share, run timeline, MPD memory, scaling and training throughput benches at their smallest
+setting (tests/bench_smoke.py; this module is one share of the bench scripts, split so that both xdist
+workers take some)."""
 
 from __future__ import annotations
 
 import bench_smoke
 import pytest
 
-SCRIPTS = ["evaluation", "memory_mpd", "run_timeline", "sweep_cost"]
+SCRIPTS = ["evaluation", "memory_mpd", "run_timeline", "scaling", "train_throughput"]
 
 
 @pytest.fixture(scope="module")
