@@ -10,13 +10,26 @@ rank would make it, so the outputs are those of one rank) and every rank gets al
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 
-@torch.no_grad()
+def _no_grad(fn):
+    """torch.no_grad() around `fn`, with torch imported at the call (config checks import this module, not torch)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_no_grad
 def generate(
     model,
     tokenizer,
@@ -35,6 +48,8 @@ def generate(
     """Generate one completion per prompt (prompt text already formatted for the model); with
     `return_finished`, also whether each one ended at a stop token rather than at the cap; `sharded`: every
     rank calls this with the same prompts and generates its share of the batches (see the module docstring)."""
+    import torch
+
     from cft.data.format import stop_token_ids
     from cft.training import distributed
 
