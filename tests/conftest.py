@@ -1,6 +1,6 @@
 """Shared test set-up: offline hub, temporary W&B/HF folders, tiny models built in code, and what
 pytest-xdist needs (`make test` runs one worker per core, each module on one worker): one torch thread
-per worker, slow modules handed out first, and `build_once` for set-ups shared by every worker."""
+per worker, the longest modules handed out first, and `build_once` for set-ups shared by every worker."""
 
 from __future__ import annotations
 
@@ -51,12 +51,36 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
+# The longest modules, in seconds on a quiet 2-core machine under `make test` (their tests' --durations,
+# summed; the bench smoke modules run two scripts at a time): handed out first, longest first, so that the
+# many short modules fill in at the end and both workers finish together. Other modules follow: those with
+# slow tests first, then the rest, each group in file order.
+MODULE_SECONDS = {
+    "test_faults": 150,
+    "test_demo_study": 80,
+    "test_gpu_kit": 75,
+    "test_bench_smoke_gpu": 65,
+    "test_real_model": 60,
+    "test_cluster": 55,
+    "test_bench_smoke": 50,
+    "test_scale": 50,
+    "test_strategies_e2e": 45,
+    "test_bench_smoke_runs": 40,
+    "test_resume": 40,
+    "test_spine": 30,
+    "test_config": 25,
+    "test_evaluation_lmeval": 20,
+    "test_gguf": 17,
+    "test_artifacts_scale": 16,
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    # Modules with slow tests first (whole modules: a module fixture is torn down when the module changes), so
-    # that xdist (`make test`: --dist loadfile, one module per worker at a time, in this order) hands out the
-    # long ones while there is still other work to balance them.
+    # Whole modules move (a module fixture is torn down when the module changes): xdist (`make test`: --dist
+    # loadfile, one module per worker at a time, in this order) hands out the long ones while there is still
+    # other work to balance them.
     slow = {item.module.__name__ for item in items if "slow" in item.keywords}
-    items.sort(key=lambda item: item.module.__name__ not in slow)
+    items.sort(key=lambda item: (-MODULE_SECONDS.get(item.module.__name__, 0), item.module.__name__ not in slow))
     if SHARED_DATA.exists():
         return
     skip = pytest.mark.skip(reason=f"real data not found at {SHARED_DATA}")

@@ -244,6 +244,35 @@ def test_packing_is_on_by_default_on_gpus(monkeypatch):
             assert train["packing"] is packing, (gpus, model)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the device files are Linux's")
+def test_gpus_are_counted_without_torch_only_where_no_gpu_device_file_exists(tmp_path):
+    """A Linux machine with none of memory.GPU_DEVICE_FILES has no GPU torch could use: the count is 0 and
+    torch is not imported (the config check of every command pays no `import torch`); with one of them the
+    count is torch's."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from cft.training import memory
+        memory.GPU_DEVICE_FILES = tuple(sys.argv[1:])
+        no_device = memory.no_gpu_device()
+        print(no_device, memory.gpus_available(), "torch" in sys.modules)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CFT_GPUS"}
+    present = tmp_path / "nvidiactl"
+    present.touch()
+    for files, want in (([str(tmp_path / "absent")], "True 0 False"), ([str(tmp_path / "absent"), str(present)], None)):
+        proc = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        if want is not None:
+            assert proc.stdout.split() == want.split()
+        else:
+            import torch
+
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            assert proc.stdout.split() == ["False", str(gpus), "True"]  # asked torch
+
+
 # ---------------------------------------------------------------- memory levers of the loop
 
 

@@ -1,9 +1,11 @@
 """The suite's own shared set-ups (tests/conftest.py): `build_once` builds a folder once per test run,
-whichever xdist worker asks first, and a failed build leaves nothing that a later request would reuse."""
+whichever xdist worker asks first, and a failed build leaves nothing that a later request would reuse; the
+modules it hands out first exist."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +33,11 @@ def test_a_failed_build_is_tried_again_from_an_empty_folder(build_once):
         build_once(name, broken)
     folder = build_once(name, lambda folder: (folder / "whole").write_text(""))
     assert sorted(p.name for p in folder.iterdir()) == ["whole"]
+
+
+def test_the_longest_modules_named_for_the_hand_out_order_exist():
+    """conftest.MODULE_SECONDS names test modules by file: a renamed or split module must be named again."""
+    from conftest import MODULE_SECONDS
+
+    modules = {p.stem for p in Path(__file__).parent.glob("test_*.py")}
+    assert set(MODULE_SECONDS) <= modules, sorted(set(MODULE_SECONDS) - modules)

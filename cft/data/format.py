@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from cft.data.records import Example
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE = -100
 
@@ -148,6 +150,8 @@ class PadCollator:
         self.pad_id = pad_id
 
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        import torch
+
         width = max(len(b["input_ids"]) for b in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)

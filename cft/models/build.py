@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 # Role markers of the built-in chat template; each is one special token.
 SPECIAL_TOKENS = ["<|end|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|system|>"]
 CHAT_TEMPLATE = (
@@ -46,6 +44,8 @@ def build_model(architecture: dict[str, Any], tokenizer, seed: int = 0):
         tie_word_embeddings=True,
         **architecture,
     )
+    import torch
+
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -9,17 +9,20 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cft.errors import CftError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
     """'auto' means bf16 on a GPU that supports it and fp32 everywhere else (CPU bf16 is slow)."""
+    import torch
+
     if dtype == "auto":
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16

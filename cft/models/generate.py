@@ -18,9 +18,9 @@ changes greedy outputs (tests/test_generate.py).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 from cft.errors import ConfigError
@@ -28,7 +28,20 @@ from cft.errors import ConfigError
 CACHES = ("dynamic", "static", "static_compiled")
 
 
-@torch.no_grad()
+def _no_grad(fn):
+    """torch.no_grad() around `fn`, with torch imported at the call (config checks import this module, not torch)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_no_grad
 def generate(
     model,
     tokenizer,
@@ -50,6 +63,8 @@ def generate(
     """Generate one completion per prompt (prompt text already formatted for the model); with
     `return_finished`, also whether each one ended at a stop token rather than at the cap; `sharded`: every
     rank calls this with the same prompts and generates its share of the batches (see the module docstring)."""
+    import torch
+
     from cft.data.format import stop_token_ids
     from cft.training import distributed
 
