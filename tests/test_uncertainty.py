@@ -106,6 +106,7 @@ def test_tables_read_bits_per_byte_as_lower_is_better(tmp_path):
         for phase, value in (("phase1", before), ("phase2", after)):
             for key in (keys.score("la", "flores", phase=phase), keys.average("la", phase=phase)):
                 m[key], m[keys.lower_is_better(key)] = value, 1
+            m[keys.score("la", "flores", "es", phase=phase)] = value + 0.25  # marked through its benchmark's marker
             m[keys.average_over("la", phase=phase)] = "flores"
             m[keys.average_tasks("la", phase=phase)] = 1
             m[keys.punkt(phase=phase)] = "fallback"  # IFEval scored with the fallback splitter: said under the tables
@@ -115,4 +116,8 @@ def test_tables_read_bits_per_byte_as_lower_is_better(tmp_path):
     assert "| alpaca | multialpaca | tiny | full | 1 | — | — | **1.600** | **1.200** |" in summary  # the lower LA P2 is best
     assert "| alpaca | multialpaca | tiny | lora | 1 | — | — | **1.600** | 1.500 |" in summary
     assert "lower is better for la/flores, la_avg" in summary
+    # Per language too: bits per byte (not x100 as a percentage), the lowest marked best.
+    per_language = (tmp_path / "bpb" / "analysis" / "la_flores.md").read_text()
+    assert "| alpaca | multialpaca | tiny | full | 1 | **1.850** | **1.450** |" in per_language
+    assert per_language.startswith("### flores per language (bits per byte, lower is better), Phase 1 vs Phase 2")
     assert "minimal Punkt fallback" in summary

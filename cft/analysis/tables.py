@@ -323,7 +323,7 @@ def _lower_better(runs: Sequence[Run], columns: Sequence[tuple[str, Callable]]) 
     out = set()
     for j, (_, fn) in enumerate(columns):
         key = getattr(fn, "key", None) or getattr(fn, "direction_key", None)
-        if key is not None and any(keys.lower_is_better(key) in r.metrics for r in runs):
+        if key is not None and any(keys.marked_lower_better(r.metrics, key) for r in runs):
             out.add(j)
     return out
 
@@ -476,7 +476,8 @@ def language_tables(runs: list[Run]) -> list[Table]:
             for lang in languages(runs, task)
             for p in keys.PHASES
         ]
-        t = _table(f"la_{task}", f"{task} per language (%), Phase 1 vs Phase 2 (paper Tables B3 to B5)", runs, cols)
+        unit = "bits per byte, lower is better" if _lower_better(runs, cols) else "%"
+        t = _table(f"la_{task}", f"{task} per language ({unit}), Phase 1 vs Phase 2 (paper Tables B3 to B5)", runs, cols)
         if t:
             tables.append(t)
     return tables

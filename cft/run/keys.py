@@ -91,6 +91,21 @@ def lower_is_better(key: str) -> str:
     return f"{LOWER_IS_BETTER}/{key}"
 
 
+def marked_lower_better(metrics: Mapping[str, object], key: str) -> bool:
+    """Whether `metrics` mark score `key` lower-is-better: its own marker, or, for one language's score
+    (phase2/la/flores/es), its benchmark's (phase2/lower_is_better/la/flores): the marker is written per
+    benchmark, and every language of a benchmark is scored in the same unit."""
+    if lower_is_better(key) in metrics:
+        return True
+    p = parse(key)
+    return (
+        p is not None
+        and p.lang is not None
+        and p.metric is None
+        and lower_is_better(score(p.ability, p.task, phase=p.phase)) in metrics
+    )
+
+
 def eval_dtype(*, phase: str | None = None) -> str:
     """The precision an evaluation ran at: 'float32', 'bfloat16', ..."""
     return _join(phase, "eval", "dtype")
