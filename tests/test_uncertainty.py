@@ -120,4 +120,10 @@ def test_tables_read_bits_per_byte_as_lower_is_better(tmp_path):
     per_language = (tmp_path / "bpb" / "analysis" / "la_flores.md").read_text()
     assert "| alpaca | multialpaca | tiny | full | 1 | **1.850** | **1.450** |" in per_language
     assert per_language.startswith("### flores per language (bits per byte, lower is better), Phase 1 vs Phase 2")
+    # The per-language gain figure draws a drop in bits per byte as a gain (positive), for both strategies.
+    import csv
+
+    with open(tmp_path / "bpb" / "analysis" / "la_gain_per_language.csv") as f:
+        gains = {row["cell"]: float(row["gain_mean"]) for row in csv.DictReader(f) if row["language"] == "es"}
+    assert sorted(gains.values()) == pytest.approx([10.0, 40.0])
     assert "minimal Punkt fallback" in summary

@@ -216,21 +216,28 @@ def tradeoff(runs: Sequence, out_dir: str | Path, stem: str = "ta_la_tradeoff") 
 
 
 def la_gain_heatmap(runs: Sequence, out_dir: str | Path, stem: str = "la_gain_per_language") -> Path | None:
-    """LA gain (Phase 2 minus Phase 1, points) per language and benchmark (columns, the paper's
-    order) for each cell (rows: strategies in the paper's order), mean over seeds."""
+    """LA gain (Phase 2 minus Phase 1, points; Phase 1 minus Phase 2 for a lower-is-better score such as
+    FLORES bits per byte, so a gain is positive everywhere) per language and benchmark (columns, the
+    paper's order) for each cell (rows: strategies in the paper's order), mean over seeds."""
     row_keys = cell_keys(runs)
     groups = group_cells(runs, row_keys)
     shown = varying([g for g, _ in groups], row_keys) or ["strategy"]
     columns = [(task, lang) for task in task_names(runs, "la") for lang in languages(runs, task)]
     if not columns or not groups:
         return None
+    # A gain is positive (blue) in every column: for a lower-is-better score (FLORES bits per byte) the
+    # gain is Phase 1 - Phase 2, else a drop in bits per byte would be drawn as a loss.
+    sign = {
+        task: -1 if any(keys.marked_lower_better(r.metrics, keys.score("la", task, phase="phase2")) for r in runs) else 1
+        for task, _ in columns
+    }
     matrix = np.full((len(groups), len(columns)), np.nan)
     rows = []
     for i, (idx, rs) in enumerate(groups):
         for j, (task, lang) in enumerate(columns):
             after, before = keys.score("la", task, lang, phase="phase2"), keys.score("la", task, lang, phase="phase1")
             gains = [
-                (r.metrics[after] - r.metrics[before]) * 100
+                (r.metrics[after] - r.metrics[before]) * 100 * sign[task]
                 for r in rs
                 if isinstance(r.metrics.get(after), (int, float)) and isinstance(r.metrics.get(before), (int, float))
             ]
@@ -263,11 +270,13 @@ def la_gain_heatmap(runs: Sequence, out_dir: str | Path, stem: str = "la_gain_pe
     tasks = list(dict.fromkeys(t for t, _ in columns))
     spans = [[j for j, (t, _) in enumerate(columns) if t == task] for task in tasks]
     top = ax.secondary_xaxis("top")
-    top.set_xticks([(span[0] + span[-1]) / 2 for span in spans], tasks, fontsize=9, fontweight="bold")
+    names = [f"{t} (bits per byte x 100, lower is better: gain = P1 - P2)" if sign[t] < 0 else t for t in tasks]
+    top.set_xticks([(span[0] + span[-1]) / 2 for span in spans], names, fontsize=9, fontweight="bold")
     top.tick_params(length=0)
     for span in spans[1:]:
         ax.axvline(span[0] - 0.5, color="black", lw=1.2)
-    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="LA gain, Phase 2 − Phase 1 (points)")
+    label = "LA gain (points), positive = better" if min(sign.values()) < 0 else "LA gain, Phase 2 − Phase 1 (points)"
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label=label)
     ax.set_title("Language-ability gain per language (mean over seeds)", pad=22)
     fig.tight_layout()
     return save_figure(fig, out_dir, stem, pd.DataFrame(rows))
