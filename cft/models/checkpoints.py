@@ -42,6 +42,8 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 def precision(dtype: str) -> str:
     """`dtype` (auto included) as the short name of what it resolves to on this machine: bf16, fp16 or fp32."""
+    import torch
+
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(resolve_dtype(dtype), "fp32")
 
 
