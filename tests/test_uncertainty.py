@@ -127,3 +127,26 @@ def test_tables_read_bits_per_byte_as_lower_is_better(tmp_path):
         gains = {row["cell"]: float(row["gain_mean"]) for row in csv.DictReader(f) if row["language"] == "es"}
     assert sorted(gains.values()) == pytest.approx([10.0, 40.0])
     assert "minimal Punkt fallback" in summary
+
+
+def test_study_times_counts_a_shared_phase1_training_once(tmp_path):
+    """examples/study_times.py (the README's study wall times): per finished cell its seconds, and a total that
+    counts the Phase-1 training two strategies share once; an unfinished cell is left out."""
+    import importlib.util
+
+    from test_analysis import write_run
+
+    from helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("study_times", REPO / "examples" / "study_times.py")
+    study_times = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study_times)
+    base = {"train/phase1/seconds": 100.0, "eval/phase2/mmlu/seconds": 30.0, "eval/phase2/seconds": 30.0}
+    write_run(tmp_path, "alpaca-multialpaca/tiny/full", 0, {**base, "train/phase2/seconds": 50.0}, sweep_id="t")
+    write_run(tmp_path, "alpaca-multialpaca/tiny/lora", 0, {**base, "train/phase2/seconds": 20.0, "train/phase2/resumed_from": 3}, sweep_id="t")
+    write_run(tmp_path, "alpaca-multialpaca/tiny/gr5", 0, {**base, "train/phase2/seconds": 99.0}, sweep_id="t", done=False)
+    table = study_times.times_table(str(tmp_path), "t").splitlines()
+    assert table[0] == "| cell | Phase 1 train | Phase 2 train | eval mmlu | Phase 2 eval |"
+    assert table[2] == "| alpaca-multialpaca/tiny/full/seed0 | 100 | 50 | 30 | 30 |"
+    assert table[3].startswith("| alpaca-multialpaca/tiny/lora/seed0 (Phase 2 resumed at step 3")
+    assert table[-1].startswith("2 finished cell(s); 230 s (0.06 h)")  # 100 + 50 + 30 + 20 + 30
