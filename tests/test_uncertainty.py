@@ -134,16 +134,21 @@ def test_study_times_counts_a_shared_phase1_training_once(tmp_path):
     counts the Phase-1 training two strategies share once; an unfinished cell is left out."""
     import importlib.util
 
-    from test_analysis import write_run
-
     from helpers import REPO
+    from test_analysis import write_run
 
     spec = importlib.util.spec_from_file_location("study_times", REPO / "examples" / "study_times.py")
     study_times = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study_times)
     base = {"train/phase1/seconds": 100.0, "eval/phase2/mmlu/seconds": 30.0, "eval/phase2/seconds": 30.0}
     write_run(tmp_path, "alpaca-multialpaca/tiny/full", 0, {**base, "train/phase2/seconds": 50.0}, sweep_id="t")
-    write_run(tmp_path, "alpaca-multialpaca/tiny/lora", 0, {**base, "train/phase2/seconds": 20.0, "train/phase2/resumed_from": 3}, sweep_id="t")
+    write_run(
+        tmp_path,
+        "alpaca-multialpaca/tiny/lora",
+        0,
+        {**base, "train/phase2/seconds": 20.0, "train/phase2/resumed_from": 3},
+        sweep_id="t",
+    )
     write_run(tmp_path, "alpaca-multialpaca/tiny/gr5", 0, {**base, "train/phase2/seconds": 99.0}, sweep_id="t", done=False)
     table = study_times.times_table(str(tmp_path), "t").splitlines()
     assert table[0] == "| cell | Phase 1 train | Phase 2 train | eval mmlu | Phase 2 eval |"
