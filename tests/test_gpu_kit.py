@@ -329,6 +329,12 @@ def dynamo(monkeypatch):
     torch._dynamo.reset()
 
 
+# Compiled and eager losses agree to rounding, not bit for bit: aot_eager's decompositions sum in another
+# order. The LoRA run once differed by 1.2e-4 relative at its third step on a quiet clone (it had passed at
+# 1e-4 on a loaded one); a step of training moves the loss by about 4e-3 relative, 8x this bound.
+COMPILED_REL = 5e-4
+
+
 def _losses(tiny_model_dir, model=None, **kw):
     """Per-step losses of a 3-step phase (log_every=1), and the trained model."""
     from cft.data.format import PadCollator
@@ -355,7 +361,7 @@ def test_compile_trains_like_eager_through_the_compiled_module(tiny_model_dir, d
     assert dynamo["frames"]["ok"] == 0
     compiled, trained = _losses(tiny_model_dir, compile=True)
     assert dynamo["frames"]["ok"] >= 1 and dynamo["stats"]["unique_graphs"] >= 1  # dynamo captured the forward
-    assert compiled == pytest.approx(eager, rel=1e-4) and len(compiled) == 3
+    assert compiled == pytest.approx(eager, rel=COMPILED_REL) and len(compiled) == 3
     assert trained._compiled_call_impl is None  # evaluation and generation after the phase run eager
     captured = dynamo["frames"]["ok"]
     trained(input_ids=torch.tensor([[5, 6, 7]]))
@@ -372,7 +378,7 @@ def test_compile_trains_a_lora_model(tiny_model_dir, dynamo):
     eager, _ = _losses(tiny_model_dir, model=lora)
     compiled, trained = _losses(tiny_model_dir, model=lora, compile=True)
     assert dynamo["frames"]["ok"] >= 1
-    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert compiled == pytest.approx(eager, rel=COMPILED_REL)
     assert all(k.startswith("base_model.") for k in trained.state_dict())  # no _orig_mod. in checkpoints
 
 
