@@ -28,12 +28,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) train.py
 
-# DeepSpeed's C++ ops for the CPU, compiled once into the folder the tests use (tests/conftest.py). On a fresh
-# checkout `make test` compiles them beside the suite, not before it (about 55 s of one core): a DeepSpeed test
-# that needs an op before it is built waits on torch's build lock in that folder (whichever process takes the
-# lock first builds, the others wait, then load the op), while the suite's other tests keep both cores busy.
-OPS := .cache/torch_extensions/.cft-built
-OPS_LOG := .cache/torch_extensions/build.log
+# DeepSpeed's C++ ops for the CPU, compiled once per machine into a per-user cache that every checkout and
+# DeepSpeed run on the CPU share (as torch's own default folder would be; TORCH_EXTENSIONS_DIR= to move it):
+# a fresh clone reuses them. When they are not built yet, `make test` compiles them beside the suite, not
+# before it (about 55 s of one core): a DeepSpeed test that needs an op before it is built waits on torch's
+# build lock in that folder (whichever process takes the lock first builds, the others wait, then load the
+# op), while the suite's other tests keep both cores busy. torch rebuilds an op whose sources or flags changed.
+TORCH_EXTENSIONS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cft/torch_extensions
+export TORCH_EXTENSIONS_DIR
+OPS := $(TORCH_EXTENSIONS_DIR)/.cft-built
+OPS_LOG := $(TORCH_EXTENSIONS_DIR)/build.log
 # $(call with_ops,COMMAND): COMMAND, with the ops built beside it when they are not yet; fails if either fails.
 with_ops = ops=; if [ ! -e $(OPS) ]; then mkdir -p $(dir $(OPS)); \
 	echo "DeepSpeed's CPU ops: compiling beside the tests (log: $(OPS_LOG))"; \
@@ -43,7 +47,7 @@ with_ops = ops=; if [ ! -e $(OPS) ]; then mkdir -p $(dir $(OPS)); \
 	exit $$status
 
 $(OPS): $(STAMP)
-	$(if $(HAS_GPU),,TORCH_EXTENSIONS_DIR=$(CURDIR)/.cache/torch_extensions DS_ACCELERATOR=cpu $(PY) -c \
+	$(if $(HAS_GPU),,DS_ACCELERATOR=cpu $(PY) -c \
 		"from deepspeed.ops.op_builder.cpu import CPUAdamBuilder, ShareMemCommBuilder; [b().load() for b in (ShareMemCommBuilder, CPUAdamBuilder)]")
 	mkdir -p $(dir $@) && touch $@
 

@@ -26,8 +26,12 @@ os.environ.update(
 os.environ.setdefault("HF_HOME", str(_TMP / "hf"))
 os.environ.setdefault("WANDB_DIR", str(_TMP / "wandb"))
 os.environ.setdefault("NLTK_DATA", str(_TMP / "nltk"))
-# DeepSpeed compiles C++ ops on first use; keep them between tests (and CI runs) in one place.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parent.parent / ".cache" / "torch_extensions"))
+# DeepSpeed compiles C++ ops on first use; keep them between test runs and checkouts in the per-user folder
+# that `make test` compiles them into (Makefile: TORCH_EXTENSIONS_DIR), so that a fresh clone reuses them.
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR",
+    str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cft" / "torch_extensions"),
+)
 # Under xdist there is one worker process per core: torch in each (and every run it starts) uses one
 # thread, as two threads per process on two busy cores spin-wait for each other (cft.training.threads).
 if os.environ.get("PYTEST_XDIST_WORKER"):

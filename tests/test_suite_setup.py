@@ -41,3 +41,27 @@ def test_the_longest_modules_named_for_the_hand_out_order_exist():
 
     modules = {p.stem for p in Path(__file__).parent.glob("test_*.py")}
     assert set(MODULE_SECONDS) <= modules, sorted(set(MODULE_SECONDS) - modules)
+
+
+@pytest.mark.parametrize("xdg", [None, "/x/cache"])
+def test_make_and_the_suite_share_one_per_user_ops_folder(tmp_path, xdg):
+    """DeepSpeed's CPU ops are compiled once per machine: `make test` builds them into the folder that a
+    direct pytest run (tests/conftest.py) loads them from, outside the checkout, so a fresh clone reuses them."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_EXTENSIONS_DIR", "XDG_CACHE_HOME", "MAKEFLAGS")}
+    env["HOME"] = str(tmp_path)
+    if xdg:
+        env["XDG_CACHE_HOME"] = xdg
+    plan = subprocess.run(["make", "-n", "test"], cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    probe = "import conftest, os; print(os.environ['TORCH_EXTENSIONS_DIR'])"
+    suite = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO / "tests", env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    want = f"{xdg or tmp_path / '.cache'}/cft/torch_extensions"
+    assert suite == want
+    assert f"[ ! -e {want}/.cft-built ]" in plan and str(REPO) not in suite
