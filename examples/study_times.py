@@ -4,7 +4,8 @@
     python examples/study_times.py smollm2_study --output-root /data/outputs
 
 Per finished cell: the Phase-1 training's seconds (`train/phase1/seconds`: a Phase-1 model is trained once
-and reused, so cells of one pair share it and count it once in the total), Phase 2's, and its
+and reused, so the cells that share it, by the `phase1_key` in their run_meta.json, count it once in the
+total), Phase 2's, and its
 evaluation's, per task (`eval/phase2/<task>/seconds`). A Phase-1 evaluation is a cached artifact whose
 time is not recorded in the cells; it costs about what a Phase-2 evaluation of the same suite costs.
 """
@@ -12,14 +13,26 @@ time is not recorded in the cells; it costs about what a Phase-2 evaluation of t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
-from cft.analysis.runs import collect_local
+from cft.analysis.runs import Run, collect_local
+from cft.run import layout
 
 
 def _seconds(metrics: dict, key: str) -> float | None:
     value = metrics.get(key)
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def _phase1_identity(run: Run) -> str:
+    """The Phase-1 model a cell used: its cache key as train.py recorded it; for a run folder from before
+    that record, its Phase-1 data, model, seed and variant (what a Phase-1 model depends on in a sweep)."""
+    meta = json.loads((run.path / layout.META).read_text()) if run.path and (run.path / layout.META).exists() else {}
+    if meta.get("phase1_key"):
+        return meta["phase1_key"]
+    cell = layout.parse_cell(run.name)
+    return f"{cell.phase1_data}/{cell.model}/{cell.seed}/{cell.variant}" if cell else run.name
 
 
 def times_table(output_root: str, sweep_id: str) -> str:
@@ -38,8 +51,7 @@ def times_table(output_root: str, sweep_id: str) -> str:
             *[_seconds(m, f"eval/phase2/{t}/seconds") for t in tasks],
             _seconds(m, "eval/phase2/seconds"),
         ]
-        pair, model, _strategy, seed = (r.name.split("/") + ["", "", "", ""])[:4]
-        phase1[(pair, model, seed)] = row[0] or 0.0  # one Phase-1 model per data pair, model and seed
+        phase1[_phase1_identity(r)] = row[0] or 0.0
         total += (row[1] or 0.0) + (row[-1] or 0.0)
         resumed = m.get("train/phase2/resumed_from")
         name = f"{r.name} (Phase 2 resumed at step {resumed}: its seconds are the resumed part's)" if resumed else r.name

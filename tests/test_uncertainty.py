@@ -4,6 +4,7 @@ checks them end to end: metrics.json, items.json, the run's summary and analyze.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -155,3 +156,28 @@ def test_study_times_counts_a_shared_phase1_training_once(tmp_path):
     assert table[2] == "| alpaca-multialpaca/tiny/full/seed0 | 100 | 50 | 30 | 30 |"
     assert table[3].startswith("| alpaca-multialpaca/tiny/lora/seed0 (Phase 2 resumed at step 3")
     assert table[-1].startswith("2 finished cell(s); 230 s (0.06 h)")  # 100 + 50 + 30 + 20 + 30
+
+
+def test_study_times_tells_phase1_models_apart_by_their_recorded_key(tmp_path):
+    """Cells share a Phase-1 training when their run_meta.json records the same phase1_key (Phase-2 data
+    does not matter); two keys are two trainings, counted twice."""
+    import importlib.util
+
+    from helpers import REPO
+    from test_analysis import write_run
+
+    from cft.run import layout
+
+    spec = importlib.util.spec_from_file_location("study_times", REPO / "examples" / "study_times.py")
+    study_times = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study_times)
+    base = {"train/phase1/seconds": 100.0, "train/phase2/seconds": 10.0, "eval/phase2/seconds": 0.0}
+    for cell, key in (
+        ("alpaca-multialpaca/tiny/full", "k1"),
+        ("alpaca-orca/tiny/full", "k1"),
+        ("alpaca-multialpaca/tiny/lora", "k2"),
+    ):
+        run = write_run(tmp_path, cell, 0, base, sweep_id="t")
+        meta = json.loads((run / layout.META).read_text())
+        (run / layout.META).write_text(json.dumps({**meta, "phase1_key": key}))
+    assert study_times.times_table(str(tmp_path), "t").splitlines()[-1].startswith("3 finished cell(s); 230 s")
