@@ -19,14 +19,28 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-# Real data lives next to the repo (never copied into it); bench/ and tests/ may read it.
-SHARED_DATA = REPO.parent / "shared" / "data"
-ALPACA = SHARED_DATA / "alpaca" / "alpaca_5000.json"
+
+
+def find_data_dir(env: Mapping[str, str] = os.environ, repo: Path = REPO) -> tuple[Path, list[Path]]:
+    """(the real data folder, the places looked at in order): CFT_DATA when set (relative to the working
+    directory), else the project's git-ignored data/ when it exists, else ../shared/data next to the
+    project (where this project's CI machines keep it). The one place bench/ and tests/ resolve it
+    (tests/conftest.py exports it as CFT_DATA, which the configs' paths.data_dir reads)."""
+    if env.get("CFT_DATA"):
+        where = Path(os.path.abspath(os.path.expanduser(env["CFT_DATA"])))
+        return where, [where]
+    looked = [repo / "data", repo.parent / "shared" / "data"]
+    return next((p for p in looked if p.is_dir()), looked[-1]), looked
+
+
+# The real data (README, "Real data"): read, never copied into the repository.
+DATA_DIR, DATA_LOOKED = find_data_dir()
+ALPACA = DATA_DIR / "alpaca" / "alpaca_5000.json"
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -224,7 +238,7 @@ def synthetic_alpaca(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 
 def instruction_examples(n: int, *, seed: int = 0, source: str = "auto"):
-    """(examples, source name): the first n records of the Alpaca subset in ../shared/data when
+    """(examples, source name): the first n records of the Alpaca subset in DATA_DIR when
     present (or `source=alpaca` demands it), otherwise synthetic records with its length spread."""
     from cft.data.records import Example
 

@@ -142,7 +142,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--suite", default="quick", help="eval suite timed in part 1 (conf/eval/<suite>.yaml)")
-    p.add_argument("--data-dir", default=str(common.SHARED_DATA), help="eval.data_dir for part 1")
+    p.add_argument("--data-dir", default=str(common.DATA_DIR), help="eval.data_dir for part 1 (default: the real data)")
     p.add_argument("--shape", default="demo")
     p.add_argument("--skip-suite", action="store_true", help="only part 2")
     p.add_argument("--rounds", type=int, default=2, help="repetitions of both parts (median and spread)")

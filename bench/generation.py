@@ -11,7 +11,7 @@ cache with prompt widths rounded to 64, and (on CUDA only: it compiles there onl
 transformers' compiled decoding step; `ratio_vs_one_at_a_time` gives each one's ratio. --out writes the JSON
 after every method too, so a run stopped at its time limit still leaves what it measured.
 
-The prompts are Alpaca instructions (../shared/data when present, else synthetic ones with its
+The prompts are Alpaca instructions (the real data, common.DATA_DIR, when present, else synthetic ones with its
 length spread) rendered with the chat template, as generative replay renders the English
 counterpart prompts. The model is randomly initialised, so each
 completion is made exactly --max-new-tokens long (EOS suppressed), a fixed workload for both.

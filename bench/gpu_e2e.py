@@ -15,8 +15,8 @@
     python bench/gpu_e2e.py --cpu-smoke --data-dir DIR --out OUT           # the same scripts, tiny shape, CPU
 
 `--data-dir` holds the subsets `subset_data` writes (bench/gpu_prepare.sh makes bench/gpu_data from
-../shared/data): alpaca/alpaca_5000.json, multialpaca/{es,ja}.jsonl and the benchmarks in the shared
-folder's layout. The CPU smoke trains in fp32 (the CPU has no bf16 autocast worth timing); its ZeRO-3
+the real data, common.DATA_DIR): alpaca/alpaca_5000.json, multialpaca/{es,ja}.jsonl and the benchmarks in
+the data folder's layout. The CPU smoke trains in fp32 (the CPU has no bf16 autocast worth timing); its ZeRO-3
 cell runs DeepSpeed's CPU accelerator. Everything else is the GPU run's code path.
 """
 
@@ -70,7 +70,7 @@ SIZES = {
 
 
 def subset_data(src: Path, dst: Path, *, phase1: int = 640, phase2_per_language: int = 240, eval_items: int = 32) -> Path:
-    """Small copies of the real files the sweep reads, in ../shared/data's layout (what travels)."""
+    """Small copies of the real files the sweep reads, in the real data folder's layout (what travels)."""
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "alpaca").mkdir(exist_ok=True)
     records = json.loads((src / "alpaca" / "alpaca_5000.json").read_text(encoding="utf-8"))[:phase1]

@@ -3,7 +3,7 @@
 # (the pipeline within 6 minutes on one H100/H200: the e2e sweep gets up to $E2E_BUDGET s, replay generation's
 # levers $GEN_BUDGET s, the step benchmark's levers, compile and Liger among them, the rest of $TOTAL = 500 s).
 #
-# Here, once (PyPI and ../shared/data reachable):   bash bench/gpu_prepare.sh
+# Here, once (PyPI and the real data reachable):   bash bench/gpu_prepare.sh
 #     -> bench/gpu_wheels/ (what the GPU image lacks) and bench/gpu_data/ (data subsets), checked <= 64 MiB.
 # On the device machine (the device tool's run, which copies the working tree):
 #     run(command="bash bench/gpu_e2e.sh", carry=["bench/gpu_wheels", "bench/gpu_data"], timeout_s=570)

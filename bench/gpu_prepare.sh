@@ -4,14 +4,14 @@
 #   bench/gpu_wheels/  a wheel of every distribution in bench/gpu_requirements.txt (what the GPU image lacks,
 #                      pinned to this venv's versions: hydra-core, omegaconf, lm-eval and its needs, datasets,
 #                      wandb, deepspeed, pydantic, liger-kernel, ...), Python 3.12 manylinux or pure-Python;
-#   bench/gpu_data/    small subsets of ../shared/data (Alpaca, MultiAlpaca es+ja, MMLU, HellaSwag, IFEval, XQuAD).
+#   bench/gpu_data/    small subsets of the real data (Alpaca, MultiAlpaca es+ja, MMLU, HellaSwag, IFEval, XQuAD), read
+#                      from CFT_DATA, else data/, else ../shared/data (bench/common.py's DATA_DIR).
 # Then it fails unless project + wheels + data fit the 64 MiB one device call carries.
 #   bash bench/gpu_prepare.sh            # about a minute; rerun after a dependency changes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 W=bench/gpu_wheels
-SHARED=${CFT_SHARED_DATA:-../shared/data}
 rm -rf "$W" && mkdir -p "$W"
 PLATFORMS=(--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64
            --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux1_x86_64)
@@ -34,6 +34,7 @@ assert set(have) == pins, f"missing {sorted(pins - set(have))}, extra {sorted(se
 print(f"{len(have)} wheels, one per pin")
 PY
 rm -rf bench/gpu_data
-PYTHONPATH=$PWD "$PY" -c "import sys; sys.path.insert(0, 'bench'); import gpu_e2e; from pathlib import Path; gpu_e2e.subset_data(Path('$SHARED'), Path('bench/gpu_data'))"
-cp "$SHARED/SOURCES.md" bench/gpu_data/SOURCES.md   # where the subsets come from, and their licenses
+DATA=$(PYTHONPATH=$PWD "$PY" -c "import sys; sys.path.insert(0, 'bench'); import common; print(common.DATA_DIR)")
+PYTHONPATH=$PWD "$PY" -c "import sys; sys.path.insert(0, 'bench'); import gpu_e2e; from pathlib import Path; gpu_e2e.subset_data(Path('$DATA'), Path('bench/gpu_data'))"
+cp "$DATA/SOURCES.md" bench/gpu_data/SOURCES.md   # where the subsets come from, and their licenses
 PYTHONPATH=$PWD "$PY" bench/gpu_bundle.py size

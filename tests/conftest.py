@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The real data (README, "Real data"): CFT_DATA, else the project's data/, else ../shared/data, resolved in
+# one place (bench/common.py, cheap to import) and exported, absolute, as CFT_DATA before any test runs:
+# the configs' paths.data_dir reads it, in compose() here and in the train.py runs the tests start.
+sys.path.append(str(REPO / "bench"))  # appended: bench/'s script names never shadow an installed module
+from common import DATA_DIR, DATA_LOOKED  # noqa: E402
+
+os.environ["CFT_DATA"] = str(DATA_DIR)  # a relative CFT_DATA made absolute (runs start in other folders)
 
 TINY_ARCH = {
     "hidden_size": 32,
@@ -51,7 +58,7 @@ TINY_ARCH = {
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "integration: uses the real data in ../shared/data (skipped when absent)")
+    config.addinivalue_line("markers", "integration: uses the real data in CFT_DATA (skipped when absent)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
@@ -85,9 +92,10 @@ def pytest_collection_modifyitems(config, items):
     # other work to balance them.
     slow = {item.module.__name__ for item in items if "slow" in item.keywords}
     items.sort(key=lambda item: (-MODULE_SECONDS.get(item.module.__name__, 0), item.module.__name__ not in slow))
-    if SHARED_DATA.exists():
+    if DATA_DIR.is_dir():
         return
-    skip = pytest.mark.skip(reason=f"real data not found at {SHARED_DATA}")
+    looked = " or ".join(str(p) for p in DATA_LOOKED)
+    skip = pytest.mark.skip(reason=f"real data not found (looked at {looked}): set CFT_DATA=<the data folder>")
     for item in items:
         if "integration" in item.keywords:
             item.add_marker(skip)
@@ -95,7 +103,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def shared_data() -> Path:
-    return SHARED_DATA
+    """The real data folder (CFT_DATA; integration tests only: skipped where it is absent)."""
+    return DATA_DIR
 
 
 @pytest.fixture

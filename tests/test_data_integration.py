@@ -1,4 +1,4 @@
-"""The paper's datasets from the real files in ../shared/data (skipped when absent): each read
+"""The paper's datasets from the real files in CFT_DATA (tests/conftest.py; skipped when absent): each read
 through its dataset config with `path=`, then two training steps of the tiny model."""
 
 from __future__ import annotations

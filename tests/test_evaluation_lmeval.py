@@ -1,7 +1,7 @@
 """The lm-eval path on the tiny model: benchmarks (cft/evaluation/benchmarks/) on local files the
 tests write (MMLU = multiple choice, XQuAD = generative), the same scores as lm-eval's own CLI,
 AlpacaEval without a judge, the suites, bad input rejected before any model work; and integration
-runs on ../shared/data."""
+runs on the real data (CFT_DATA: tests/conftest.py)."""
 
 from __future__ import annotations
 

@@ -614,8 +614,8 @@ def test_bundle_size_check_fails_over_the_limit(monkeypatch, tmp_path):
 
 
 def _kit_data(root):
-    """What bench/gpu_prepare.sh makes from ../shared/data, written by the test: Alpaca-like records,
-    MultiAlpaca es/ja, and a tiny copy of every benchmark in the shared layout."""
+    """What bench/gpu_prepare.sh makes from the real data (CFT_DATA), written by the test: Alpaca-like records,
+    MultiAlpaca es/ja, and a tiny copy of every benchmark in the data folder's layout."""
     import json
 
     from helpers import write_jsonl

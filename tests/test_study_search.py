@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import REPO, compose
@@ -34,10 +35,10 @@ def test_the_smollm2_study_composes_every_cell_with_the_issues_item_counts(tmp_p
 
     # check=true composes and preflights every cell without loading a model. The GGUF file is absent here
     # (as on CI; with it, the preflight reads it for a minute): that must be every cell's only reason, with
-    # the real data's absence where ../shared/data is missing too. With both, the check passes (README).
-    data = REPO.parent / "shared" / "data"
+    # the real data's absence where CFT_DATA (tests/conftest.py) is missing too. With both, the check
+    # passes (README).
+    data = Path(os.environ["CFT_DATA"])
     env = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path / "outputs"), "CFT_GGUF_DIR": str(tmp_path / "gguf")}
-    env["CFT_DATA"] = str(data)
     env.pop("CFT_SWEEP_ID", None)
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "-m", "experiment=smollm2_study", "check=true"],
@@ -89,6 +90,50 @@ def test_the_smollm2_study_composes_every_cell_with_the_issues_item_counts(tmp_p
         assert c["phase2_data"]["languages"] == ["es", "ja", "pt"] and c["model"]["gguf_file"].endswith(".gguf")
         assert c["strategy"]["lr"] == 2e-4 and train["lr"] == 1e-4  # LoRA's own Phase-2 rate
         assert c["similarity"]["des"] and c["embedder"]["_target_"].endswith("USEMultilingualEmbedder")
+
+
+REAL_FILES = {"alpaca5k": "alpaca/alpaca_5000.json", "orca_sample": "openorca/orca_dpo_pairs_validation.jsonl"}
+
+
+@pytest.mark.parametrize("group", sorted(REAL_FILES))
+def test_the_real_data_paths_resolve_under_paths_data_dir(monkeypatch, tmp_path, group):
+    """paths.data_dir owns the real data folder: with CFT_DATA unset, a local dataset resolves under the
+    project's relative data/ (as output_root under outputs/); with it set, under it, and so do every path
+    of experiment=smollm2_study and translate.py's source; paths.data_dir= on the command line wins."""
+    file = REAL_FILES[group]
+    monkeypatch.delenv("CFT_DATA", raising=False)  # tests/conftest.py exports it for the other tests
+    c = OmegaConf.to_container(compose([f"phase1_data={group}"]), resolve=True)
+    assert c["paths"]["data_dir"] == "data" and c["phase1_data"]["path"] == f"data/{file}"
+    c = OmegaConf.to_container(compose([f"phase1_data@source={group}"], "translate"), resolve=True)
+    assert c["source"]["path"] == f"data/{file}"
+
+    folder = tmp_path / "real"
+    monkeypatch.setenv("CFT_DATA", str(folder))
+    c = OmegaConf.to_container(compose(["experiment=smollm2_study", f"phase1_data={group}"]), resolve=True)
+    assert c["paths"]["data_dir"] == str(folder) and c["phase1_data"]["path"] == f"{folder}/{file}"
+    assert c["phase2_data"]["path"] == f"{folder}/multialpaca" and c["eval"]["data_dir"] == str(folder)
+    assert c["phase2_data"]["counterpart"]["path"] == f"{folder}/alpaca/alpaca_5000.json"
+    c = OmegaConf.to_container(compose([f"phase1_data={group}", "paths.data_dir=/elsewhere"]), resolve=True)
+    assert c["phase1_data"]["path"] == f"/elsewhere/{file}"
+
+
+def test_a_missing_real_data_file_is_named_at_its_resolved_path(tmp_path):
+    """CFT_DATA names a folder without the study's files: check=true stops with one line per cause, which
+    names the file where paths.data_dir put it (not the ${paths.data_dir} it is written as)."""
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    env = {**os.environ, "CFT_OUTPUT_ROOT": str(tmp_path / "outputs"), "CFT_GGUF_DIR": str(tmp_path / "gguf")}
+    env["CFT_DATA"] = str(empty)
+    env.pop("CFT_SWEEP_ID", None)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", "experiment=smollm2_study", "phase1_data=alpaca5k",
+         "strategy=full", "check=true"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    reasons = [line for line in proc.stderr.splitlines() if line.startswith("cft: error: preflight: ")]
+    assert proc.returncode == 2 and "1 of 1 cell(s) cannot run" in proc.stderr, proc.stderr[-2000:]
+    assert any(f"{empty}/alpaca/alpaca_5000.json: data file not found" in r for r in reasons), reasons
+    assert not any("${" in r for r in reasons) and not (tmp_path / "outputs").exists()
 
 
 def test_the_coarse_search_levels_are_sweeps_of_cofitunes_candidates(tmp_path):

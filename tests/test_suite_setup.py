@@ -65,3 +65,25 @@ def test_make_and_the_suite_share_one_per_user_ops_folder(tmp_path, xdg):
     want = f"{xdg or tmp_path / '.cache'}/cft/torch_extensions"
     assert suite == want
     assert f"[ ! -e {want}/.cft-built ]" in plan and str(REPO) not in suite
+
+
+def test_the_real_data_is_found_in_one_place(tmp_path, monkeypatch):
+    """CFT_DATA when set (relative: to the working directory), else the project's data/ when it exists,
+    else ../shared/data next to the project (bench/common.py's find_data_dir); tests/conftest.py exports
+    the folder found, absolute, as CFT_DATA before any test runs."""
+    import os
+
+    from common import DATA_DIR, find_data_dir
+
+    repo, shared = tmp_path / "cft", tmp_path / "shared" / "data"
+    repo.mkdir()
+    assert find_data_dir({}, repo) == (shared, [repo / "data", shared])  # neither: the fallback, both named
+    shared.mkdir(parents=True)
+    assert find_data_dir({}, repo)[0] == shared
+    (repo / "data").mkdir()
+    assert find_data_dir({}, repo)[0] == repo / "data"  # the project's own folder first
+    assert find_data_dir({"CFT_DATA": str(tmp_path / "x")}, repo) == (tmp_path / "x", [tmp_path / "x"])
+    monkeypatch.chdir(tmp_path)
+    assert find_data_dir({"CFT_DATA": "rel"}, repo)[0] == Path.cwd() / "rel"
+    assert find_data_dir({"CFT_DATA": ""}, repo)[0] == repo / "data"  # empty: unset
+    assert DATA_DIR.is_absolute() and os.environ["CFT_DATA"] == str(DATA_DIR)
