@@ -141,7 +141,7 @@ def main() -> None:
     p.add_argument(
         "--smoke",
         action="store_true",
-        help="smallest setting: tiny shape, 4 steps, 1 round, no added load, no passive variants, one child per thread count",
+        help="smallest setting: tiny shape, 2 steps, 1 round, no added load, no passive variants, one child per thread count",
     )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shape", default="demo")
@@ -163,7 +163,7 @@ def main() -> None:
         return
     common.claim_stdout()
     if args.smoke:
-        args.shape, args.steps, args.rounds, args.loads, args.new_tokens = "tiny", 4, 1, "0", 4
+        args.shape, args.steps, args.rounds, args.loads, args.new_tokens = "tiny", 2, 1, "0", 4
         args.passive = False  # the passive variants differ only by an environment variable
     counts = [int(x) for x in args.threads_list.split(",") if x]
     loads = [int(x) for x in args.loads.split(",") if x]
