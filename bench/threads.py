@@ -3,7 +3,7 @@
 it is and with busy-loop processes started beside it.
 
     python bench/threads.py                  # 1 vs 2 threads (and 2 with OMP_WAIT_POLICY=passive), 0 and 2 busy loops
-    python bench/threads.py --smoke          # seconds
+    python bench/threads.py --smoke          # seconds (one child per thread count measures both workloads)
 
 Each measurement is a fresh child process (threads are fixed when OpenMP starts) that trains the
 demo model (conf/model/demo.yaml) on the demo's Phase-2 data through cft.training.loop.fit with
@@ -31,12 +31,18 @@ BUSY_LOOP = "while True: pass"
 
 
 def child(args) -> None:
-    """One measurement of --workload, printed as JSON: `train` (the median time of a training step after
-    the first) or `generate` (the time of one decoding step of a batch, as evaluation and GR decode)."""
+    """One measurement of each of --workload's workloads (comma-separated), each printed as one line of
+    JSON: `train` (the median time of a training step after the first) or `generate` (the time of one
+    decoding step of a batch, as evaluation and GR decode)."""
+    for workload in args.workload.split(","):
+        _child(workload, args)
+
+
+def _child(workload: str, args) -> None:
     import torch
 
-    if args.workload == "generate":
-        print(json.dumps({"threads": torch.get_num_threads(), "step_seconds": _generate_step(args)}))
+    if workload == "generate":
+        print(json.dumps({"threads": torch.get_num_threads(), "step_seconds": _generate_step(args)}), flush=True)
         return
 
     from cft.data.sources import load_config
@@ -54,7 +60,7 @@ def child(args) -> None:
     fit(model, tokenizer, data.examples, settings=settings, max_length=128, log_fn=lambda _: clock.append(time.perf_counter()))
     steps = [b - a for a, b in zip(clock[1:], clock[2:])]  # the first step (allocations, warm-up) left out
     out = {"threads": torch.get_num_threads(), "step_seconds": common.median(steps), "steps": len(steps)}
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
 
 
 def _generate_step(args) -> float:
@@ -95,7 +101,10 @@ def stop_load(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def measure(variant: dict, args) -> dict:
+def measure(group: list[dict], args) -> list[dict]:
+    """The measurements of `group`'s variants (the same threads and environment, one of each workload)
+    in one fresh child process, in order."""
+    variant = group[0]
     env = {
         **os.environ,
         **common.OFFLINE_ENV,
@@ -105,17 +114,34 @@ def measure(variant: dict, args) -> dict:
     env.pop("OMP_WAIT_POLICY", None)
     env.update(variant.get("env", {}))
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--steps", str(args.steps), "--shape", args.shape]
-    cmd += ["--workload", variant["workload"], "--new-tokens", str(args.new_tokens)]
+    cmd += ["--workload", ",".join(v["workload"] for v in group), "--new-tokens", str(args.new_tokens)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"threads"')]
+    if len(results) != len(group):
+        raise RuntimeError(f"child printed {len(results)} measurements for {len(group)} workloads:\n{proc.stdout[-3000:]}")
+    return results
+
+
+def groups(order: list[dict], smoke: bool) -> list[list[dict]]:
+    """The child processes of a round: one per variant (a fresh process for every measurement), or with
+    --smoke one per thread setting, which measures each workload in turn: its figures are no figures, and
+    each child costs seconds of imports."""
+    if not smoke:
+        return [[v] for v in order]
+    by_setting: dict[tuple, list[dict]] = {}
+    for v in order:
+        by_setting.setdefault((v["threads"], tuple(sorted(v.get("env", {}).items()))), []).append(v)
+    return list(by_setting.values())
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--smoke", action="store_true", help="smallest setting: tiny shape, 4 steps, 1 round, no added load, no passive variants"
+        "--smoke",
+        action="store_true",
+        help="smallest setting: tiny shape, 2 steps, 1 round, no added load, no passive variants, one child per thread count",
     )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shape", default="demo")
@@ -137,7 +163,7 @@ def main() -> None:
         return
     common.claim_stdout()
     if args.smoke:
-        args.shape, args.steps, args.rounds, args.loads, args.new_tokens = "tiny", 4, 1, "0", 4
+        args.shape, args.steps, args.rounds, args.loads, args.new_tokens = "tiny", 2, 1, "0", 4
         args.passive = False  # the passive variants differ only by an environment variable
     counts = [int(x) for x in args.threads_list.split(",") if x]
     loads = [int(x) for x in args.loads.split(",") if x]
@@ -158,11 +184,11 @@ def main() -> None:
             try:
                 time.sleep(1.0 if load else 0.0)
                 order = variants[r % len(variants) :] + variants[: r % len(variants)]
-                for v in order:
-                    res = measure(v, args)
-                    runs[str(load)][v["name"]].append(res["step_seconds"])
-                    load_seen[str(load)].append(os.getloadavg()[0])
-                    log.info("round %d, %d busy loops, %s: %.1f ms/step", r, load, v["name"], 1000 * res["step_seconds"])
+                for group in groups(order, args.smoke):
+                    for v, res in zip(group, measure(group, args)):
+                        runs[str(load)][v["name"]].append(res["step_seconds"])
+                        load_seen[str(load)].append(os.getloadavg()[0])
+                        log.info("round %d, %d busy loops, %s: %.1f ms/step", r, load, v["name"], 1000 * res["step_seconds"])
             finally:
                 stop_load(procs)
     by_load = {}
