@@ -32,6 +32,24 @@ def _strip_local_rank() -> None:
             sys.argv.remove(arg)
 
 
+def _freeze_imports() -> None:
+    """Import what every cell uses (the recipe with torch, transformers' model code, accelerate) and take the
+    objects the imports made out of the cyclic garbage collector's sight (gc.freeze): they live as long as the
+    process, yet every full collection walked them again, and accelerate's free_memory and cft's model release
+    collect after each phase (0.5 s each on 2 CPU cores, 0.1 s once frozen). Objects made later, models among
+    them, are collected as before."""
+    import gc
+
+    import accelerate  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
+
+    import cft.recipes.train  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+
+
 if __name__ == "__main__":
     _strip_local_rank()
+    _freeze_imports()
     main()

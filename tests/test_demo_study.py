@@ -116,8 +116,9 @@ def test_pretrained_base_is_a_cached_artifact(tmp_path, tiny_arch):
 @pytest.fixture(scope="module")
 def ci_study(tmp_path_factory, demo_cache):
     """The reduced study as CI runs it (experiment=demo_study_ci), then analyze.py on it: phase 0,
-    one Phase-1 model, full fine-tuning on both Phase-2 datasets (about 2 CPU-minutes). Phase 0 and
-    Phase 1 are those of the demo's defaults, so they go to (or come from) this test run's demo cache."""
+    one Phase-1 model, full fine-tuning on both Phase-2 datasets, MPD off (about 20 CPU-seconds once
+    phase 0 and Phase 1 are built). Phase 0 and Phase 1 are those of the demo's defaults, so they go to
+    (or come from) this test run's demo cache."""
     root = tmp_path_factory.mktemp("demo_study")
     args = ["-m", "experiment=demo_study_ci", "tracking.mode=disabled", f"paths.cache_dir={demo_cache}"]
     train = run_script("train.py", args, root)

@@ -18,6 +18,9 @@ Context length: a generation length that leaves less than `prompt_room(context)`
 model's context for the prompt is clipped to what leaves that room, with a warning naming the task
 and both numbers (lm-eval would otherwise stop with an AssertionError once the generation length
 reaches the context, and cut prompts to almost nothing just below it).
+
+lm-eval's environment report in its results (torch's collect_env, versions, git hashes) is computed once
+per process (`cache_env_info`), not once per benchmark run as lm-eval itself does.
 """
 
 from __future__ import annotations
@@ -256,6 +259,30 @@ def make_lm(
             batch_size = 16  # lm-eval's batch-size search is for GPUs
     cls = ranked_hflm() if data_parallel(sharded) else cft_hflm()
     return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=str(model.device))
+
+
+@functools.cache
+def _env_info() -> dict[str, Any]:
+    """lm-eval's environment report (torch's collect_env, lm-eval's and transformers' versions, git hashes),
+    computed once per process: lm-eval's own add_env_info recomputes it on every simple_evaluate call, each
+    time starting `python -m pip list` and other commands, about a second of CPU per benchmark run, though
+    nothing it reports changes within a process."""
+    from lm_eval.loggers.utils import add_env_info
+
+    storage: dict[str, Any] = {}
+    add_env_info(storage)
+    return storage
+
+
+def _add_env_info(storage: dict[str, Any]) -> None:
+    storage.update(_env_info())
+
+
+def cache_env_info() -> None:
+    """Make lm-eval's simple_evaluate take its environment report from `_env_info` (the same keys and values)."""
+    import lm_eval.evaluator
+
+    lm_eval.evaluator.add_env_info = _add_env_info
 
 
 class Session:

@@ -214,6 +214,7 @@ class LMEvalTask:
         template = harness.chat_template(self.apply_chat_template, tokenizer, self.name)
         chat = template is not None
         hooks.ensure_punkt()  # before lm-eval imports its IFEval module, which would try a download
+        harness.cache_env_info()
         hooks.PUNKT_USED.clear()
         lm_kwargs = {
             "batch_size": self.batch_size,
