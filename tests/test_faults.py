@@ -698,15 +698,17 @@ def test_full_tmpfs_writing_checkpoints_is_a_warning_and_nothing_is_lost(root, p
 
 def test_run_folder_turning_read_only_in_phase2(root, prepared, tmp_path):
     """A read-only bind mount laid on the run folder while Phase 2 trains: one line, exit 1, the weights
-    and FAILED in the rescue place, no lock error in cleanup; the rerun does not train Phase 2 again."""
+    and FAILED in the rescue place, no lock error in cleanup; the rerun does not train Phase 2 again.
+    Phase 2 is held at its first backward pass while the mount is laid (sitecustomize's CFT_FAULT_PAUSE_AT):
+    the mount lands mid-training on every machine, without the long training a timed mount needed."""
     if os.geteuid() != 0:
         pytest.skip("a read-only bind mount needs root (CAP_SYS_ADMIN)")
-    args = ["sweep_id=s", "train.phase2.max_steps=120"]
-    flags = [*ARGS, *args]
+    resume = tmp_path / "resume"
     env = {**os.environ, "CFT_OUTPUT_ROOT": str(root), "PYTHONUNBUFFERED": "1", "TMPDIR": str(_tmp(root))}
+    env.update(fault_env(), CFT_FAULT_PAUSE_AT="1", CFT_FAULT_RESUME=str(resume))  # Phase 1 is cached: no backward
     env.pop("CFT_SWEEP_ID", None)
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *flags],
+        [sys.executable, str(REPO / "train.py"), *ARGS, "sweep_id=s"],
         cwd=root,
         env=env,
         stdout=subprocess.PIPE,
@@ -714,27 +716,34 @@ def test_run_folder_turning_read_only_in_phase2(root, prepared, tmp_path):
         text=True,
     )
     out, mounted = [], None
-    for line in proc.stdout:
-        out.append(line)
-        if "phase2: padding" in line and mounted is None:
-            (meta,) = root.joinpath("s").rglob("run_meta.json")
-            mounted = meta.parent
-            if not (_mount("--bind", str(mounted), str(mounted)) and _mount("-o", "remount,ro,bind", str(mounted))):
-                proc.kill()
-                pytest.skip("cannot remount read-only here")
-    proc.wait(timeout=600)
-    _umount(mounted)
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if "cft-fault: paused" in line and mounted is None:
+                assert any("phase2: padding" in seen for seen in out)  # held in Phase 2's training
+                (meta,) = root.joinpath("s").rglob("run_meta.json")
+                mounted = meta.parent
+                if not (_mount("--bind", str(mounted), str(mounted)) and _mount("-o", "remount,ro,bind", str(mounted))):
+                    proc.kill()
+                    pytest.skip("cannot remount read-only here")
+                resume.touch()
+        proc.wait(timeout=600)
+    finally:
+        resume.touch()  # never leave the run held
+        if mounted is not None:
+            _umount(mounted)
     text = "".join(out)
+    assert mounted is not None, text[-3000:]
     lines = [line for line in text.splitlines() if line.startswith("cft: error:")]
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in text, text[-3000:]
     assert "Read-only file system" in lines[0] and "run.lock" not in text
     rescued = Path(lines[0].split("train/phase2/* figures are kept in ")[1].split(";")[0])
     assert layout.read_failure(rescued)["phase"] == "phase2" and not (mounted / "FAILED").exists()
-    again = train(root, *args)
+    again = train(root, "sweep_id=s")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert log_lines(again, f"loading it from {rescued}") and not log_lines(again, "phase2: 120 steps")
+    assert log_lines(again, f"loading it from {rescued}") and not log_lines(again, "phase2: 3 steps")
     metrics = json.loads((mounted / "metrics.json").read_text())
-    assert metrics["train/phase2/steps"] == 120 and "train/phase2/final_loss" in metrics
+    assert metrics["train/phase2/steps"] == 3 and "train/phase2/final_loss" in metrics
 
 
 @pytest.mark.parametrize("raised", ["safetensors", pytest.param("oserror", marks=pytest.mark.slow)])
