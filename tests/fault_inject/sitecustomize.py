@@ -1,4 +1,4 @@
-"""A patched low-level writer for tests/test_faults.py: a full or read-only disk on chosen paths.
+"""A patched low-level writer for tests/test_faults*.py: a full or read-only disk on chosen paths.
 
 Put this folder on PYTHONPATH of a subprocess and set CFT_FAULT_PATHS (fnmatch patterns of absolute
 paths, separated by os.pathsep) and CFT_FAULT_ERRNO (ENOSPC, the default, EROFS or EACCES). Every write
