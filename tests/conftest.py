@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+# The fault-injection modules' shared fixtures (prepared, root): a plugin, so that pytest rewrites its asserts.
+pytest_plugins = ["faults_common"]
+
 # Before any import of transformers/wandb: nothing may reach a hub, and nothing is written to ~.
 _TMP = Path(tempfile.mkdtemp(prefix="cft-tests-"))
 os.environ.update(

@@ -3,9 +3,11 @@ settings of helpers.SMALL), with real files and processes. Each test asserts the
 status, and that nothing finished is lost (a rerun does not retrain what was kept; finished cells keep
 DONE and metrics).
 
-A full or read-only disk is planted beneath cft by tests/fault_inject/sitecustomize.py (a patched
-low-level writer: tests run as root, where chmod does not stop writes); a read-only output root is
-also tried as a real read-only mount where this machine allows mounting.
+This module: damaged artifacts (library level, end to end, over two ranks), paths that would leave their
+root, a second process on a cell, unreadable or missing checkpoints, inputs that would train on the wrong
+data, Hydra's errors, the preflight, and the evaluation key. Disks that refuse writes: test_faults_disk.py;
+faults in sweeps: test_faults_sweep.py (three modules, so that xdist's workers share them); what they
+share: faults_common.py.
 """
 
 from __future__ import annotations
@@ -14,96 +16,26 @@ import json
 import logging
 import os
 import shutil
-import signal
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from faults_common import (
+    ARGS,
+    REPO,
+    _hold,
+    _release,
+    _safetensors_bytes,
+    artifact,
+    damage,
+    log_lines,
+    one_error,
+    train,
+)
 from helpers import SMALL, compose, run_folders, run_script, write_jsonl
 
 from cft.run import artifacts, layout
-
-REPO = Path(__file__).resolve().parent.parent
-INJECT = Path(__file__).resolve().parent / "fault_inject"
-ARGS = [*SMALL, "tracking=none"]
-
-
-# ---------------------------------------------------------------- shared set-up
-
-
-@pytest.fixture(scope="session")
-def prepared(build_once) -> Path:
-    """One finished demo run and its cache (base, Phase-1 model, its evaluation, embeddings), built once
-    per test run and shared by the xdist workers (read-only: the tests copy what they change)."""
-    return build_once("faults-prepared", lambda root: run_script("train.py", [*ARGS, "sweep_id=prep"], root))
-
-
-@pytest.fixture
-def root(prepared, tmp_path) -> Path:
-    """A fresh output root holding a copy of the prepared cache: a run here reuses Phase 1 (no training)."""
-    shutil.copytree(prepared / "cache", tmp_path / "cache")
-    return tmp_path
-
-
-def train(root: Path, *args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    flags = [a for a in args if a.startswith("-")]  # -m before the overrides (Hydra's argument parser)
-    overrides = [a for a in args if not a.startswith("-")]
-    env = {"TMPDIR": str(_tmp(root)), **(env or {})}
-    return run_script("train.py", [*flags, *ARGS, *overrides], root, check=check, env=env)
-
-
-def _tmp(root: Path) -> Path:
-    tmp = root / "tmp"  # rescued models (tempfile.gettempdir()/cft-rescue) stay inside the test's folder
-    tmp.mkdir(exist_ok=True)
-    return tmp
-
-
-def fault_env(*patterns: str, errno_name: str = "ENOSPC") -> dict:
-    """Environment for a subprocess whose writes to `patterns` fail (tests/fault_inject/sitecustomize.py)."""
-    return {
-        "PYTHONPATH": os.pathsep.join([str(INJECT), str(REPO), os.environ.get("PYTHONPATH", "")]),
-        "CFT_FAULT_PATHS": os.pathsep.join(patterns),
-        "CFT_FAULT_ERRNO": errno_name,
-    }
-
-
-def one_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
-    """The run ended with exit `code` (2: a bad input; 1: the machine refused) and one `cft: error:` line,
-    no traceback; that line."""
-    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("cft: error:")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    return lines[0]
-
-
-def artifact(root: Path, kind: str) -> Path:
-    (folder,) = [p for p in (root / "cache" / kind).iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return folder
-
-
-def damage(path: Path, how: str) -> bytes:
-    """Damage a file in place (returns the damaged bytes): truncate, scramble (same size, random bytes), or
-    flip one low mantissa bit of a float32 in a safetensors file's data (the weights stay finite)."""
-    data = bytearray(path.read_bytes())
-    if how == "truncate":
-        data = data[: len(data) // 2]
-    elif how == "scramble":
-        data = bytearray(os.urandom(len(data)))
-    elif how == "bitflip":
-        (n,) = struct.unpack("<Q", data[:8])
-        data[8 + n + 4 * 17] ^= 0x01  # byte 0 of a little-endian float32: its lowest mantissa bits
-    else:
-        raise ValueError(how)
-    path.write_bytes(bytes(data))
-    return bytes(data)
-
-
-def log_lines(proc: subprocess.CompletedProcess, needle: str) -> list[str]:
-    return [line for line in (proc.stdout + proc.stderr).splitlines() if needle in line]
-
 
 # ---------------------------------------------------------------- artifacts verify themselves (library level)
 
@@ -118,13 +50,6 @@ def _build_files(files: dict[str, bytes]):
             (tmp / rel).write_bytes(data)
 
     return build, built
-
-
-def _safetensors_bytes() -> bytes:
-    import torch
-    from safetensors.torch import save
-
-    return save({"w": torch.arange(64, dtype=torch.float32).reshape(8, 8)})
 
 
 def test_manifest_in_done_lists_every_file(tmp_path):
@@ -261,70 +186,6 @@ def test_truncated_cached_evaluation_is_rebuilt_not_a_traceback(root, prepared):
     assert json.loads((run / "metrics.json").read_text())["phase1/ta_avg"] == scores["ta_avg"]
 
 
-# ---------------------------------------------------------------- disks that refuse writes
-
-
-def _mount_read_only(folder: Path) -> bool:
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-@pytest.mark.parametrize("how", ["mount", "patched"])
-def test_read_only_output_root_is_a_config_error(tmp_path, how):
-    """Stopped by the config check before Hydra makes any folder: one line naming the path, exit 2."""
-    out = tmp_path / "ro"
-    env = {}
-    if how == "mount":
-        if not _mount_read_only(out):
-            pytest.skip("cannot mount a read-only tmpfs here (not root, or no CAP_SYS_ADMIN)")
-    else:
-        out.mkdir()
-        env = fault_env(str(out), f"{out}/*", errno_name="EROFS")
-    try:
-        proc = run_script("train.py", [*ARGS, "sweep_id=s"], out, check=False, env=env)
-        line = one_error(proc)
-        assert f"{out}/s/demo-demo/tiny/full" in line and "read-only file system" in line
-        assert "paths.output_root" in line
-        assert list(out.iterdir()) == []
-    finally:
-        if how == "mount":
-            subprocess.run(["umount", str(out)], capture_output=True, timeout=10)
-
-
-@pytest.mark.slow  # as root, test_full_tmpfs_saving_the_final_model_rescues_it; elsewhere the safetensors case below
-def test_full_disk_saving_the_final_model_keeps_the_weights_and_the_rerun_does_not_retrain(root):
-    """OSError(ENOSPC) from save_pretrained during Phase 2: the weights go to the rescue folder the message
-    names, FAILED records it, and the same command then saves them without training Phase 2 again."""
-    proc = train(root, "sweep_id=s", env=fault_env("*/.checkpoint.tmp", "*/.checkpoint.tmp/*"))
-    (run,) = run_folders(root / "s")
-    assert layout.read_failure(run)["phase"] == "phase2"
-    line = one_error(proc, 1)
-    assert Path(line.split("kept in ")[1].split(";")[0]).is_relative_to(root / "tmp" / "cft-rescue")
-    assert_rescued_then_resumed(root, run, proc, "No space left on device", "sweep_id=s")
-    assert not (run / "FAILED").exists()
-
-
-@pytest.mark.slow
-def test_full_disk_writing_metrics_names_the_file_and_what_was_kept(root):
-    """ENOSPC on metrics.json: the message names the file and the final model kept in the run folder; the
-    rerun loads that model instead of training Phase 2 again."""
-    proc = train(root, "sweep_id=s", env=fault_env("*/.metrics.json.tmp"))
-    line = one_error(proc, 1)
-    (run,) = run_folders(root / "s")
-    assert f"could not write {run / 'metrics.json'}: No space left on device" in line
-    assert f"Kept: the final model in {run / 'checkpoint'}" in line
-    assert not (run / "DONE").exists() and layout.read_failure(run)["phase"] == "record"
-    again = train(root, "sweep_id=s")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert log_lines(again, "Phase 2 was trained and saved by an earlier attempt") and not log_lines(again, "phase2: 3 steps")
-    assert (run / "DONE").exists() and "phase2/ta_avg" in json.loads((run / "metrics.json").read_text())
-    assert_train_figures(run)
-
-
 # ---------------------------------------------------------------- paths stay inside their root
 
 
@@ -350,26 +211,6 @@ def test_sweep_folder_linked_outside_the_root_is_refused(tmp_path):
 # ---------------------------------------------------------------- one process per cell
 
 
-HOLD = """
-import sys, time
-from cft.run.folder import RunDir
-lock = RunDir(sys.argv[1]).lock()
-print("holding", flush=True)
-time.sleep(600)
-"""
-
-
-def _hold(run: Path) -> subprocess.Popen:
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "holding"
-    return holder
-
-
-def _release(holder: subprocess.Popen) -> None:
-    holder.send_signal(signal.SIGKILL)  # the OS drops its lock even on SIGKILL
-    holder.wait(timeout=30)
-
-
 def test_second_process_on_a_cell_stops_naming_the_holder(root, prepared):
     (done,) = run_folders(prepared / "prep")
     run = root / "s" / done.relative_to(prepared / "prep")
@@ -383,71 +224,6 @@ def test_second_process_on_a_cell_stops_naming_the_holder(root, prepared):
     from cft.run.folder import RunLock
 
     RunLock(run).acquire().release()  # killed by SIGKILL, the holder left no stale lock: the same command can run
-
-
-def test_a_sweep_goes_on_past_a_cell_another_process_holds(root, prepared):
-    seed0 = root / "s" / run_folders(prepared / "prep")[0].relative_to(prepared / "prep")
-    holder = _hold(seed0)
-    try:
-        proc = train(root, "-m", "seed=0,1", "sweep_id=s")
-        assert proc.returncode == 1, proc.stderr[-3000:]
-        assert f"process {holder.pid} on " in proc.stderr and "failed or did not finish" in proc.stderr
-        seed1 = seed0.parent / "seed1"
-        assert (seed1 / "DONE").exists() and not (seed0 / "DONE").exists() and not (seed0 / "FAILED").exists()
-    finally:
-        _release(holder)
-
-
-# ---------------------------------------------------------------- a failing cell does not stop a sweep
-
-
-def _sweep_with_a_failing_cell(root: Path, *extra: str) -> tuple[list[str], subprocess.CompletedProcess]:
-    args = ["-m", "strategy=lf_h1", "strategy.k=1,5,2", "sweep_id=s", *extra]
-    return args, train(root, *args, env={"PYTHONPATH": str(REPO)})
-
-
-def _cells_by_k(root: Path) -> dict[int, Path]:
-    import yaml
-
-    return {yaml.safe_load((f / "config.yaml").read_text())["strategy"]["k"]: f for f in run_folders(root / "s")}
-
-
-def assert_failing_cell_sweep(root: Path, proc: subprocess.CompletedProcess, args: list[str]) -> None:
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    table = proc.stderr.split("1 cell(s) of sweep s failed or did not finish:")[1]
-    assert "setup   strategy.k=5 must be an integer from 1 to 2 (the model has 2 layers)" in table
-    assert "Traceback" not in proc.stderr
-    cells = _cells_by_k(root)
-    assert sorted(cells) == [1, 2, 5] and str(cells[5].relative_to(root / "s")) in table
-    failure = layout.read_failure(cells[5])
-    assert failure["phase"] == "setup" and "strategy.k=5" in failure["message"] and not (cells[5] / "DONE").exists()
-    finished = {k: (cells[k] / "DONE").stat().st_mtime_ns for k in (1, 2)}
-    metrics = {k: (cells[k] / "metrics.json").read_text() for k in finished}
-    assert all("phase2/ta_avg" in json.loads(m) for m in metrics.values())
-    # The same command again: finished cells are skipped (DONE and metrics untouched), the failed one retried.
-    again = train(root, *args, env={"PYTHONPATH": str(REPO)})
-    assert again.returncode == 1 and "strategy.k=5 must be" in again.stderr
-    logs = again.stdout + again.stderr + "".join(p.read_text(errors="replace") for p in (root / "s").glob(".submitit/*/*_log.*"))
-    assert logs.count("is already finished (DONE); skipping it") == 2  # the jobs' logs, under submitit
-    for k, stamp in finished.items():
-        assert (cells[k] / "DONE").stat().st_mtime_ns == stamp and (cells[k] / "metrics.json").read_text() == metrics[k]
-    assert (cells[5] / "FAILED").stat().st_mtime_ns > max(finished.values())
-
-
-def test_failing_cell_in_a_3_cell_sweep(root):
-    """Basic launcher: the cell whose k exceeds the model's layers fails in setup, writes FAILED, and the
-    other two finish; the sweep ends with the table and exit 1; a rerun retries only that cell."""
-    args, proc = _sweep_with_a_failing_cell(root)
-    assert_failing_cell_sweep(root, proc, args)
-
-
-@pytest.mark.slow
-def test_failing_cell_in_a_3_cell_sweep_under_submitit(root):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    args, proc = _sweep_with_a_failing_cell(root, "hydra/launcher=slurm_local")
-    assert_failing_cell_sweep(root, proc, args)
-    logs = "".join(p.read_text(errors="replace") for p in (root / "s" / ".submitit").rglob("*_log.*"))
-    assert "cft: error:" in logs and "Traceback" not in logs
 
 
 # ---------------------------------------------------------------- checkpoints that cannot be read
@@ -613,448 +389,6 @@ def test_the_end_of_a_sweep_lists_failed_held_and_killed_cells(tmp_path):
     assert "left no FAILED" in found[rel["killed"]]["message"]
 
 
-# ---------------------------------------------------------------- trust, second round (issue 21)
-
-TRAIN_FIGURES = ("steps", "tokens", "final_loss", "examples", "seconds", "epochs_done", "padding_fraction")
-
-
-def assert_train_figures(run: Path) -> None:
-    """metrics.json of a run whose Phase 2 was kept by an earlier attempt still has its train/phase2/* keys."""
-    metrics = json.loads((run / "metrics.json").read_text())
-    missing = [k for k in TRAIN_FIGURES if f"train/phase2/{k}" not in metrics]
-    assert not missing, missing
-    assert metrics["train/phase2/steps"] == 3
-
-
-def _run_folder_of(prepared: Path, root: Path, sweep: str) -> Path:
-    """Where the prepared command's cell lands under `root` with sweep_id=`sweep`."""
-    (done,) = run_folders(prepared / "prep")
-    return root / sweep / done.relative_to(prepared / "prep")
-
-
-def _mount(*args: str) -> bool:
-    try:
-        return subprocess.run(["mount", *args], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def _umount(folder: Path) -> None:
-    subprocess.run(["umount", str(folder)], capture_output=True, timeout=10)
-
-
-def _tmpfs(folder: Path, size: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)):
-        pytest.skip("a full disk needs a small tmpfs: mounting needs root (CAP_SYS_ADMIN)")
-
-
-def assert_rescued_then_resumed(root: Path, run: Path, proc, cause: str, *rerun: str) -> None:
-    """One line, exit 1, the weights in the rescue place the line names; the rerun (fault cleared) loads
-    them instead of training Phase 2 again and writes a complete metrics.json."""
-    line = one_error(proc, 1)
-    assert f"could not write the final model to {run / 'checkpoint'}: {cause}" in line
-    rescued = Path(line.split("train/phase2/* figures are kept in ")[1].split(";")[0].split(" (")[0])
-    assert (rescued / "DONE").exists() and (rescued / "model" / "model.safetensors").exists()
-    assert not list(run.glob(".*.tmp")) and not (run / "DONE").exists()
-    assert "Traceback" not in proc.stdout + proc.stderr
-    again = train(root, *rerun)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert log_lines(again, f"loading it from {rescued} instead of training again")
-    assert not log_lines(again, "phase2: 3 steps") and log_lines(proc, "phase2: 3 steps")
-    assert (run / "DONE").exists() and not rescued.exists()
-    assert_train_figures(run)
-
-
-def test_full_tmpfs_saving_the_final_model_rescues_it(root, prepared):
-    """A real full disk (a 64 KiB tmpfs on the run folder): safetensors' own error, not an OSError."""
-    run = _run_folder_of(prepared, root, "s")
-    _tmpfs(run, "64k")
-    try:
-        proc = train(root, "sweep_id=s")
-        assert layout.read_failure(run)["error"] == "DiskError"  # FAILED fits where the model did not
-    finally:
-        _umount(run)
-    shutil.rmtree(run)
-    assert_rescued_then_resumed(root, run, proc, "No space left on device", "sweep_id=s")
-
-
-def test_full_tmpfs_writing_checkpoints_is_a_warning_and_nothing_is_lost(root, prepared):
-    """Checkpoints that do not fit (torch's RuntimeError from inline_container.cc) do not end the training
-    they insure: each is a warning, the final model and metrics are written."""
-    run = _run_folder_of(prepared, root, "s")
-    _tmpfs(run, "256k")
-    try:
-        proc = train(root, "sweep_id=s", "train.checkpoint_every=1")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "Traceback" not in proc.stdout + proc.stderr
-        assert log_lines(proc, "phase2: the checkpoint of step 1 was not written (file write failed (a full disk?))")
-        assert (run / "DONE").exists() and (run / "checkpoint" / "model.safetensors").exists()
-        assert not list(run.glob(".*.tmp")) and not list(run.glob("checkpoints/*/.step-*.tmp"))
-        assert_train_figures(run)
-    finally:
-        _umount(run)
-
-
-def test_run_folder_turning_read_only_in_phase2(root, prepared, tmp_path):
-    """A read-only bind mount laid on the run folder while Phase 2 trains: one line, exit 1, the weights
-    and FAILED in the rescue place, no lock error in cleanup; the rerun does not train Phase 2 again."""
-    if os.geteuid() != 0:
-        pytest.skip("a read-only bind mount needs root (CAP_SYS_ADMIN)")
-    args = ["sweep_id=s", "train.phase2.max_steps=120"]
-    flags = [*ARGS, *args]
-    env = {**os.environ, "CFT_OUTPUT_ROOT": str(root), "PYTHONUNBUFFERED": "1", "TMPDIR": str(_tmp(root))}
-    env.pop("CFT_SWEEP_ID", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *flags],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    out, mounted = [], None
-    for line in proc.stdout:
-        out.append(line)
-        if "phase2: padding" in line and mounted is None:
-            (meta,) = root.joinpath("s").rglob("run_meta.json")
-            mounted = meta.parent
-            if not (_mount("--bind", str(mounted), str(mounted)) and _mount("-o", "remount,ro,bind", str(mounted))):
-                proc.kill()
-                pytest.skip("cannot remount read-only here")
-    proc.wait(timeout=600)
-    _umount(mounted)
-    text = "".join(out)
-    lines = [line for line in text.splitlines() if line.startswith("cft: error:")]
-    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in text, text[-3000:]
-    assert "Read-only file system" in lines[0] and "run.lock" not in text
-    rescued = Path(lines[0].split("train/phase2/* figures are kept in ")[1].split(";")[0])
-    assert layout.read_failure(rescued)["phase"] == "phase2" and not (mounted / "FAILED").exists()
-    again = train(root, *args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert log_lines(again, f"loading it from {rescued}") and not log_lines(again, "phase2: 120 steps")
-    metrics = json.loads((mounted / "metrics.json").read_text())
-    assert metrics["train/phase2/steps"] == 120 and "train/phase2/final_loss" in metrics
-
-
-@pytest.mark.parametrize("raised", ["safetensors", pytest.param("oserror", marks=pytest.mark.slow)])
-def test_rescue_falls_back_to_paths_rescue_dir(root, tmp_path, raised):
-    """The run folder and the temporary folder's rescue place both refuse (SafetensorError, OSError 28): the
-    weights go to paths.rescue_dir; the rerun finds them there."""
-    second = tmp_path / "second"
-    env = fault_env("*/.checkpoint.tmp", "*/.checkpoint.tmp/*", "*/cft-rescue/*")
-    if raised == "safetensors":
-        env["CFT_FAULT_RAISE"] = "safetensors"
-    proc = train(root, "sweep_id=s", f"paths.rescue_dir={second}", env=env)
-    (run,) = run_folders(root / "s")
-    line = one_error(proc, 1)
-    assert f"kept in {second}/" in line and "cft-rescue: No space left on device" in line
-    assert_rescued_then_resumed(root, run, proc, "No space left on device", "sweep_id=s", f"paths.rescue_dir={second}")
-
-
-@pytest.mark.slow
-def test_rescue_refused_everywhere_says_so(root, tmp_path):
-    """With no place that takes the weights (the second one has too little free space), the line says nothing
-    was kept and how to give a place; FAILED is in the run folder."""
-    env = fault_env("*/.checkpoint.tmp", "*/.checkpoint.tmp/*", "*/cft-rescue/*")
-    small = tmp_path / "small"
-    if os.geteuid() == 0 and _mount("-t", "tmpfs", "-o", "size=16k", "tmpfs", str(small.mkdir() or small)):
-        try:
-            line = one_error(train(root, "sweep_id=s", f"paths.rescue_dir={small}", env=env), 1)
-        finally:
-            _umount(small)
-        assert "MiB free" in line and "MiB needed" in line
-    else:
-        line = one_error(train(root, "sweep_id=s", "paths.rescue_dir=null", env=env), 1)
-    assert "nothing of Phase 2 could be kept" in line and "paths.rescue_dir" in line
-    (run,) = run_folders(root / "s")
-    assert layout.read_failure(run)["error"] == "DiskError"
-
-
-# ---------------------------------------------------------------- trained artifacts the cache refuses
-
-
-def _disk_fault(kind: str) -> BaseException:
-    """An exception of the type a full or read-only disk really raises, by writer."""
-    import errno
-
-    from safetensors import SafetensorError
-
-    return {
-        "safetensors": SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
-        "torch": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 106624 vs 106516"),
-        "enospc": OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
-        "erofs": OSError(errno.EROFS, os.strerror(errno.EROFS)),
-    }[kind]
-
-
-@pytest.mark.parametrize(
-    "raised, cause",
-    [
-        ("safetensors", "No space left on device"),
-        ("torch", "file write failed (a full disk?)"),
-        ("enospc", "No space left on device"),
-        ("erofs", "Read-only file system"),
-    ],
-)
-def test_trained_artifact_the_cache_refuses_is_rescued_and_taken_back(tmp_path, monkeypatch, caplog, raised, cause):
-    """A build that trains returns a Trained: when the cache refuses its files (each writer's real exception
-    type), they go, sealed with their manifest, to the rescue place the one-line DiskError names; the next
-    build of that artifact verifies the copy and moves it into the cache without building (training) again."""
-    import tempfile
-
-    from cft.errors import CftError
-    from cft.run.disk import DiskError
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    weights = _safetensors_bytes()
-    trainings = []
-
-    def build(tmp: Path) -> artifacts.Trained:
-        trainings.append(tmp)
-
-        def write(folder: Path) -> None:
-            (folder / "model").mkdir(parents=True, exist_ok=True)
-            (folder / "model" / "config.json").write_text("{}")
-            if folder.name.startswith("."):  # the cache's own build folder: its disk refuses the weights
-                raise _disk_fault(raised)
-            (folder / "model" / "model.safetensors").write_bytes(weights)
-            (folder / "train_stats.json").write_text('{"steps": 3}')
-
-        return artifacts.Trained(write, len(weights))
-
-    cache = artifacts.Cache(tmp_path / "cache")
-    with pytest.raises(DiskError) as failed:
-        cache.artifact("phase1", {"k": 1}, build)
-    message = str(failed.value)
-    assert failed.value.exit_code == 1 and "\n" not in message
-    key = cache.key({"k": 1})
-    rescued = tmp_path / "tmp" / "cft-rescue" / f"phase1-{key}"
-    assert message.startswith(f"could not write the phase1 artifact {tmp_path / 'cache' / 'phase1' / key}: {cause}.")
-    assert f"kept in {rescued}; " in message and "without training again" in message
-    assert (rescued / "model" / "model.safetensors").read_bytes() == weights
-    assert json.loads((rescued / "train_stats.json").read_text()) == {"steps": 3}
-    assert artifacts.verify(rescued).ok and set(json.loads((rescued / "DONE").read_text())["files"]) >= {"spec.json"}
-    assert not list((tmp_path / "cache" / "phase1").glob(".*.tmp-*"))  # no half artifact in the cache
-
-    caplog.set_level(logging.WARNING, logger="cft.run.artifacts")
-    path = cache.artifact("phase1", {"k": 1}, build)
-    assert len(trainings) == 1  # taken from the rescue place, not trained again
-    assert (path / "model" / "model.safetensors").read_bytes() == weights and artifacts.verify(path).ok
-    assert not rescued.exists()
-    assert f"taking it from {rescued} (verified) instead of building it again" in caplog.text
-
-    def not_a_disk_fault(tmp: Path) -> artifacts.Trained:  # a bug in a writer stays a bug: not rescued
-        return artifacts.Trained(lambda folder: (_ for _ in ()).throw(ValueError("a bug")))
-
-    with pytest.raises(ValueError, match="a bug"):
-        cache.artifact("phase1", {"k": 2}, not_a_disk_fault)
-    assert not (tmp_path / "tmp" / "cft-rescue" / f"phase1-{cache.key({'k': 2})}").exists()
-    assert isinstance(failed.value, CftError)  # what train.py prints as one line (exit 1)
-
-
-def test_damaged_rescued_artifact_is_not_taken(tmp_path, monkeypatch, caplog):
-    """A rescued copy that no longer matches its manifest is named, removed and the artifact built again."""
-    import tempfile
-
-    from cft.run.disk import DiskError
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    full = [True]
-
-    def build(tmp: Path) -> artifacts.Trained:
-        def write(folder: Path) -> None:
-            if folder.name.startswith(".") and full[0]:
-                raise _disk_fault("enospc")
-            (folder / "weights.safetensors").write_bytes(_safetensors_bytes())
-
-        return artifacts.Trained(write)
-
-    cache = artifacts.Cache(tmp_path / "cache")
-    with pytest.raises(DiskError):
-        cache.artifact("phase1", {"k": 1}, build)
-    (rescued,) = (tmp_path / "tmp" / "cft-rescue").iterdir()
-    damage(rescued / "weights.safetensors", "bitflip")
-    full[0] = False
-    caplog.set_level(logging.WARNING, logger="cft.run.artifacts")
-    path = cache.artifact("phase1", {"k": 1}, build)
-    assert f"The rescued phase1 artifact {rescued} is damaged (weights.safetensors: checksum" in caplog.text
-    assert not rescued.exists() and (path / "weights.safetensors").read_bytes() == _safetensors_bytes()
-
-
-def test_phase0_base_the_cache_refuses_is_rescued_and_not_pretrained_again(tmp_path, monkeypatch, tiny_arch):
-    """Phase 0 (the demo's pre-trained base) goes through the same artifact code: safetensors' own error on
-    the cache's disk keeps the base in the rescue place; the next call takes it without pre-training again."""
-    import tempfile
-
-    import transformers.modeling_utils
-
-    from cft.models import pretrain as phase0
-    from cft.recipes.train import base_reference
-    from cft.run.disk import DiskError
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    save_file = transformers.modeling_utils.safe_save_file
-
-    def full_cache(tensors, filename, *args, **kwargs):  # what safetensors raises past the end of a full disk
-        if "/cache/base/." in str(filename):
-            raise _disk_fault("safetensors")
-        return save_file(tensors, filename, *args, **kwargs)
-
-    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_cache)
-    runs = []
-    real_pretrain = phase0.pretrain
-    monkeypatch.setattr(phase0, "pretrain", lambda *a, **k: runs.append(1) or real_pretrain(*a, **k))
-    pretrain = {"source": "demo", "tasks": ["repeat"], "languages": ["en"], "per_task_language": 8, "data_seed": 0}
-    pretrain.update(seq_len=32, batch_size=4, steps=2, lr=1e-3, warmup_steps=0)
-    model_cfg = {"name": "t", "base": None, "build": {**tiny_arch, "seed": 0}, "pretrain": pretrain}
-    with pytest.raises(
-        DiskError, match=r"could not write the base artifact .*: No space left on device\. What it trained is kept in "
-    ) as failed:
-        base_reference(model_cfg, tmp_path / "cache")
-    rescued = Path(str(failed.value).split("kept in ")[1].split(";")[0])
-    assert rescued.parent == tmp_path / "tmp" / "cft-rescue" and (rescued / "model" / "model.safetensors").is_file()
-    assert json.loads((rescued / "model" / "pretrain_stats.json").read_text())["steps"] == 2
-    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_file)  # space again
-    ref = base_reference(model_cfg, tmp_path / "cache")
-    assert runs == [1] and not rescued.exists()  # pre-trained once
-    assert Path(ref).parent.parent == tmp_path / "cache" / "base" and artifacts.verify(Path(ref).parent).ok
-
-
-def assert_phase1_rescued_then_reused(root: Path, proc, cause: str) -> None:
-    """One line, exit 1, the Phase-1 model in the rescue place the line names; the rerun takes it (verified)
-    instead of training Phase 1 again, and its metrics.json has the train/phase1/* figures."""
-    line = one_error(proc, 1)
-    assert f"could not write the phase1 artifact {root / 'cache' / 'phase1'}/" in line and f": {cause}." in line
-    rescued = Path(line.split("What it trained is kept in ")[1].split(";")[0].split(" (")[0])
-    assert rescued.is_relative_to(root / "tmp" / "cft-rescue")
-    for rel in ("DONE", "spec.json", "train_stats.json", "model/model.safetensors", "model/config.json"):
-        assert (rescued / rel).is_file(), rel
-    assert log_lines(proc, "phase1: 3 steps")
-    (run,) = run_folders(root / "s")
-    assert layout.read_failure(run)["phase"] == "phase1" and not (run / "DONE").exists()
-    again = train(root, "sweep_id=s")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert log_lines(again, f"taking it from {rescued} (verified) instead of building it again")
-    assert not log_lines(again, "phase1: 3 steps") and not log_lines(again, "Building phase1 artifact")
-    assert not rescued.exists() and artifact(root, "phase1").joinpath("model", "model.safetensors").is_file()
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["train/phase1/steps"] == 3 and "train/phase1/final_loss" in metrics
-    assert (run / "DONE").exists() and "phase2/ta_avg" in metrics
-
-
-def _without_phase1(root: Path) -> None:
-    shutil.rmtree(root / "cache" / "phase1")  # Phase 1 trains in this run (the base is reused)
-
-
-@pytest.mark.parametrize("raised", ["safetensors", pytest.param("oserror", marks=pytest.mark.slow)])
-def test_full_cache_saving_the_phase1_model_rescues_it(root, raised):
-    """SafetensorError (OSError 28: slow) saving the Phase-1 model into the cache, planted: kept in the rescue
-    place, one line, exit 1; the rerun does not train Phase 1 again."""
-    _without_phase1(root)
-    env = fault_env(str(root / "cache" / "phase1" / ".*.tmp-*" / "model" / "*"))
-    if raised == "safetensors":
-        env["CFT_FAULT_RAISE"] = "safetensors"
-    proc = train(root, "sweep_id=s", env=env)
-    assert_phase1_rescued_then_reused(root, proc, "No space left on device")
-
-
-def test_full_tmpfs_cache_saving_the_phase1_model_rescues_it(root):
-    """A real full disk (a 64 KiB tmpfs on the cache's phase1 folder): the lock and the build folder fit, the
-    weights do not."""
-    _without_phase1(root)
-    folder = root / "cache" / "phase1"
-    _tmpfs(folder, "64k")
-    try:
-        proc = train(root, "sweep_id=s")
-    finally:
-        _umount(folder)
-    assert_phase1_rescued_then_reused(root, proc, "No space left on device")
-
-
-@pytest.mark.slow  # as root, the tmpfs test above gets the same error from a real full disk
-def test_checkpoint_write_error_of_torch_is_a_warning(root):
-    """torch.save's RuntimeError (inline_container.cc) on a resumable checkpoint, planted: training goes on."""
-    env = {**fault_env("*/checkpoints/*/optimizer.bin"), "CFT_FAULT_RAISE": "torch"}
-    proc = train(root, "sweep_id=s", "train.checkpoint_every=1", env=env)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(log_lines(proc, "was not written (file write failed (a full disk?)); training goes on")) == 2
-    (run,) = run_folders(root / "s")
-    assert (run / "DONE").exists()
-    assert_train_figures(run)
-
-
-def test_cuda_out_of_memory_fails_the_cell_with_a_hint_and_the_sweep_goes_on(root):
-    """torch.cuda.OutOfMemoryError (planted on the first backward pass) in the first of two cells: FAILED with
-    the keys that lower memory, the other cell finishes, exit 1; the rerun runs only the failed cell."""
-    args = ["-m", "seed=0,1", "sweep_id=s"]
-    proc = train(root, *args, env={**fault_env(), "CFT_FAULT_OOM_AT": "1"})
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    runs = {p.name: p for p in run_folders(root / "s")}
-    failure = layout.read_failure(runs["seed0"])
-    for key in ("train.micro_batch_size", "train.gradient_checkpointing", "zero_optimization.stage", "CUDA out of memory"):
-        assert key in failure["message"], failure
-    assert (runs["seed1"] / "DONE").exists() and "CUDA out of memory" in proc.stderr
-    again = train(root, *args)
-    assert again.returncode == 0 and (runs["seed0"] / "DONE").exists()
-    assert len(log_lines(again, "is already finished (DONE); skipping it")) == 1
-
-
-def test_failed_record_leaves_no_tmp(tmp_path, monkeypatch):
-    """FAILED on a full disk: the error goes up (the caller tries elsewhere) and no empty .FAILED.tmp stays."""
-    import errno
-
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "replace", full)
-    with pytest.raises(OSError):
-        layout.write_failure(tmp_path, phase="phase2", message="m", error="E")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_lock_release_never_raises(tmp_path, monkeypatch):
-    from cft.run.folder import RunLock
-
-    lock = RunLock(tmp_path).acquire()
-
-    def read_only(self, *args, **kwargs):
-        raise OSError(30, "Read-only file system", str(self))
-
-    monkeypatch.setattr(Path, "unlink", read_only)
-    lock.release()  # in cleanup after a disk fault: must not bury the run's own message (it raised OSError 30 before)
-    monkeypatch.undo()
-    again = RunLock(tmp_path).acquire()  # and the lock is free again: another run of the cell may take it
-    assert isinstance(again, RunLock)
-    again.release()
-
-
-@pytest.mark.parametrize("error", ["safetensors", "torch", "enospc", "erofs", "reader"])
-def test_disk_fault_types(error):
-    """The exception types a full or read-only disk really raises are told from a bug (a damaged file read)."""
-    import errno
-
-    from safetensors import SafetensorError
-
-    from cft.run import disk
-
-    exc = {
-        "safetensors": SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
-        "torch": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 106624 vs 106516"),
-        "enospc": OSError(errno.ENOSPC, "No space left on device"),
-        "erofs": OSError(errno.EROFS, "Read-only file system"),
-        "reader": RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory"),
-    }[error]
-    expected = {
-        "safetensors": "No space left on device",
-        "torch": "file write failed (a full disk?)",
-        "enospc": "No space left on device",
-        "erofs": "Read-only file system",
-        "reader": None,
-    }[error]
-    assert disk.reason(exc) == expected
-
-
 # ---------------------------------------------------------------- inputs that would train on the wrong data
 
 
@@ -1121,36 +455,7 @@ def test_hydra_errors_are_one_line_exit_2(tmp_path, args, expected):
     assert proc.stderr.count("\n") == 1
 
 
-# ---------------------------------------------------------------- the preflight and check=true
-
-
-def test_check_prints_the_sweep_id_the_sweep_uses_and_the_preflight_runs_the_others(root):
-    """The issue's command: check=true names the gr5 cell (its counterpart is missing) and the sweep_id; the
-    same command without it uses that id, runs full and lf_h2 and lists gr5 as failed at its start."""
-    args = ["-m", "strategy=full,lf_h2,gr5", "phase2_data.counterpart.path=X"]
-    check = train(root, *args, "check=true")
-    assert check.returncode == 2, check.stderr[-3000:]
-    (sweep,) = [line.split("=", 1)[1] for line in check.stdout.splitlines() if line.startswith("cft: sweep_id=")]
-    errors = [line for line in check.stderr.splitlines() if "/gr5/" in line]
-    assert len(errors) == 1 and "phase2_data.counterpart: X: data file not found" in errors[0]
-    assert "2 of 3 cell(s) cannot run (above); nothing was run" in check.stderr and not (root / sweep).exists()
-    assert "/lf_h2/" in check.stderr  # the tiny model's 2 layers cannot give lf_h2's k=10: named too
-    proc = train(root, *args)
-    assert f"cft: sweep_id={sweep}" in proc.stdout and proc.returncode == 1
-    runs = {p.parent.parent.name: p for p in (root / sweep).glob("demo-demo/tiny/*/*/seed0")}
-    assert (runs["full"] / "DONE").exists() and not (runs["lf_h2"] / "DONE").exists()
-    assert log_lines(proc, "2 of 3 cell(s) cannot run (above); running the other 1")
-    assert sorted(p.name for p in runs["gr5"].iterdir() if not p.name.startswith(".")) == [
-        "FAILED",
-        "config.yaml",
-        "run_meta.json",
-        "train.log",
-    ]  # stopped at its start: nothing trained, nothing cached for it
-    assert layout.read_failure(runs["gr5"])["message"].startswith("phase2_data.counterpart: X: data file not found")
-    strict = train(root, *args, "preflight=strict", "sweep_id=strict")
-    assert strict.returncode == 2 and not (root / "strict").exists()
-
-
+# ---------------------------------------------------------------- the preflight
 def test_preflight_names_the_cell_whose_strategy_needs_a_base_that_cannot_resolve(tiny_model_dir, tmp_path):
     """Instruct model on disk, base a hub id that cannot resolve offline: only lf_h2 needs the base (its
     strategy declares it), so only it is named, in seconds, before anything runs."""
@@ -1408,30 +713,3 @@ def test_evaluation_key_follows_the_checkpoints_manifest(tmp_path, monkeypatch):
     shutil.rmtree(cache.root / "phase1")  # rebuilt: other bytes under the same spec
     rebuilt = recipe.evaluate_cached(phase1(b"B" * 64), {"limit": 1}, {}, cache)
     assert scored == [b"A" * 64, b"B" * 64] and rebuilt != first
-
-
-def test_log_file_on_a_full_disk_is_one_warning_not_a_traceback_per_record(tmp_path, capsys):
-    import errno
-
-    from cft.run import disk
-
-    handler = logging.FileHandler(tmp_path / "train.log")
-    logger = logging.getLogger()
-    logger.addHandler(handler)
-
-    def emit(record):  # what a full disk does to a log file's write
-        try:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError:
-            handler.handleError(record)
-
-    handler.emit = emit
-    try:
-        disk.quiet_log_files()
-        logger.warning("one")
-        logger.warning("two")
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-    err = capsys.readouterr().err
-    assert err == f"cft: warning: the log file {tmp_path / 'train.log'} cannot be written: No space left on device\n"

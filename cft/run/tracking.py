@@ -143,11 +143,15 @@ class Tracker:
         self._safe("summary", update)
 
     def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self.run is None:  # tracking=none: importing wandb alone costs about half a second of CPU
+            return
         import wandb
 
         self._safe("table", lambda: self.run.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])}))
 
     def log_image(self, name: str, path: str | Path) -> None:
+        if self.run is None:  # as in log_table: no wandb import without a run
+            return
         import wandb
 
         self._safe("image", lambda: self.run.log({name: wandb.Image(str(path))}))

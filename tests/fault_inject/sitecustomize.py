@@ -1,4 +1,4 @@
-"""A patched low-level writer for tests/test_faults.py: a full or read-only disk on chosen paths.
+"""A patched low-level writer for tests/test_faults*.py: a full or read-only disk on chosen paths.
 
 Put this folder on PYTHONPATH of a subprocess and set CFT_FAULT_PATHS (fnmatch patterns of absolute
 paths, separated by os.pathsep) and CFT_FAULT_ERRNO (ENOSPC, the default, EROFS or EACCES). Every write
@@ -11,6 +11,8 @@ CFT_FAULT_RAISE picks the exception the writers of a full disk really raise, for
 paths: `safetensors` (safetensors.torch.save_file raises SafetensorError "No space left on device") or
 `torch` (torch.save raises torch's RuntimeError from inline_container.cc). CFT_FAULT_OOM_AT=N makes the
 N-th backward pass of the process raise torch.cuda.OutOfMemoryError (a GPU out of memory, on a CPU).
+CFT_FAULT_PAUSE_AT=N with CFT_FAULT_RESUME=path holds the N-th backward pass: it prints "cft-fault: paused"
+and waits until that path exists, so a test changes the disk at a known point of training, without a race.
 """
 
 import builtins
@@ -112,3 +114,22 @@ if os.environ.get("CFT_FAULT_OOM_AT"):
         return _backward(self, *args, **kwargs)
 
     torch.Tensor.backward = _backward_oom
+
+if os.environ.get("CFT_FAULT_PAUSE_AT"):
+    import sys
+    import time
+
+    import torch
+
+    _pause_at, _resume, _passes = int(os.environ["CFT_FAULT_PAUSE_AT"]), os.environ["CFT_FAULT_RESUME"], [0]
+    _backward_on = torch.Tensor.backward
+
+    def _backward_paused(self, *args, **kwargs):
+        _passes[0] += 1
+        if _passes[0] == _pause_at:
+            print("cft-fault: paused", file=sys.stdout, flush=True)
+            while not os.path.exists(_resume):
+                time.sleep(0.02)
+        return _backward_on(self, *args, **kwargs)
+
+    torch.Tensor.backward = _backward_paused
