@@ -18,6 +18,7 @@ one YAML plus one class, and its options are checked with nothing added here.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import os
@@ -357,6 +358,7 @@ def _target_object(target: Any, where: str):
         raise ConfigError(f"{where}._target_={target!r} cannot be imported ({exc})") from None
 
 
+@functools.cache  # one per class: a sweep's preflight checks the same few classes in every cell
 def options_model(obj) -> type[BaseModel]:
     """A pydantic model of the keyword options a class (its __init__) or function takes."""
     func = obj.__init__ if inspect.isclass(obj) else obj
