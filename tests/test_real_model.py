@@ -30,6 +30,7 @@ TINY_TRAIN = [
     "eval.tasks.demo.languages=[en,es]",
     "eval.tasks.demo.max_new_tokens=4",
     "similarity.des=false",
+    "tracking=none",  # nothing here is about W&B (test_spine checks a run's offline W&B run): about 2 s of CPU a run
 ]
 
 

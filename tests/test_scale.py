@@ -275,7 +275,15 @@ def test_submitit_local_sweep_with_zero3_ranks(tmp_path):
 @pytest.mark.slow
 def test_single_process_deepspeed_run(tmp_path):
     """`python train.py train=deepspeed_zero3` with no launcher: one process, its own process group."""
-    args = [*SMALL, "train=deepspeed_zero3", "train.max_steps=2", "strategy=lf_h1", "strategy.k=1", "sweep_id=ds1"]
+    args = [
+        *SMALL,
+        "train=deepspeed_zero3",
+        "train.max_steps=2",
+        "strategy=lf_h1",
+        "strategy.k=1",
+        "tracking=none",  # W&B is not what this checks (test_spine checks it): about 2 s of CPU a run
+        "sweep_id=ds1",
+    ]
     run_script("train.py", args, tmp_path, env={"DS_ACCELERATOR": "cpu"})
     (folder,) = run_folders(tmp_path / "ds1")
     metrics = json.loads((folder / "metrics.json").read_text())

@@ -175,7 +175,9 @@ NO_P1 = [o for o in SMALL if not o.startswith("phase1_data.")]
 
 
 def test_instruct_phase1_skips_training(tmp_path, tiny_model_dir):
-    proc = run_script("train.py", [*NO_P1, "phase1_data=instruct", f"model.instruct={tiny_model_dir}", "sweep_id=ins"], tmp_path)
+    # tracking=none: this test asserts nothing of W&B (test_demo_run_records_everything does), which costs a run ~2 s of CPU.
+    args = [*NO_P1, "phase1_data=instruct", f"model.instruct={tiny_model_dir}", "tracking=none", "sweep_id=ins"]
+    proc = run_script("train.py", args, tmp_path)
     (folder,) = run_folders(tmp_path / "ins")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert "phase1/ta_avg" in metrics and "train/phase2/steps" in metrics
@@ -231,7 +233,7 @@ def test_unknown_config_option(tmp_path, override, message):
 def test_local_data_file_layout(tmp_path):
     """A local JSONL with null inputs trains through the same path."""
     data = write_jsonl(tmp_path / "en.jsonl", [{"instruction": f"Say {i}", "input": None, "output": str(i)} for i in range(16)])
-    run_script("train.py", [*SMALL, f"phase1_data.path={data}", "sweep_id=loc", "similarity.mpd=true"], tmp_path)
+    run_script("train.py", [*SMALL, f"phase1_data.path={data}", "sweep_id=loc", "similarity.mpd=true", "tracking=none"], tmp_path)
     (folder,) = run_folders(tmp_path / "loc")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["data/phase1/n/en"] == 16

@@ -136,7 +136,9 @@ def test_generative_replay_sweep_generates_once_per_size_and_reuses_on_rerun(tmp
 
     # `++`: in a multirun Hydra first composes the default strategy (full), which has no max_new_tokens.
     # keep_capped: 4-token replies are cut at the cap, which would leave them all out.
-    args = ["-m", *SMALL, "strategy=gr5,gr10", "++strategy.max_new_tokens=4", "++strategy.keep_capped=true"]
+    # tracking=none: nothing here is about W&B (test_spine checks a run's offline W&B run); it costs each of the four
+    # cell runs about 2 s of CPU.
+    args = ["-m", *SMALL, "strategy=gr5,gr10", "++strategy.max_new_tokens=4", "++strategy.keep_capped=true", "tracking=none"]
     proc = run_script("train.py", [*args, "sweep_id=gr"], tmp_path)
     generated = tmp_path / "cache" / "generative_replay"
     sets = sorted(p for p in generated.iterdir() if p.is_dir())
