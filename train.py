@@ -17,6 +17,7 @@ register_resolvers()
 def main(cfg) -> None:
     from cft.recipes.train import train_cell
 
+    _freeze_imports()
     runtime = HydraConfig.get().runtime
     guarded(train_cell, cfg, run_dir=runtime.output_dir, choices=dict(runtime.choices))
 
@@ -32,14 +33,21 @@ def _strip_local_rank() -> None:
             sys.argv.remove(arg)
 
 
+_FROZEN = []
+
+
 def _freeze_imports() -> None:
-    """Import what every cell uses (the recipe with torch, transformers' model code, accelerate) and take the
+    """Once per process, after the config checks (a bad value still stops before torch is imported): import
+    what every cell uses (the recipe with torch, transformers' model code, accelerate) and take the
     objects the imports made out of the cyclic garbage collector's sight (gc.freeze): they live as long as the
     process, yet every full collection walked them again, and accelerate's free_memory and cft's model release
     collect after each phase (0.5 s each on 2 CPU cores, 0.1 s once frozen). Objects made later, models among
     them, are collected as before."""
     import gc
 
+    if _FROZEN:
+        return
+    _FROZEN.append(True)
     import accelerate  # noqa: F401
     import transformers.modeling_utils  # noqa: F401
 
@@ -51,5 +59,4 @@ def _freeze_imports() -> None:
 
 if __name__ == "__main__":
     _strip_local_rank()
-    _freeze_imports()
     main()
