@@ -57,6 +57,35 @@ def _freeze_imports() -> None:
     gc.freeze()
 
 
+def _end(status) -> None:
+    """Exit with `status`. One rank of several runs Python's exit handlers, flushes, and leaves without the
+    interpreter's teardown: there, objects that torch.distributed (gloo) and its neighbours left to the
+    garbage collector could be destroyed with their threads still joinable, and the C++ runtime aborted a
+    finished job ("terminate called without an active exception", SIGABRT, exit 1 from torchrun) now and
+    then, depending on when the collector last ran."""
+    import os
+    import sys
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(status)
+    import atexit
+    import logging
+
+    code = status if isinstance(status, int) else (0 if status is None else 1)
+    if not isinstance(status, int) and status is not None:
+        print(status, file=sys.stderr)
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
     _strip_local_rank()
-    main()
+    try:
+        main()
+        _status = 0
+    except SystemExit as exc:
+        _status = exc.code
+    _end(_status)
