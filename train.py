@@ -4,6 +4,8 @@ python train.py                                   # the built-in demo, on the CP
 python train.py -m strategy=full,lf_h2 seed=0,1   # a sweep; prints its sweep_id
 """
 
+import functools
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
@@ -33,9 +35,7 @@ def _strip_local_rank() -> None:
             sys.argv.remove(arg)
 
 
-_FROZEN = []
-
-
+@functools.cache  # once per process: the cells of a sweep share it
 def _freeze_imports() -> None:
     """Once per process, after the config checks (a bad value still stops before torch is imported): import
     what every cell uses (the recipe with torch, transformers' model code, accelerate) and take the
@@ -45,9 +45,6 @@ def _freeze_imports() -> None:
     them, are collected as before."""
     import gc
 
-    if _FROZEN:
-        return
-    _FROZEN.append(True)
     import accelerate  # noqa: F401
     import transformers.modeling_utils  # noqa: F401
 
@@ -66,7 +63,9 @@ def _end(status) -> None:
     import os
     import sys
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    from cft.training import distributed
+
+    if distributed.world_size() <= 1:
         sys.exit(status)
     import atexit
     import logging
