@@ -4,8 +4,6 @@ python train.py                                   # the built-in demo, on the CP
 python train.py -m strategy=full,lf_h2 seed=0,1   # a sweep; prints its sweep_id
 """
 
-import functools
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
@@ -17,9 +15,10 @@ register_resolvers()
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg) -> None:
+    from cft.recipes.common import freeze_imports
     from cft.recipes.train import train_cell
 
-    _freeze_imports()
+    freeze_imports()
     runtime = HydraConfig.get().runtime
     guarded(train_cell, cfg, run_dir=runtime.output_dir, choices=dict(runtime.choices))
 
@@ -33,25 +32,6 @@ def _strip_local_rank() -> None:
         if arg.startswith("--local_rank="):
             os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
             sys.argv.remove(arg)
-
-
-@functools.cache  # once per process: the cells of a sweep share it
-def _freeze_imports() -> None:
-    """Once per process, after the config checks (a bad value still stops before torch is imported): import
-    what every cell uses (the recipe with torch, transformers' model code, accelerate) and take the
-    objects the imports made out of the cyclic garbage collector's sight (gc.freeze): they live as long as the
-    process, yet every full collection walked them again, and accelerate's free_memory and cft's model release
-    collect after each phase (0.5 s each on 2 CPU cores, 0.1 s once frozen). Objects made later, models among
-    them, are collected as before."""
-    import gc
-
-    import accelerate  # noqa: F401
-    import transformers.modeling_utils  # noqa: F401
-
-    import cft.recipes.train  # noqa: F401
-
-    gc.collect()
-    gc.freeze()
 
 
 def _end(status) -> None:
