@@ -15,8 +15,7 @@ register_resolvers()
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg) -> None:
-    from cft.recipes.common import freeze_imports
-    from cft.recipes.train import train_cell
+    from cft.recipes.train import freeze_imports, train_cell
 
     freeze_imports()
     runtime = HydraConfig.get().runtime

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -77,23 +76,3 @@ def model_shape(model_cfg: Mapping[str, Any], *, use_instruct: bool = False):
     return Checkpoint(
         str(model_cfg.get(which)), key="", what=what, gguf_file=model_cfg.get("gguf_file"), setting=f"model.{which}"
     ).config()
-
-
-@functools.cache  # once per process: the cells of a sweep share it
-def freeze_imports() -> None:
-    """Once per process (train.py calls it after the config checks, so a bad value still stops before torch
-    is imported): import what every cell uses (the recipe with torch, transformers' model code, accelerate) and take the
-    objects the imports made out of the cyclic garbage collector's sight (gc.freeze): they live as long as the
-    process, yet every full collection walked them again, and accelerate's free_memory and cft's model release
-    collect after each phase (0.5 s each on 2 CPU cores, 0.1 s once frozen). Objects made later, models among
-    them, are collected as before. It lives in an importable module, not in train.py: submitit pickles the
-    task function, and a cached function of __main__ cannot be found again in submitit's worker."""
-    import gc
-
-    import accelerate  # noqa: F401
-    import transformers.modeling_utils  # noqa: F401
-
-    import cft.recipes.train  # noqa: F401
-
-    gc.collect()
-    gc.freeze()
