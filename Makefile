@@ -28,13 +28,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) train.py
 
-# DeepSpeed's C++ ops for the CPU, compiled once per machine into a per-user cache that every checkout and
-# DeepSpeed run on the CPU share (as torch's own default folder would be; TORCH_EXTENSIONS_DIR= to move it):
-# a fresh clone reuses them. When they are not built yet, `make test` compiles them beside the suite, not
-# before it (about 55 s of one core): a DeepSpeed test that needs an op before it is built waits on torch's
-# build lock in that folder (whichever process takes the lock first builds, the others wait, then load the
-# op), while the suite's other tests keep both cores busy. torch rebuilds an op whose sources or flags changed.
-TORCH_EXTENSIONS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cft/torch_extensions
+# DeepSpeed's C++ ops for the CPU, compiled once per Python environment into a per-user cache, in a folder
+# named after the environment's path (torch's build records the absolute paths of the sources it compiled,
+# which lie in the environment: two environments sharing one folder would rebuild each other's ops on every
+# switch). TORCH_EXTENSIONS_DIR= moves it. When they are not built yet, `make test` compiles them beside the
+# suite, not before it (about 110 s of one core): a DeepSpeed test that needs an op before it is built waits
+# on torch's build lock in that folder (whichever process takes the lock first builds, the others wait, then
+# load the op), while the suite's other tests keep both cores busy. torch rebuilds an op whose sources or
+# flags changed. tests/conftest.py names the same folder for a direct pytest run.
+TORCH_EXTENSIONS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cft/torch_extensions/$(subst /,-,$(patsubst /%,%,$(abspath $(VENV))))
 export TORCH_EXTENSIONS_DIR
 OPS := $(TORCH_EXTENSIONS_DIR)/.cft-built
 OPS_LOG := $(TORCH_EXTENSIONS_DIR)/build.log

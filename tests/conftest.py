@@ -30,11 +30,17 @@ os.environ.update(
 os.environ.setdefault("HF_HOME", str(_TMP / "hf"))
 os.environ.setdefault("WANDB_DIR", str(_TMP / "wandb"))
 os.environ.setdefault("NLTK_DATA", str(_TMP / "nltk"))
-# DeepSpeed compiles C++ ops on first use; keep them between test runs and checkouts in the per-user folder
-# that `make test` compiles them into (Makefile: TORCH_EXTENSIONS_DIR), so that a fresh clone reuses them.
+# DeepSpeed compiles C++ ops on first use; keep them between test runs in the per-user folder of this
+# Python environment that `make test` compiles them into (Makefile: TORCH_EXTENSIONS_DIR, named after the
+# environment's path, as torch's build records the absolute paths of the sources it compiled).
 os.environ.setdefault(
     "TORCH_EXTENSIONS_DIR",
-    str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cft" / "torch_extensions"),
+    str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        / "cft"
+        / "torch_extensions"
+        / str(Path(sys.prefix)).strip("/").replace("/", "-")
+    ),
 )
 # Under xdist there is one worker process per core: torch in each (and every run it starts) uses one
 # thread, as two threads per process on two busy cores spin-wait for each other (cft.training.threads).

@@ -44,9 +44,10 @@ def test_the_longest_modules_named_for_the_hand_out_order_exist():
 
 
 @pytest.mark.parametrize("xdg", [None, "/x/cache"])
-def test_make_and_the_suite_share_one_per_user_ops_folder(tmp_path, xdg):
-    """DeepSpeed's CPU ops are compiled once per machine: `make test` builds them into the folder that a
-    direct pytest run (tests/conftest.py) loads them from, outside the checkout, so a fresh clone reuses them."""
+def test_make_and_the_suite_share_one_ops_folder_per_environment(tmp_path, xdg):
+    """DeepSpeed's CPU ops are compiled once per Python environment: `make test` builds them into the folder
+    that a direct pytest run (tests/conftest.py) loads them from, outside the checkout and named after the
+    environment's path, so that two environments never rebuild each other's ops."""
     import os
     import subprocess
     import sys
@@ -57,14 +58,21 @@ def test_make_and_the_suite_share_one_per_user_ops_folder(tmp_path, xdg):
     env["HOME"] = str(tmp_path)
     if xdg:
         env["XDG_CACHE_HOME"] = xdg
-    plan = subprocess.run(["make", "-n", "test"], cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+
+    def plan(venv: str) -> str:
+        return subprocess.run(
+            ["make", "-n", "test", f"VENV={venv}"], cwd=REPO, env=env, capture_output=True, text=True, check=True
+        ).stdout
+
     probe = "import conftest, os; print(os.environ['TORCH_EXTENSIONS_DIR'])"
     suite = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO / "tests", env=env, capture_output=True, text=True, check=True
     ).stdout.strip()
-    want = f"{xdg or tmp_path / '.cache'}/cft/torch_extensions"
+    want = f"{xdg or tmp_path / '.cache'}/cft/torch_extensions/{sys.prefix.strip('/').replace('/', '-')}"
     assert suite == want
-    assert f"[ ! -e {want}/.cft-built ]" in plan and str(REPO) not in suite
+    assert f"[ ! -e {want}/.cft-built ]" in plan(sys.prefix)
+    assert f"[ ! -e {want}/.cft-built ]" not in plan(str(tmp_path / "other-venv"))  # another environment
+    assert not suite.startswith(str(REPO))
 
 
 def test_the_real_data_is_found_in_one_place(tmp_path, monkeypatch):
