@@ -35,10 +35,14 @@ def _strip_local_rank() -> None:
 
 def _end(status) -> None:
     """Exit with `status`. One rank of several runs Python's exit handlers, flushes, and leaves without the
-    interpreter's teardown: there, objects that torch.distributed (gloo) and its neighbours left to the
-    garbage collector could be destroyed with their threads still joinable, and the C++ runtime aborted a
-    finished job ("terminate called without an active exception", SIGABRT, exit 1 from torchrun) now and
-    then, depending on when the collector last ran."""
+    interpreter's finalization (os._exit). The reason, from a core dump of an aborted rank: gloo's worker
+    thread (pt_gloo_runloop) destroys a finished collective's work, whose tensors drop their last Python
+    reference; that decref takes the GIL, and a thread taking the GIL while the interpreter finalizes is ended
+    by Python 3.11 with pthread_exit, whose unwinding through the work's noexcept destructor calls
+    std::terminate ("terminate called without an active exception", SIGABRT: a finished job exited 1 from
+    torchrun, about 1 run in 8 of the 2-rank sweep test). Without finalization there is no such window.
+    pytorch/pytorch#190489 tracks it; an exit handler that destroys the process groups was tried upstream
+    (pytorch/pytorch#179291) and abandoned."""
     import os
     import sys
 
