@@ -34,14 +34,16 @@ demo: $(STAMP)
 # switch). TORCH_EXTENSIONS_DIR= moves it. When they are not built yet, `make test` compiles them beside the
 # suite, not before it (about 110 s of one core): a DeepSpeed test that needs an op before it is built waits
 # on torch's build lock in that folder (whichever process takes the lock first builds, the others wait, then
-# load the op), while the suite's other tests keep both cores busy. torch rebuilds an op whose sources or
-# flags changed. tests/conftest.py names the same folder for a direct pytest run.
+# load the op), while the suite's other tests keep both cores busy. torch's build (ninja) recompiles an op
+# whose sources are newer than its build, as they are in a new environment, even at the same path: so the
+# stamp that says the ops are built lives in the environment, and goes with it. tests/conftest.py names the
+# same folder for a direct pytest run.
 TORCH_EXTENSIONS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cft/torch_extensions/$(subst /,-,$(patsubst /%,%,$(abspath $(VENV))))
 export TORCH_EXTENSIONS_DIR
-OPS := $(TORCH_EXTENSIONS_DIR)/.cft-built
+OPS := $(VENV)/.cft-ops-built
 OPS_LOG := $(TORCH_EXTENSIONS_DIR)/build.log
 # $(call with_ops,COMMAND): COMMAND, with the ops built beside it when they are not yet; fails if either fails.
-with_ops = ops=; if [ ! -e $(OPS) ]; then mkdir -p $(dir $(OPS)); \
+with_ops = ops=; if [ ! -e $(OPS) ]; then mkdir -p $(TORCH_EXTENSIONS_DIR); \
 	echo "DeepSpeed's CPU ops: compiling beside the tests (log: $(OPS_LOG))"; \
 	$(MAKE) --no-print-directory $(OPS) >$(OPS_LOG) 2>&1 & ops=$$!; fi; \
 	$(1); status=$$?; \

@@ -47,7 +47,8 @@ def test_the_longest_modules_named_for_the_hand_out_order_exist():
 def test_make_and_the_suite_share_one_ops_folder_per_environment(tmp_path, xdg):
     """DeepSpeed's CPU ops are compiled once per Python environment: `make test` builds them into the folder
     that a direct pytest run (tests/conftest.py) loads them from, outside the checkout and named after the
-    environment's path, so that two environments never rebuild each other's ops."""
+    environment's path, so that two environments never rebuild each other's ops; the stamp that says they
+    are built lives in the environment, as a new one (even at the same path) recompiles them."""
     import os
     import subprocess
     import sys
@@ -70,8 +71,10 @@ def test_make_and_the_suite_share_one_ops_folder_per_environment(tmp_path, xdg):
     ).stdout.strip()
     want = f"{xdg or tmp_path / '.cache'}/cft/torch_extensions/{sys.prefix.strip('/').replace('/', '-')}"
     assert suite == want
-    assert f"[ ! -e {want}/.cft-built ]" in plan(sys.prefix)
-    assert f"[ ! -e {want}/.cft-built ]" not in plan(str(tmp_path / "other-venv"))  # another environment
+    assert f"[ ! -e {sys.prefix}/.cft-ops-built ]" in plan(sys.prefix)  # the stamp goes with the environment
+    assert f"(log: {want}/build.log)" in plan(sys.prefix)
+    other = tmp_path / "other-venv"
+    assert f"[ ! -e {other}/.cft-ops-built ]" in plan(str(other)) and f"{want}/" not in plan(str(other))
     assert not suite.startswith(str(REPO))
 
 
