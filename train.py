@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from cft.config.cli import guarded
 from cft.config.hydra import register_resolvers
+from cft.training.distributed import exit_process
 
 register_resolvers()
 
@@ -33,36 +34,6 @@ def _strip_local_rank() -> None:
             sys.argv.remove(arg)
 
 
-def _end(status) -> None:
-    """Exit with `status`. One rank of several runs Python's exit handlers, flushes, and leaves without the
-    interpreter's finalization (os._exit). The reason, from a core dump of an aborted rank: gloo's worker
-    thread (pt_gloo_runloop) destroys a finished collective's work, whose tensors drop their last Python
-    reference; that decref takes the GIL, and a thread taking the GIL while the interpreter finalizes is ended
-    by Python 3.11 with pthread_exit, whose unwinding through the work's noexcept destructor calls
-    std::terminate ("terminate called without an active exception", SIGABRT: a finished job exited 1 from
-    torchrun, about 1 run in 8 of the 2-rank sweep test). Without finalization there is no such window.
-    pytorch/pytorch#190489 tracks it; an exit handler that destroys the process groups was tried upstream
-    (pytorch/pytorch#179291) and abandoned."""
-    import os
-    import sys
-
-    from cft.training import distributed
-
-    if distributed.world_size() <= 1:
-        sys.exit(status)
-    import atexit
-    import logging
-
-    code = status if isinstance(status, int) else (0 if status is None else 1)
-    if not isinstance(status, int) and status is not None:
-        print(status, file=sys.stderr)
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
     _strip_local_rank()
     try:
@@ -70,4 +41,4 @@ if __name__ == "__main__":
         _status = 0
     except SystemExit as exc:
         _status = exc.code
-    _end(_status)
+    exit_process(_status)

@@ -69,6 +69,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.parametrize(
+    ("world", "status", "code", "err"), [("2", "'cell failed'", 1, "cell failed"), ("2", "3", 3, ""), ("1", "3", 3, "")]
+)
+def test_a_rank_of_several_exits_with_its_status_after_the_exit_handlers_and_flushes(world, status, code, err):
+    """exit_process (train.py's last call): with several ranks the process leaves without the interpreter's
+    finalization (where a gloo thread's GIL take aborted finished jobs), yet the exit handlers have run,
+    buffered output is written and the status is kept; one process exits as sys.exit does."""
+    probe = (
+        "import atexit; from cft.training.distributed import exit_process; "
+        "atexit.register(lambda: print('handler ran', end='')); print('buffered ', end=''); "
+        f"exit_process({status})"
+    )
+    env = {**os.environ, "WORLD_SIZE": world, "PYTHONPATH": str(REPO)}
+    env.pop("PYTHONUNBUFFERED", None)
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code and proc.stdout == "buffered handler ran", proc
+    assert proc.stderr.strip() == err
+
+
 @pytest.mark.slow
 def test_two_rank_sweep_stays_together_on_an_empty_cache(tmp_path):
     """`torchrun --nproc_per_node 2 train.py -m strategy=full,lf_h2,gr5` on an empty cache: phase 0 and

@@ -219,7 +219,11 @@ def test_mode_cofitune_reads_run_folders_and_names_the_next_level(tmp_path, caps
         metrics = {"phase1/la_avg": 0.2, "phase1/ta_avg": 1.0, "phase2/la_avg": la, "phase2/ta_avg": 1.0, "strategy/layers": "1"}
         (folder / layout.METRICS).write_text(json.dumps(metrics))
         (folder / layout.DONE).write_text("")
-    values = {"mode": "cofitune", "sweep_id": "cs", "paths": {"output_root": str(tmp_path), "cache_dir": str(tmp_path / "c")}}
+    values = {
+        "mode": "cofitune",
+        "sweep_id": "cs",
+        "paths": {"output_root": str(tmp_path), "cache_dir": str(tmp_path / "c"), "data_dir": "data"},
+    }
     result = analyze({**values, "tracking": {"mode": "disabled"}, "embedder": {}}, conf_dir=REPO / "conf")
     out = capsys.readouterr().out
     assert "| bottom2 (chosen) | ffn | 1 | **34.0** | **100.0** | **67.0** |" in out

@@ -328,7 +328,7 @@ class TranslateRoot(Schema):
     """conf/translate.yaml: translate a dataset config into other languages (translate.py)."""
 
     source: DataConfig | InstructData = Field(description="the dataset to translate (phase1_data@source=<option>)")
-    paths: PathsConfig | None = Field(None, description="conf/paths: paths.data_dir, the folder a local source's path names")
+    paths: PathsConfig = Field(description="conf/paths: paths.data_dir, the folder a local source's path names")
     out_dir: str | None = Field(None, description="the folder of <lang>.jsonl files to write (and resume); required")
     languages: list[str] = Field(min_length=1, description="target language codes")
     src_lang: str = Field("en", description="the source language code")

@@ -30,7 +30,7 @@ Positive = Annotated[float, Field(gt=0)]
 class PathsConfig(Schema):
     output_root: str = Field(description="where sweeps and the cache go (CFT_OUTPUT_ROOT)")
     cache_dir: str = Field(description="the shared artifact cache")
-    data_dir: str = Field("data", description="the real data folder the configs' local files are under (CFT_DATA)")
+    data_dir: str = Field(description="the real data folder the configs' local files are under (CFT_DATA)")
     verify: Literal["checksum", "size"] = Field("checksum", description="how a cached artifact is checked on reuse")
     rescue_dir: str | None = Field(
         None,

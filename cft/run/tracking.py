@@ -143,18 +143,20 @@ class Tracker:
         self._safe("summary", update)
 
     def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        if self.run is None:  # tracking=none: importing wandb alone costs about half a second of CPU
-            return
-        import wandb
+        def table() -> None:
+            import wandb  # inside: without a run (tracking=none) the import alone cost half a second of CPU
 
-        self._safe("table", lambda: self.run.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])}))
+            self.run.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+
+        self._safe("table", table)
 
     def log_image(self, name: str, path: str | Path) -> None:
-        if self.run is None:  # as in log_table: no wandb import without a run
-            return
-        import wandb
+        def image() -> None:
+            import wandb  # as in log_table
 
-        self._safe("image", lambda: self.run.log({name: wandb.Image(str(path))}))
+            self.run.log({name: wandb.Image(str(path))})
+
+        self._safe("image", image)
 
     @property
     def run_path(self) -> str | None:

@@ -206,3 +206,29 @@ def wait_until(done: Callable[[], Any], what: str, poll_s: float = 1.0) -> Any:
             log.info("rank %d: waiting for rank 0 (%s)", rank(), what)
             said = True
         time.sleep(poll_s)
+
+
+def exit_process(status: Any) -> None:
+    """Exit the process with `status` (an exit code, None, or a message, as sys.exit takes), at the end of an
+    entry script run as __main__. One rank of several runs Python's exit handlers, flushes, and leaves without the
+    interpreter's finalization (os._exit). The reason, from a core dump of an aborted rank: gloo's worker
+    thread (pt_gloo_runloop) destroys a finished collective's work, whose tensors drop their last Python
+    reference; that decref takes the GIL, and a thread taking the GIL while the interpreter finalizes is ended
+    by Python 3.11 with pthread_exit, whose unwinding through the work's noexcept destructor calls
+    std::terminate ("terminate called without an active exception", SIGABRT: a finished job exited 1 from
+    torchrun, about 1 run in 8 of the 2-rank sweep test). Without finalization there is no such window.
+    pytorch/pytorch#190489 tracks it; an exit handler that destroys the process groups was tried upstream
+    (pytorch/pytorch#179291) and abandoned."""
+    import atexit
+    import sys
+
+    if world_size() <= 1:
+        sys.exit(status)
+    code = status if isinstance(status, int) else (0 if status is None else 1)
+    if not isinstance(status, int) and status is not None:
+        print(status, file=sys.stderr)
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
